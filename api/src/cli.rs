@@ -1,0 +1,100 @@
+//! The api's flags and environment variables; the all-in-one binary uses them too.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use rand::distr::{Alphanumeric, SampleString};
+use secrecy::SecretString;
+use troupe_events::Catalogue;
+
+use crate::auth::Tokens;
+use crate::state::HttpConfig;
+
+#[derive(Debug, Clone, Args)]
+pub struct ApiArgs {
+    /// Address to listen on.
+    #[arg(long, env = "TROUPE_BIND", default_value = "127.0.0.1:8080")]
+    pub bind: SocketAddr,
+    /// Secret that signs session tokens. Required when distributed, so that every api
+    /// process accepts the same tokens; generated and kept in the data dir when embedded.
+    #[arg(long, env = "TROUPE_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// Agent catalogue (TOML). Unset: the built-in catalogue.
+    #[arg(long, env = "TROUPE_AGENTS_FILE")]
+    pub agents_file: Option<PathBuf>,
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "TROUPE_MAX_BODY_BYTES", default_value_t = 65536)]
+    pub max_body_bytes: usize,
+    /// How long a session token lives, in hours.
+    #[arg(long, env = "TROUPE_SESSION_TTL_HOURS", default_value_t = 24)]
+    pub session_ttl_hours: u64,
+    /// How long a task's streamUrl token lives, in minutes.
+    #[arg(long, env = "TROUPE_STREAM_TOKEN_TTL_MINUTES", default_value_t = 240)]
+    pub stream_token_ttl_minutes: u64,
+}
+
+const MIN_SECRET: usize = 32;
+
+impl ApiArgs {
+    pub fn catalogue(&self) -> anyhow::Result<Catalogue> {
+        Ok(match &self.agents_file {
+            Some(path) => Catalogue::load(path)?,
+            None => Catalogue::builtin(),
+        })
+    }
+
+    pub fn http(&self) -> HttpConfig {
+        HttpConfig {
+            max_body_bytes: self.max_body_bytes.max(1024),
+        }
+    }
+
+    /// The token signer. Distributed: the secret must be given. Embedded: a secret is
+    /// generated once and kept in `data_dir` (or in memory when `ephemeral`).
+    pub fn tokens(&self, distributed: bool, data_dir: &Path, ephemeral: bool) -> anyhow::Result<Tokens> {
+        let secret = match self.jwt_secret.as_deref().filter(|s| !s.is_empty()) {
+            Some(secret) if secret.len() < MIN_SECRET => {
+                anyhow::bail!("TROUPE_JWT_SECRET must be at least {MIN_SECRET} characters")
+            }
+            Some(secret) => secret.to_string(),
+            None if distributed => anyhow::bail!(
+                "TROUPE_JWT_SECRET is required with DATABASE_URL/NATS_URL, so that every api \
+                 process accepts the same tokens (e.g. `openssl rand -hex 32`)"
+            ),
+            None if ephemeral => Alphanumeric.sample_string(&mut rand::rng(), 48),
+            None => stored_secret(data_dir)?,
+        };
+        Ok(Tokens::new(
+            &SecretString::from(secret),
+            Duration::from_secs(self.session_ttl_hours.max(1) * 3600),
+            Duration::from_secs(self.stream_token_ttl_minutes.max(1) * 60),
+        ))
+    }
+}
+
+fn stored_secret(data_dir: &Path) -> anyhow::Result<String> {
+    let path = data_dir.join("jwt-secret");
+    if let Ok(secret) = std::fs::read_to_string(&path) {
+        let secret = secret.trim().to_string();
+        if secret.len() >= MIN_SECRET {
+            return Ok(secret);
+        }
+    }
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating data dir {}", data_dir.display()))?;
+    let secret = Alphanumeric.sample_string(&mut rand::rng(), 48);
+    write_private(&path, &secret).with_context(|| format!("writing {}", path.display()))?;
+    Ok(secret)
+}
+
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)?.write_all(contents.as_bytes())
+}

@@ -1,0 +1,113 @@
+//! Troupe's HTTP api: accounts, the agent catalogue, submitting tasks, and reading their
+//! event logs over SSE. `router` builds the app; `serve` runs it on a listener.
+
+pub mod auth;
+pub mod cli;
+pub mod error;
+pub mod extract;
+pub mod routes;
+pub mod state;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::trace::TraceLayer;
+use troupe_events::{Backends, Catalogue, FeedConfig, Feeds};
+use troupe_worker::providers::Providers;
+
+pub use crate::cli::ApiArgs;
+use crate::error::ApiError;
+pub use crate::state::{AppState, HttpConfig};
+
+/// Everything the api needs besides the listener.
+pub fn state(
+    backends: Backends,
+    catalogue: Catalogue,
+    providers: Providers,
+    tokens: auth::Tokens,
+    http: HttpConfig,
+) -> AppState {
+    let feeds = Feeds::new(
+        backends.store.clone(),
+        backends.bus.clone(),
+        FeedConfig::default(),
+    );
+    AppState {
+        backends,
+        feeds,
+        catalogue: Arc::new(catalogue),
+        providers: Arc::new(providers),
+        tokens,
+        http,
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    use routes::*;
+    let api = Router::new()
+        .route("/auth/register", post(auth::register))
+        .route("/auth/login", post(auth::login))
+        .route("/agents", get(catalogue::agents))
+        .route("/providers", get(catalogue::providers))
+        .route("/agents/execute", post(execute::execute))
+        .route("/agents/execute/stream", post(execute::execute_stream))
+        .route("/tasks", post(tasks::create).get(tasks::list))
+        .route("/tasks/{id}", get(tasks::get))
+        .route("/tasks/{id}/events", get(events::events));
+    Router::new()
+        .nest("/api", api)
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(state.http.max_body_bytes))
+        .layer(TraceLayer::new_for_http())
+        .layer(CatchPanicLayer::new())
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::Rejected {
+        status: axum::http::StatusCode::NOT_FOUND,
+        code: "not_found",
+        message: "no such endpoint".into(),
+    }
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::Rejected {
+        status: axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        code: "method_not_allowed",
+        message: "this endpoint does not accept that method".into(),
+    }
+}
+
+/// Serves until `shutdown`, and meanwhile runs the outbox dispatcher, so that a task
+/// committed by this process always reaches the queue.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let dispatcher = tokio::spawn(troupe_events::dispatch::run_dispatcher(
+        state.backends.store.clone(),
+        state.backends.queue.clone(),
+        Duration::from_secs(2),
+        Duration::from_secs(5),
+        shutdown.clone(),
+    ));
+    let app = router(state);
+    let stop = shutdown.clone();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await?;
+    shutdown.cancel();
+    dispatcher.await?;
+    Ok(())
+}

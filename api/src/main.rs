@@ -1,0 +1,62 @@
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use troupe_api::ApiArgs;
+use troupe_events::runtime::{init_tracing, BackendArgs};
+use troupe_events::Backends;
+use troupe_worker::cli::ProviderArgs;
+use troupe_worker::providers::Providers;
+use troupe_worker::shutdown_signal;
+
+/// Troupe api: REST and SSE in front of PostgreSQL and NATS. Run as many as you like.
+#[derive(Parser)]
+#[command(name = "api", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    backend: BackendArgs,
+    #[command(flatten)]
+    api: ApiArgs,
+    #[command(flatten)]
+    providers: ProviderArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the api (the default).
+    Serve,
+    /// Apply the database migrations and exit.
+    Migrate,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let _telemetry = init_tracing("troupe-api");
+    let config = cli.backend.config();
+    if let Some(Command::Migrate) = cli.command {
+        let (_, description) = troupe_events::backend::connect_store(&config).await?;
+        tracing::info!(store = %description, "migrations applied");
+        return Ok(());
+    }
+    if config.nats_url.is_none() || config.database_url.is_none() {
+        anyhow::bail!(
+            "a separate api needs DATABASE_URL and NATS_URL to reach the workers; \
+             for one process on one machine run `troupe` instead"
+        );
+    }
+    let tokens = cli.api.tokens(true, &config.data_dir, false)?;
+    let backends = Backends::connect(&config).await.context("connecting to the store and NATS")?;
+    let state = troupe_api::state(
+        backends,
+        cli.api.catalogue()?,
+        Providers::from_settings(&cli.providers.settings()),
+        tokens,
+        cli.api.http(),
+    );
+    let listener = tokio::net::TcpListener::bind(cli.api.bind)
+        .await
+        .with_context(|| format!("binding {}", cli.api.bind))?;
+    tracing::info!(url = %format!("http://{}", listener.local_addr()?), "api listening");
+    troupe_api::serve(listener, state, shutdown_signal()).await
+}

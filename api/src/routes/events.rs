@@ -1,0 +1,136 @@
+//! Reading a task's log: SSE that replays and then follows live, or an NDJSON export.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::{Stream, StreamExt};
+use serde::Deserialize;
+use troupe_events::RawEvent;
+use uuid::Uuid;
+
+use crate::auth::Reader;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{Path, Query};
+use crate::routes::tasks::owned_task;
+use crate::state::AppState;
+
+pub const HEARTBEAT: Duration = Duration::from_secs(15);
+
+#[derive(Deserialize)]
+pub struct EventsQuery {
+    after: Option<String>,
+}
+
+fn parse_cursor(value: &str, source: &str) -> ApiResult<u64> {
+    value.trim().parse::<u64>().map_err(|_| {
+        ApiError::bad_request(
+            "invalid_cursor",
+            format!("{source} must be a whole number: the seq of the last event received"),
+        )
+    })
+}
+
+pub fn to_sse(event: &RawEvent) -> SseEvent {
+    SseEvent::default()
+        .id(event.seq.to_string())
+        .event(event.kind.as_str())
+        .data(event.json_str())
+}
+
+pub async fn events(
+    State(state): State<AppState>,
+    reader: Reader,
+    Path(task_id): Path<Uuid>,
+    Query(query): Query<EventsQuery>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    if !reader.may_read(task_id) {
+        return Err(ApiError::TaskNotFound);
+    }
+    let task = owned_task(&state, reader.user_id, task_id).await?;
+    // Last-Event-ID is what a reconnecting EventSource sends: it wins over ?after.
+    let cursor = match (headers.get("last-event-id"), query.after.as_deref()) {
+        (Some(value), _) => parse_cursor(value.to_str().unwrap_or("-"), "Last-Event-ID")?,
+        (None, Some(after)) => parse_cursor(after, "after")?,
+        (None, None) => 0,
+    };
+    if cursor > task.last_seq {
+        return Err(ApiError::bad_request(
+            "cursor_out_of_range",
+            format!(
+                "this task's log ends at seq {}; the cursor {cursor} is beyond it",
+                task.last_seq
+            ),
+        ));
+    }
+    let wants_ndjson = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/x-ndjson"));
+    if wants_ndjson {
+        return Ok(export(&state, task_id, cursor));
+    }
+    if task.status.is_terminal() && cursor == task.last_seq {
+        // Nothing more will ever come: 204 is what makes an EventSource stop reconnecting.
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    let events = state.feeds.follow(task_id, cursor).await?;
+    Ok(sse(events.map(|event| match event {
+        Ok(event) => Ok(to_sse(&event)),
+        Err(e) => Err(e),
+    }))
+    .into_response())
+}
+
+/// An SSE response over a stream of events; a stream error ends the response, and the
+/// client's reconnect (with Last-Event-ID) picks up where it stopped.
+pub fn sse(
+    events: impl Stream<Item = troupe_events::Result<SseEvent>> + Send + 'static,
+) -> impl IntoResponse {
+    let events = tokio_stream::StreamExt::map_while(events, |event| match event {
+        Ok(event) => Some(Ok::<_, Infallible>(event)),
+        Err(e) => {
+            tracing::warn!(error = %e, "an event stream ended early");
+            None
+        }
+    });
+    // Tells nginx-style proxies not to buffer the stream, whatever their own settings.
+    (
+        [("x-accel-buffering", "no")],
+        Sse::new(events).keep_alive(KeepAlive::new().interval(HEARTBEAT)),
+    )
+}
+
+/// The log as it is now, one JSON event per line.
+fn export(state: &AppState, task_id: Uuid, after: u64) -> Response {
+    let store = state.backends.store.clone();
+    let pages = futures::stream::unfold(Some(after), move |cursor| {
+        let store = store.clone();
+        async move {
+            let after = cursor?;
+            match store.events_after(task_id, after, 1000).await {
+                Ok(page) if page.is_empty() => None,
+                Ok(page) => {
+                    let next = (page.len() == 1000).then(|| page.last().map(|e| e.seq)).flatten();
+                    let mut lines = Vec::with_capacity(page.iter().map(|e| e.json.len() + 1).sum());
+                    for event in &page {
+                        lines.extend_from_slice(&event.json);
+                        lines.push(b'\n');
+                    }
+                    Some((Ok::<_, std::io::Error>(lines), next))
+                }
+                Err(e) => Some((Err(std::io::Error::other(e.to_string())), None)),
+            }
+        }
+    });
+    (
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(pages),
+    )
+        .into_response()
+}

@@ -1,0 +1,74 @@
+//! The original endpoints, kept for existing clients: submit and stream in one request,
+//! or submit and wait for the result.
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::sse::Event as SseEvent;
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use serde_json::{json, Value};
+
+use crate::auth::AuthUser;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::Json;
+use crate::routes::events::{sse, to_sse};
+use crate::routes::tasks::{submit, view, TaskRequest};
+use crate::state::AppState;
+
+/// The events, then the original closing event: `complete` (`{"taskId"}`) or `error`
+/// (`{"error"}`).
+pub async fn execute_stream(
+    State(state): State<AppState>,
+    user: AuthUser,
+    headers: HeaderMap,
+    Json(body): Json<TaskRequest>,
+) -> ApiResult<Response> {
+    let task_id = submit(&state, user, &headers, body).await?.task().id;
+    let events = state.feeds.follow(task_id, 0).await?;
+    let with_closing = events.flat_map(move |event| {
+        let items: Vec<troupe_events::Result<SseEvent>> = match event {
+            Ok(event) if event.is_terminal() => {
+                let closing = if event.kind == "task_complete" {
+                    SseEvent::default()
+                        .event("complete")
+                        .data(json!({"taskId": task_id}).to_string())
+                } else {
+                    let error = serde_json::from_slice::<Value>(&event.json)
+                        .ok()
+                        .and_then(|v| v["error"].as_str().map(str::to_string))
+                        .unwrap_or_else(|| "the task failed".into());
+                    SseEvent::default()
+                        .event("error")
+                        .data(json!({"error": error}).to_string())
+                };
+                vec![Ok(to_sse(&event)), Ok(closing)]
+            }
+            Ok(event) => vec![Ok(to_sse(&event))],
+            Err(e) => vec![Err(e)],
+        };
+        futures::stream::iter(items)
+    });
+    Ok(sse(with_closing).into_response())
+}
+
+/// Waits for the task to end and returns it as `GET /api/tasks/{id}` would.
+pub async fn execute(
+    State(state): State<AppState>,
+    user: AuthUser,
+    headers: HeaderMap,
+    Json(body): Json<TaskRequest>,
+) -> ApiResult<axum::Json<Value>> {
+    let task_id = submit(&state, user, &headers, body).await?.task().id;
+    let mut events = std::pin::pin!(state.feeds.follow(task_id, 0).await?);
+    while let Some(event) = events.next().await {
+        event?;
+    }
+    let task = state
+        .backends
+        .store
+        .task(task_id)
+        .await?
+        .ok_or(ApiError::TaskNotFound)?;
+    let view = view(&state, &task).await?;
+    Ok(axum::Json(serde_json::to_value(view).map_err(anyhow::Error::from)?))
+}

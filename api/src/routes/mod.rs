@@ -1,0 +1,6 @@
+pub mod auth;
+pub mod catalogue;
+pub mod events;
+pub mod execute;
+pub mod health;
+pub mod tasks;

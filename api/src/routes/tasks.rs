@@ -1,0 +1,342 @@
+//! Submitting, listing and reading tasks.
+
+use std::collections::HashSet;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use troupe_events::task::TaskSpec;
+use troupe_events::{ExecutionMode, NewTask, Submitted, TaskRecord, TaskView};
+use uuid::Uuid;
+
+use crate::auth::AuthUser;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{Json, Path, Query};
+use crate::state::AppState;
+
+const MAX_DESCRIPTION: usize = 20_000;
+const MAX_TITLE: usize = 200;
+const MAX_AGENTS: usize = 20;
+const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+/// The task body of every submit endpoint. Everything is optional here so that each
+/// missing or wrong field gets its own message instead of serde's.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskRequest {
+    title: Option<String>,
+    description: Option<String>,
+    selected_agents: Option<Vec<String>>,
+    execution_mode: Option<String>,
+    provider: Option<String>,
+    model: Option<String>,
+    provider_options: Option<Value>,
+}
+
+impl TaskRequest {
+    fn into_spec(self, state: &AppState) -> ApiResult<TaskSpec> {
+        let description = self.description.unwrap_or_default().trim().to_string();
+        if description.is_empty() {
+            return Err(ApiError::invalid(
+                "missing_description",
+                "description is required: say what the team should do",
+            ));
+        }
+        if description.chars().count() > MAX_DESCRIPTION {
+            return Err(ApiError::invalid(
+                "description_too_long",
+                format!("description must be at most {MAX_DESCRIPTION} characters"),
+            ));
+        }
+        let title = match self.title.map(|t| t.trim().to_string()).filter(|t| !t.is_empty()) {
+            Some(title) if title.chars().count() > MAX_TITLE => {
+                return Err(ApiError::invalid(
+                    "title_too_long",
+                    format!("title must be at most {MAX_TITLE} characters"),
+                ));
+            }
+            Some(title) => title,
+            None => default_title(&description),
+        };
+        let roles = self.selected_agents.unwrap_or_default();
+        if roles.is_empty() {
+            return Err(ApiError::invalid(
+                "no_agents",
+                "selectedAgents must name at least one agent (see GET /api/agents)",
+            ));
+        }
+        if roles.len() > MAX_AGENTS {
+            return Err(ApiError::invalid(
+                "too_many_agents",
+                format!("a team has at most {MAX_AGENTS} agents"),
+            ));
+        }
+        let mut seen = HashSet::new();
+        let mut agents = Vec::with_capacity(roles.len());
+        for role in &roles {
+            let agent = state.catalogue.get(role).ok_or_else(|| {
+                ApiError::invalid(
+                    "unknown_agent",
+                    format!(
+                        "unknown agent {:?}; known agents: {}",
+                        truncate(role, 64),
+                        state
+                            .catalogue
+                            .agents()
+                            .iter()
+                            .map(|a| a.role.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                )
+            })?;
+            if !seen.insert(role.as_str()) {
+                return Err(ApiError::invalid(
+                    "duplicate_agent",
+                    format!("agent {role:?} is selected twice"),
+                ));
+            }
+            agents.push(agent.clone());
+        }
+        let execution_mode = match self.execution_mode.as_deref() {
+            None | Some("sequential") => ExecutionMode::Sequential,
+            Some("parallel") => ExecutionMode::Parallel,
+            Some(other) => {
+                return Err(ApiError::invalid(
+                    "invalid_execution_mode",
+                    format!(
+                        "executionMode must be \"sequential\" or \"parallel\", not {:?}",
+                        truncate(other, 32)
+                    ),
+                ));
+            }
+        };
+        let provider = match self.provider.filter(|p| !p.is_empty()) {
+            None => state.providers.default_name().to_string(),
+            Some(name) => {
+                let info = state
+                    .providers
+                    .catalogue()
+                    .into_iter()
+                    .find(|p| p.name == name)
+                    .ok_or_else(|| {
+                        ApiError::invalid(
+                            "unknown_provider",
+                            format!(
+                                "unknown provider {:?}; providers: openai, anthropic, simulated",
+                                truncate(&name, 32)
+                            ),
+                        )
+                    })?;
+                if !info.configured {
+                    return Err(ApiError::invalid(
+                        "provider_not_configured",
+                        format!("provider {name} is not configured on this server (see GET /api/providers)"),
+                    ));
+                }
+                name
+            }
+        };
+        let model = self.model.map(|m| m.trim().to_string()).filter(|m| !m.is_empty());
+        if model.as_ref().is_some_and(|m| m.len() > 200) {
+            return Err(ApiError::invalid("invalid_model", "model must be at most 200 characters"));
+        }
+        let provider_options = match self.provider_options {
+            None | Some(Value::Null) => Default::default(),
+            Some(Value::Object(map)) => map,
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    "invalid_provider_options",
+                    "providerOptions must be a JSON object",
+                ));
+            }
+        };
+        Ok(TaskSpec {
+            title,
+            description,
+            agents,
+            execution_mode,
+            provider,
+            model,
+            provider_options,
+        })
+    }
+}
+
+fn default_title(description: &str) -> String {
+    let first_line = description.lines().next().unwrap_or_default();
+    let mut title: String = first_line.chars().take(80).collect();
+    if first_line.chars().count() > 80 {
+        title.push('…');
+    }
+    title
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    s.chars().take(max).collect()
+}
+
+fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value.to_str().map(str::trim).unwrap_or_default();
+    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY {
+        return Err(ApiError::bad_request(
+            "invalid_idempotency_key",
+            format!("Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"),
+        ));
+    }
+    Ok(Some(key.to_string()))
+}
+
+/// Validates, stores and queues a task; the one path behind every submit endpoint.
+pub async fn submit(
+    state: &AppState,
+    user: AuthUser,
+    headers: &HeaderMap,
+    body: TaskRequest,
+) -> ApiResult<Submitted> {
+    let key = idempotency_key(headers)?;
+    let spec = body.into_spec(state)?;
+    let request_hash = {
+        let canonical = serde_json::to_vec(&spec).expect("a spec always serialises");
+        format!("{:x}", Sha256::digest(canonical))
+    };
+    let task = NewTask {
+        id: Uuid::now_v7(),
+        owner_id: user.id,
+        spec,
+        idempotency_key: key,
+        request_hash,
+    };
+    let submitted = state.backends.store.create_task(&task).await?;
+    if let Submitted::Created(record) = &submitted {
+        let backends = &state.backends;
+        if let Err(e) =
+            troupe_events::dispatch::dispatch(backends.store.as_ref(), backends.queue.as_ref(), record.id)
+                .await
+        {
+            // Stored and in the outbox: the dispatcher queues it shortly.
+            tracing::warn!(task_id = %record.id, error = %e, "queueing a new task failed; the outbox will retry");
+        }
+        tracing::info!(task_id = %record.id, "task submitted");
+    }
+    Ok(submitted)
+}
+
+pub fn stream_url(state: &AppState, user: AuthUser, task_id: Uuid) -> String {
+    format!(
+        "/api/tasks/{task_id}/events?token={}",
+        state.tokens.stream(user.id, task_id)
+    )
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    user: AuthUser,
+    headers: HeaderMap,
+    Json(body): Json<TaskRequest>,
+) -> ApiResult<(StatusCode, HeaderMap, axum::Json<Value>)> {
+    let submitted = submit(&state, user, &headers, body).await?;
+    let task = submitted.task();
+    let mut response_headers = HeaderMap::new();
+    let location = format!("/api/tasks/{}", task.id);
+    response_headers.insert("location", location.parse().expect("a path is a header value"));
+    if matches!(submitted, Submitted::Existing(_)) {
+        response_headers.insert("idempotent-replayed", "true".parse().expect("ascii"));
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        response_headers,
+        axum::Json(json!({
+            "taskId": task.id,
+            "status": task.status,
+            "streamUrl": stream_url(&state, user, task.id),
+        })),
+    ))
+}
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    limit: Option<u32>,
+    before: Option<Uuid>,
+}
+
+fn summary(task: &TaskRecord) -> Value {
+    json!({
+        "taskId": task.id,
+        "title": task.spec.title,
+        "status": task.status,
+        "executionMode": task.spec.execution_mode,
+        "provider": task.spec.provider,
+        "selectedAgents": task.spec.roles(),
+        "createdAt": task.created_at,
+        "updatedAt": task.updated_at,
+        "lastSeq": task.last_seq,
+    })
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Query(query): Query<ListQuery>,
+) -> ApiResult<axum::Json<Value>> {
+    let limit = query.limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return Err(ApiError::bad_request("invalid_limit", "limit must be between 1 and 100"));
+    }
+    let tasks = state
+        .backends
+        .store
+        .tasks_of(user.id, query.before, limit)
+        .await?;
+    let next = (tasks.len() as u32 == limit).then(|| tasks.last().map(|t| t.id)).flatten();
+    Ok(axum::Json(json!({
+        "tasks": tasks.iter().map(summary).collect::<Vec<_>>(),
+        "nextCursor": next,
+    })))
+}
+
+/// The caller's task; another user's task is as missing as one that does not exist.
+pub async fn owned_task(state: &AppState, user_id: Uuid, task_id: Uuid) -> ApiResult<TaskRecord> {
+    match state.backends.store.task(task_id).await? {
+        Some(task) if task.owner_id == user_id => Ok(task),
+        _ => Err(ApiError::TaskNotFound),
+    }
+}
+
+/// The task as projected from its whole log.
+pub async fn view(state: &AppState, task: &TaskRecord) -> ApiResult<TaskView> {
+    let store = &state.backends.store;
+    let mut events = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = store.events_after(task.id, after, 1000).await?;
+        let full = page.len() == 1000;
+        for raw in page {
+            after = raw.seq;
+            events.push(raw.parse().map_err(|e| {
+                anyhow::anyhow!("event {} of task {} does not parse: {e}", raw.seq, task.id)
+            })?);
+        }
+        if !full {
+            break;
+        }
+    }
+    Ok(TaskView::project(task.id, &task.spec, &events))
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(task_id): Path<Uuid>,
+) -> ApiResult<axum::Json<Value>> {
+    let task = owned_task(&state, user.id, task_id).await?;
+    let view = view(&state, &task).await?;
+    let mut body = serde_json::to_value(&view).map_err(anyhow::Error::from)?;
+    body["streamUrl"] = json!(stream_url(&state, user, task_id));
+    Ok(axum::Json(body))
+}

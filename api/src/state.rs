@@ -1,0 +1,31 @@
+use std::sync::Arc;
+
+use troupe_events::{Backends, Catalogue, Feeds};
+use troupe_worker::providers::Providers;
+
+use crate::auth::Tokens;
+
+/// Limits and choices of the HTTP layer.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            max_body_bytes: 64 * 1024,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub backends: Backends,
+    pub feeds: Feeds,
+    pub catalogue: Arc<Catalogue>,
+    pub providers: Arc<Providers>,
+    pub tokens: Tokens,
+    pub http: HttpConfig,
+}

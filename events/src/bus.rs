@@ -1,0 +1,285 @@
+//! The bus carries each event, after it is stored, to whoever follows the task live:
+//! NATS subjects `<prefix>.events.<task_id>.<type>` when distributed, a broadcast
+//! channel per task when embedded. It may drop messages; readers fill gaps from the store.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use tokio::sync::broadcast;
+use tokio_stream::wrappers::BroadcastStream;
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+use crate::event::RawEvent;
+
+/// Headers carrying the seq and time, so that followers dedupe without parsing the payload.
+pub const SEQ_HEADER: &str = "Troupe-Seq";
+pub const AT_HEADER: &str = "Troupe-At";
+
+#[async_trait]
+pub trait Bus: Send + Sync + 'static {
+    /// Publishes events already committed to the store, in order.
+    async fn publish(&self, events: &[RawEvent]) -> Result<()>;
+
+    /// Live events of one task from now on. Best effort: gaps are possible.
+    async fn subscribe(&self, task_id: Uuid) -> Result<BoxStream<'static, RawEvent>>;
+
+    async fn ping(&self) -> Result<()>;
+}
+
+/// Subject names under one prefix, so that several deployments (or test runs) can share
+/// one NATS server without seeing each other.
+#[derive(Debug, Clone)]
+pub struct Subjects {
+    prefix: String,
+}
+
+impl Subjects {
+    pub fn new(prefix: &str) -> Self {
+        Subjects {
+            prefix: prefix.to_string(),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn event(&self, task_id: Uuid, kind: &str) -> String {
+        format!("{}.events.{task_id}.{kind}", self.prefix)
+    }
+
+    pub fn task_events(&self, task_id: Uuid) -> String {
+        format!("{}.events.{task_id}.>", self.prefix)
+    }
+
+    pub fn all_events(&self) -> String {
+        format!("{}.events.>", self.prefix)
+    }
+
+    pub fn tasks(&self) -> String {
+        format!("{}.tasks", self.prefix)
+    }
+
+    /// JetStream names allow no dots: `troupe.dev` becomes `TROUPE_DEV_<suffix>`.
+    pub fn stream_name(&self, suffix: &str) -> String {
+        let base: String = self
+            .prefix
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_uppercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        format!("{base}_{suffix}")
+    }
+}
+
+/// The embedded bus: a bounded broadcast channel per followed task.
+#[derive(Clone)]
+pub struct MemoryBus {
+    channels: Arc<Mutex<HashMap<Uuid, broadcast::Sender<RawEvent>>>>,
+    capacity: usize,
+}
+
+impl MemoryBus {
+    pub fn new(capacity: usize) -> Self {
+        MemoryBus {
+            channels: Arc::default(),
+            capacity,
+        }
+    }
+
+    /// How many tasks have a live channel; for tests that check nothing leaks.
+    pub fn channel_count(&self) -> usize {
+        self.channels.lock().expect("bus lock").len()
+    }
+}
+
+impl Default for MemoryBus {
+    fn default() -> Self {
+        MemoryBus::new(1024)
+    }
+}
+
+/// Removes the task's channel when its last subscriber goes, so an idle bus holds nothing.
+struct MemorySubscription {
+    stream: Option<BroadcastStream<RawEvent>>,
+    task_id: Uuid,
+    channels: Arc<Mutex<HashMap<Uuid, broadcast::Sender<RawEvent>>>>,
+}
+
+impl Drop for MemorySubscription {
+    fn drop(&mut self) {
+        drop(self.stream.take());
+        let mut channels = self.channels.lock().expect("bus lock");
+        if channels
+            .get(&self.task_id)
+            .is_some_and(|tx| tx.receiver_count() == 0)
+        {
+            channels.remove(&self.task_id);
+        }
+    }
+}
+
+impl futures::Stream for MemorySubscription {
+    type Item = RawEvent;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<RawEvent>> {
+        let Some(stream) = self.stream.as_mut() else {
+            return std::task::Poll::Ready(None);
+        };
+        loop {
+            match futures::ready!(stream.poll_next_unpin(cx)) {
+                Some(Ok(event)) => return std::task::Poll::Ready(Some(event)),
+                // Lagging behind is a gap like any other: the follower fills it from the store.
+                Some(Err(_lagged)) => continue,
+                None => return std::task::Poll::Ready(None),
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Bus for MemoryBus {
+    async fn publish(&self, events: &[RawEvent]) -> Result<()> {
+        let channels = self.channels.lock().expect("bus lock");
+        for event in events {
+            if let Some(tx) = channels.get(&event.task_id) {
+                // No receiver is not an error: nobody is following this task right now.
+                let _ = tx.send(event.clone());
+            }
+        }
+        Ok(())
+    }
+
+    async fn subscribe(&self, task_id: Uuid) -> Result<BoxStream<'static, RawEvent>> {
+        let rx = self
+            .channels
+            .lock()
+            .expect("bus lock")
+            .entry(task_id)
+            .or_insert_with(|| broadcast::channel(self.capacity).0)
+            .subscribe();
+        Ok(MemorySubscription {
+            stream: Some(BroadcastStream::new(rx)),
+            task_id,
+            channels: self.channels.clone(),
+        }
+        .boxed())
+    }
+
+    async fn ping(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Retention of the EVENTS stream that analytics consumers read from.
+#[derive(Debug, Clone)]
+pub struct EventStreamLimits {
+    pub max_age: Duration,
+    pub max_bytes: i64,
+}
+
+impl Default for EventStreamLimits {
+    fn default() -> Self {
+        EventStreamLimits {
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            max_bytes: 1 << 30,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct NatsBus {
+    client: async_nats::Client,
+    subjects: Subjects,
+}
+
+impl NatsBus {
+    /// Also makes sure the EVENTS stream exists, so that every published event is kept for
+    /// durable consumers (analytics) within `limits`.
+    pub async fn new(
+        client: async_nats::Client,
+        subjects: Subjects,
+        limits: EventStreamLimits,
+    ) -> Result<Self> {
+        let js = jetstream::new(client.clone());
+        js.get_or_create_stream(jetstream::stream::Config {
+            name: subjects.stream_name("EVENTS"),
+            subjects: vec![subjects.all_events()],
+            max_age: limits.max_age,
+            max_bytes: limits.max_bytes,
+            storage: jetstream::stream::StorageType::File,
+            discard: jetstream::stream::DiscardPolicy::Old,
+            ..Default::default()
+        })
+        .await
+        .map_err(Error::nats)?;
+        Ok(NatsBus { client, subjects })
+    }
+}
+
+#[async_trait]
+impl Bus for NatsBus {
+    async fn publish(&self, events: &[RawEvent]) -> Result<()> {
+        for event in events {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(SEQ_HEADER, event.seq.to_string().as_str());
+            headers.insert(AT_HEADER, event.at.to_rfc3339().as_str());
+            self.client
+                .publish_with_headers(
+                    self.subjects.event(event.task_id, &event.kind),
+                    headers,
+                    event.json.clone(),
+                )
+                .await
+                .map_err(Error::nats)?;
+        }
+        Ok(())
+    }
+
+    async fn subscribe(&self, task_id: Uuid) -> Result<BoxStream<'static, RawEvent>> {
+        let subscriber = self
+            .client
+            .subscribe(self.subjects.task_events(task_id))
+            .await
+            .map_err(Error::nats)?;
+        // The subscription is live once the server has seen it; without this round trip an
+        // event published right after could still miss it.
+        self.client.flush().await.map_err(Error::nats)?;
+        Ok(subscriber
+            .filter_map(move |msg| async move { raw_from_message(task_id, &msg) })
+            .boxed())
+    }
+
+    async fn ping(&self) -> Result<()> {
+        self.client.flush().await.map_err(Error::nats)
+    }
+}
+
+/// A bus message back into an event; one without our headers is not ours and is skipped.
+fn raw_from_message(task_id: Uuid, msg: &async_nats::Message) -> Option<RawEvent> {
+    let headers = msg.headers.as_ref()?;
+    let seq = headers.get(SEQ_HEADER)?.as_str().parse().ok()?;
+    let at = chrono::DateTime::parse_from_rfc3339(headers.get(AT_HEADER)?.as_str()).ok()?;
+    let kind = msg.subject.as_str().rsplit('.').next()?.to_string();
+    Some(RawEvent {
+        task_id,
+        seq,
+        kind,
+        at: at.to_utc(),
+        json: msg.payload.clone(),
+    })
+}

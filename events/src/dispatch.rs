@@ -1,0 +1,53 @@
+//! The outbox dispatcher: gets committed tasks onto the work queue. The api queues a task
+//! right after committing it; this loop catches the ones whose publish never happened
+//! (a crash between commit and publish, a queue that was down or full).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::error::Result;
+use crate::queue::TaskQueue;
+use crate::store::Store;
+
+/// Queues the task and clears its outbox row.
+pub async fn dispatch(store: &dyn Store, queue: &dyn TaskQueue, task_id: Uuid) -> Result<()> {
+    queue.enqueue(task_id).await?;
+    store.mark_dispatched(task_id).await
+}
+
+/// Re-dispatches outbox rows older than `grace` every `every`, until `shutdown`.
+pub async fn run_dispatcher(
+    store: Arc<dyn Store>,
+    queue: Arc<dyn TaskQueue>,
+    every: Duration,
+    grace: Duration,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let older_than = Utc::now() - chrono::Duration::from_std(grace).unwrap_or_default();
+        let pending = match store.undispatched(older_than, 100).await {
+            Ok(pending) => pending,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the outbox failed");
+                continue;
+            }
+        };
+        for task_id in pending {
+            match dispatch(store.as_ref(), queue.as_ref(), task_id).await {
+                Ok(()) => tracing::info!(%task_id, "dispatched a task from the outbox"),
+                Err(e) => {
+                    tracing::warn!(%task_id, error = %e, "dispatching from the outbox failed");
+                    break;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! The event log's vocabulary: what can happen to a task, and how it looks on the wire.
+//! Field names are camelCase and type names snake_case because browsers of the original
+//! design already parse them; changing one breaks every client in the field.
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::task::ExecutionMode;
+
+/// `status` of `agent_complete`: a constant on the wire, kept as a type so it cannot drift.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SuccessStatus {
+    #[default]
+    #[serde(rename = "success")]
+    Success,
+}
+
+/// `status` of `agent_error`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorStatus {
+    #[default]
+    #[serde(rename = "error")]
+    Error,
+}
+
+/// A file an agent produced: a fenced code block that named a file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Artifact {
+    pub filename: String,
+    pub language: Option<String>,
+    pub content: String,
+}
+
+/// One agent's final word, as listed in `task_complete`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentOutput {
+    pub agent_role: String,
+    pub agent_name: String,
+    pub output: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum EventBody {
+    #[serde(rename_all = "camelCase")]
+    TaskCreated {
+        title: String,
+        selected_agents: Vec<String>,
+        execution_mode: ExecutionMode,
+        provider: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        model: Option<String>,
+    },
+    /// A worker picked the task up again after a crash or redelivery; agents already
+    /// complete are kept, the rest run again.
+    #[serde(rename_all = "camelCase")]
+    TaskResumed { delivery: u64, reason: String },
+    #[serde(rename_all = "camelCase")]
+    AgentStart {
+        agent_role: String,
+        agent_name: String,
+        agent_description: String,
+        attempt: u32,
+    },
+    #[serde(rename_all = "camelCase")]
+    AgentProgress { agent_role: String, message: String },
+    #[serde(rename_all = "camelCase")]
+    AgentToken { agent_role: String, delta: String },
+    #[serde(rename_all = "camelCase")]
+    AgentComplete {
+        agent_role: String,
+        status: SuccessStatus,
+        execution_time: u64,
+        has_artifacts: bool,
+        output: String,
+        #[serde(default)]
+        artifacts: Vec<Artifact>,
+    },
+    #[serde(rename_all = "camelCase")]
+    AgentError {
+        agent_role: String,
+        status: ErrorStatus,
+        execution_time: u64,
+        error: String,
+    },
+    #[serde(rename_all = "camelCase")]
+    TaskComplete {
+        total_execution_time: u64,
+        outputs: Vec<AgentOutput>,
+    },
+    #[serde(rename_all = "camelCase")]
+    TaskError {
+        error: String,
+        #[serde(default)]
+        failed_agents: Vec<String>,
+    },
+}
+
+impl EventBody {
+    /// The wire name of the type: the SSE `event:` field and the last NATS subject token.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            EventBody::TaskCreated { .. } => "task_created",
+            EventBody::TaskResumed { .. } => "task_resumed",
+            EventBody::AgentStart { .. } => "agent_start",
+            EventBody::AgentProgress { .. } => "agent_progress",
+            EventBody::AgentToken { .. } => "agent_token",
+            EventBody::AgentComplete { .. } => "agent_complete",
+            EventBody::AgentError { .. } => "agent_error",
+            EventBody::TaskComplete { .. } => "task_complete",
+            EventBody::TaskError { .. } => "task_error",
+        }
+    }
+}
+
+/// Types after which nothing more is ever appended to a task's log.
+pub const TERMINAL_KINDS: [&str; 2] = ["task_complete", "task_error"];
+
+pub fn is_terminal_kind(kind: &str) -> bool {
+    TERMINAL_KINDS.contains(&kind)
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Event {
+    pub seq: u64,
+    pub task_id: Uuid,
+    pub at: DateTime<Utc>,
+    #[serde(flatten)]
+    pub body: EventBody,
+}
+
+impl Event {
+    pub fn new(task_id: Uuid, seq: u64, body: EventBody) -> Self {
+        Event {
+            seq,
+            task_id,
+            at: Utc::now(),
+            body,
+        }
+    }
+
+    /// Serialises once; the bytes are what the store keeps and every reader sends.
+    pub fn to_raw(&self) -> RawEvent {
+        let json = serde_json::to_vec(self).expect("an event always serialises");
+        RawEvent {
+            task_id: self.task_id,
+            seq: self.seq,
+            kind: self.body.kind().into(),
+            at: self.at,
+            json: Bytes::from(json),
+        }
+    }
+}
+
+/// An event as stored and transported: its JSON kept as bytes so that replay and fan-out
+/// never parse or re-serialise it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawEvent {
+    pub task_id: Uuid,
+    pub seq: u64,
+    pub kind: String,
+    pub at: DateTime<Utc>,
+    pub json: Bytes,
+}
+
+impl RawEvent {
+    pub fn is_terminal(&self) -> bool {
+        is_terminal_kind(&self.kind)
+    }
+
+    pub fn parse(&self) -> Result<Event, serde_json::Error> {
+        serde_json::from_slice(&self.json)
+    }
+
+    pub fn json_str(&self) -> &str {
+        // Built from serde_json output or read from a text column; both are UTF-8.
+        std::str::from_utf8(&self.json).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_form_keeps_original_field_names_and_round_trips() {
+        let task_id = Uuid::now_v7();
+        let event = Event::new(
+            task_id,
+            4,
+            EventBody::AgentComplete {
+                agent_role: "qa".into(),
+                status: SuccessStatus::Success,
+                execution_time: 1200,
+                has_artifacts: false,
+                output: "fine".into(),
+                artifacts: vec![],
+            },
+        );
+        let raw = event.to_raw();
+        let value: serde_json::Value = serde_json::from_slice(&raw.json).unwrap();
+        assert_eq!(value["type"], "agent_complete");
+        assert_eq!(value["agentRole"], "qa");
+        assert_eq!(value["status"], "success");
+        assert_eq!(value["executionTime"], 1200);
+        assert_eq!(value["hasArtifacts"], false);
+        assert_eq!(value["seq"], 4);
+        assert_eq!(value["taskId"], task_id.to_string());
+        assert!(value["at"].as_str().unwrap().contains('T'));
+        assert_eq!(raw.parse().unwrap(), event);
+        assert_eq!(raw.kind, "agent_complete");
+        assert!(!raw.is_terminal());
+    }
+
+    #[test]
+    fn terminal_kinds_are_the_task_endings() {
+        let task_id = Uuid::now_v7();
+        let done = Event::new(
+            task_id,
+            9,
+            EventBody::TaskError {
+                error: "boom".into(),
+                failed_agents: vec!["qa".into()],
+            },
+        );
+        assert!(done.to_raw().is_terminal());
+    }
+}

@@ -1,0 +1,250 @@
+//! The catch-up subscription: every event of a task after a cursor, exactly once and in
+//! order, first from the store and then live from the bus, ending after the terminal
+//! event. Shared by the SSE endpoint and any in-process consumer.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use tokio::sync::broadcast::{self, error::RecvError};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::bus::Bus;
+use crate::error::{Error, Result};
+use crate::event::RawEvent;
+use crate::store::Store;
+
+#[derive(Debug, Clone)]
+pub struct FeedConfig {
+    /// Live events buffered per task for its slowest follower; past that, the follower
+    /// falls back to the store and rejoins.
+    pub buffer: usize,
+    /// Events read from the store per query while catching up.
+    pub page: u32,
+    /// With no live event for this long, a feed checks the store itself, so an event whose
+    /// publish was lost (a worker died between commit and publish) still arrives.
+    pub idle_check: Duration,
+}
+
+impl Default for FeedConfig {
+    fn default() -> Self {
+        FeedConfig {
+            buffer: 1024,
+            page: 1000,
+            idle_check: Duration::from_secs(2),
+        }
+    }
+}
+
+/// One bus subscription per followed task per process, however many clients follow it.
+#[derive(Clone)]
+pub struct Feeds {
+    inner: Arc<FeedsInner>,
+}
+
+struct FeedsInner {
+    store: Arc<dyn Store>,
+    bus: Arc<dyn Bus>,
+    config: FeedConfig,
+    live: Mutex<HashMap<Uuid, Weak<Feed>>>,
+}
+
+struct Feed {
+    task_id: Uuid,
+    tx: broadcast::Sender<RawEvent>,
+    stop: CancellationToken,
+    feeds: Weak<FeedsInner>,
+}
+
+impl Drop for Feed {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        if let Some(feeds) = self.feeds.upgrade() {
+            let mut live = feeds.live.lock().expect("feeds lock");
+            // Only forget the entry if it is still ours: a new feed may have replaced it.
+            if live
+                .get(&self.task_id)
+                .is_some_and(|weak| weak.strong_count() == 0)
+            {
+                live.remove(&self.task_id);
+            }
+        }
+    }
+}
+
+impl Feeds {
+    pub fn new(store: Arc<dyn Store>, bus: Arc<dyn Bus>, config: FeedConfig) -> Self {
+        Feeds {
+            inner: Arc::new(FeedsInner {
+                store,
+                bus,
+                config,
+                live: Mutex::default(),
+            }),
+        }
+    }
+
+    /// How many tasks this process follows on the bus right now.
+    pub fn active(&self) -> usize {
+        self.inner.live.lock().expect("feeds lock").len()
+    }
+
+    /// Every event of the task with `seq > after`, in order, ending after the terminal one.
+    /// The live subscription is in place before the store is read, so nothing falls between.
+    pub async fn follow(
+        &self,
+        task_id: Uuid,
+        after: u64,
+    ) -> Result<impl Stream<Item = Result<RawEvent>> + Send + 'static> {
+        let feed = self.feed(task_id).await?;
+        let rx = feed.tx.subscribe();
+        let state = Follower {
+            store: self.inner.store.clone(),
+            page: self.inner.config.page,
+            _feed: feed,
+            rx,
+            task_id,
+            last: after,
+            pending: VecDeque::new(),
+            catching_up: true,
+            done: false,
+        };
+        Ok(futures::stream::unfold(state, Follower::next))
+    }
+
+    async fn feed(&self, task_id: Uuid) -> Result<Arc<Feed>> {
+        if let Some(feed) = self.existing(task_id) {
+            return Ok(feed);
+        }
+        let inner = &self.inner;
+        let subscription = inner.bus.subscribe(task_id).await?;
+        let start = inner.store.task(task_id).await?.map_or(0, |t| t.last_seq);
+        let mut live = inner.live.lock().expect("feeds lock");
+        // Someone may have made the feed while we subscribed; theirs wins, ours is dropped.
+        if let Some(feed) = live.get(&task_id).and_then(Weak::upgrade) {
+            return Ok(feed);
+        }
+        let (tx, _) = broadcast::channel(inner.config.buffer);
+        let stop = CancellationToken::new();
+        let feed = Arc::new(Feed {
+            task_id,
+            tx: tx.clone(),
+            stop: stop.clone(),
+            feeds: Arc::downgrade(inner),
+        });
+        live.insert(task_id, Arc::downgrade(&feed));
+        tokio::spawn(pump(
+            inner.store.clone(),
+            subscription,
+            tx,
+            stop,
+            task_id,
+            start,
+            inner.config.idle_check,
+        ));
+        Ok(feed)
+    }
+
+    fn existing(&self, task_id: Uuid) -> Option<Arc<Feed>> {
+        self.inner
+            .live
+            .lock()
+            .expect("feeds lock")
+            .get(&task_id)
+            .and_then(Weak::upgrade)
+    }
+}
+
+/// Moves a task's bus messages into its broadcast channel until the last follower leaves.
+async fn pump(
+    store: Arc<dyn Store>,
+    mut subscription: futures::stream::BoxStream<'static, RawEvent>,
+    tx: broadcast::Sender<RawEvent>,
+    stop: CancellationToken,
+    task_id: Uuid,
+    mut last_seen: u64,
+    idle_check: Duration,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            message = subscription.next() => match message {
+                Some(event) => {
+                    last_seen = last_seen.max(event.seq);
+                    let _ = tx.send(event);
+                }
+                None => return,
+            },
+            _ = tokio::time::sleep(idle_check) => {
+                match store.events_after(task_id, last_seen, 100).await {
+                    Ok(events) => for event in events {
+                        last_seen = event.seq;
+                        let _ = tx.send(event);
+                    },
+                    Err(e) => tracing::warn!(%task_id, error = %e, "idle check of a followed task failed"),
+                }
+            }
+        }
+    }
+}
+
+struct Follower {
+    store: Arc<dyn Store>,
+    page: u32,
+    _feed: Arc<Feed>,
+    rx: broadcast::Receiver<RawEvent>,
+    task_id: Uuid,
+    last: u64,
+    /// At most one page of events read from the store and not yet sent.
+    pending: VecDeque<RawEvent>,
+    catching_up: bool,
+    done: bool,
+}
+
+impl Follower {
+    async fn next(mut self) -> Option<(Result<RawEvent>, Self)> {
+        loop {
+            if self.done {
+                return None;
+            }
+            if let Some(event) = self.pending.pop_front() {
+                if event.seq <= self.last {
+                    continue;
+                }
+                self.last = event.seq;
+                self.done = event.is_terminal();
+                return Some((Ok(event), self));
+            }
+            if self.catching_up {
+                match self
+                    .store
+                    .events_after(self.task_id, self.last, self.page)
+                    .await
+                {
+                    Ok(events) => {
+                        self.catching_up = events.len() as u32 == self.page;
+                        self.pending.extend(events);
+                        continue;
+                    }
+                    Err(e) => {
+                        self.done = true;
+                        return Some((Err(e), self));
+                    }
+                }
+            }
+            match self.rx.recv().await {
+                Ok(event) if event.seq <= self.last => {}
+                Ok(event) if event.seq == self.last + 1 => self.pending.push_back(event),
+                // A gap (a lost message) or a lag (this follower fell behind its buffer):
+                // the store has everything that was published, so read from it.
+                Ok(_) | Err(RecvError::Lagged(_)) => self.catching_up = true,
+                Err(RecvError::Closed) => {
+                    self.done = true;
+                    return Some((Err(Error::FeedClosed), self));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,27 @@
+//! Troupe's event-sourced core: the event types, the store that keeps each task's log,
+//! the bus that carries events live, the queue that hands tasks to workers, and the
+//! catch-up subscription that joins store and bus for readers.
+
+pub mod backend;
+pub mod bus;
+pub mod catalogue;
+pub mod dispatch;
+pub mod error;
+pub mod event;
+pub mod follow;
+pub mod queue;
+pub mod runtime;
+pub mod store;
+pub mod task;
+
+pub use backend::{BackendConfig, Backends};
+pub use bus::{Bus, MemoryBus, NatsBus, Subjects};
+pub use catalogue::Catalogue;
+pub use error::{Error, Result};
+pub use event::{Artifact, Event, EventBody, RawEvent};
+pub use follow::{FeedConfig, Feeds};
+pub use queue::{Delivery, MemoryQueue, NatsQueue, TaskQueue};
+pub use store::{PgStore, SqliteStore, Store, Submitted, User};
+pub use task::{
+    AgentDef, ExecutionMode, NewTask, TaskJob, TaskRecord, TaskSpec, TaskStatus, TaskView,
+};

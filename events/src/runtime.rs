@@ -1,0 +1,130 @@
+//! Process plumbing every Troupe binary shares: the backend flags and environment
+//! variables, and tracing (with OpenTelemetry export when configured).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use opentelemetry::trace::TracerProvider as _;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+use crate::backend::BackendConfig;
+use crate::bus::EventStreamLimits;
+use crate::queue::NatsQueueConfig;
+
+/// Where events, tasks and jobs live. Both URLs unset: embedded (SQLite file, in-process
+/// bus and queue); both set: distributed.
+#[derive(Debug, Clone, Args)]
+pub struct BackendArgs {
+    /// PostgreSQL URL, e.g. postgres://user@host/db. Unset: embedded SQLite.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// NATS URL, e.g. nats://127.0.0.1:4222 (JetStream enabled). Unset: in-process bus and queue.
+    #[arg(long, env = "NATS_URL")]
+    pub nats_url: Option<String>,
+    /// Directory of the embedded SQLite database (and generated secrets).
+    #[arg(long, env = "TROUPE_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// Keep the embedded database in memory: nothing survives the process.
+    #[arg(long, env = "TROUPE_EPHEMERAL")]
+    pub ephemeral: bool,
+    /// Prefix of NATS subjects and JetStream stream names.
+    #[arg(long, env = "TROUPE_NATS_PREFIX", default_value = "troupe")]
+    pub nats_prefix: String,
+    /// Most PostgreSQL connections this process opens.
+    #[arg(long, env = "TROUPE_DB_MAX_CONNECTIONS", default_value_t = 20)]
+    pub db_max_connections: u32,
+    /// Seconds a task may go without a worker heartbeat before another worker takes it.
+    #[arg(long, env = "TROUPE_QUEUE_ACK_WAIT_SECS", default_value_t = 30)]
+    pub queue_ack_wait_secs: u64,
+    /// How long the EVENTS stream keeps events for analytics consumers, in hours.
+    #[arg(long, env = "TROUPE_EVENT_STREAM_MAX_AGE_HOURS", default_value_t = 168)]
+    pub event_stream_max_age_hours: u64,
+    /// Size cap of the EVENTS stream, in MiB; the oldest events go first.
+    #[arg(long, env = "TROUPE_EVENT_STREAM_MAX_MB", default_value_t = 1024)]
+    pub event_stream_max_mb: i64,
+}
+
+impl BackendArgs {
+    pub fn config(&self) -> BackendConfig {
+        BackendConfig {
+            database_url: self.database_url.clone().filter(|u| !u.is_empty()),
+            nats_url: self.nats_url.clone().filter(|u| !u.is_empty()),
+            data_dir: self.data_dir.clone(),
+            ephemeral: self.ephemeral,
+            nats_prefix: self.nats_prefix.clone(),
+            db_max_connections: self.db_max_connections,
+            queue: NatsQueueConfig {
+                ack_wait: Duration::from_secs(self.queue_ack_wait_secs.max(1)),
+                ..NatsQueueConfig::default()
+            },
+            event_stream: EventStreamLimits {
+                max_age: Duration::from_secs(self.event_stream_max_age_hours * 3600),
+                max_bytes: self.event_stream_max_mb.saturating_mul(1 << 20),
+            },
+            ..BackendConfig::default()
+        }
+    }
+}
+
+/// Keeps the OpenTelemetry exporter alive; dropping it flushes pending spans.
+pub struct Telemetry {
+    provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take() {
+            let _ = provider.shutdown();
+        }
+    }
+}
+
+/// Logs to stderr (`TROUPE_LOG_FORMAT=json` for JSON lines, filtered by `RUST_LOG`), and
+/// exports spans over OTLP/HTTP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
+pub fn init_tracing(service: &'static str) -> Telemetry {
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,async_nats=warn,tower_http=info"));
+    let json = std::env::var("TROUPE_LOG_FORMAT").is_ok_and(|f| f == "json");
+    let fmt = if json {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+            .boxed()
+    } else {
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .boxed()
+    };
+    let provider = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .ok()
+        .filter(|e| !e.is_empty())
+        .and_then(|_| {
+            let exporter = opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .build()
+                .map_err(|e| eprintln!("OpenTelemetry export disabled: {e}"))
+                .ok()?;
+            Some(
+                opentelemetry_sdk::trace::SdkTracerProvider::builder()
+                    .with_batch_exporter(exporter)
+                    .with_resource(
+                        opentelemetry_sdk::Resource::builder()
+                            .with_service_name(service)
+                            .build(),
+                    )
+                    .build(),
+            )
+        });
+    let otel = provider
+        .as_ref()
+        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer(service)));
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .with(otel)
+        .try_init();
+    Telemetry { provider }
+}

@@ -1,0 +1,144 @@
+//! The event store: users, task rows and the per-task event log, on PostgreSQL
+//! (distributed) or SQLite (embedded), behind one trait.
+
+mod postgres;
+mod sqlite;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+pub use postgres::PgStore;
+pub use sqlite::SqliteStore;
+
+use crate::error::{Error, Result};
+use crate::event::RawEvent;
+use crate::task::{NewTask, TaskRecord, TaskSpec, TaskStatus};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub id: Uuid,
+    pub email: String,
+    pub password_hash: String,
+}
+
+/// What a submit did: made a task, or found the one made earlier with the same key.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Submitted {
+    Created(TaskRecord),
+    Existing(TaskRecord),
+}
+
+impl Submitted {
+    pub fn task(&self) -> &TaskRecord {
+        match self {
+            Submitted::Created(t) | Submitted::Existing(t) => t,
+        }
+    }
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Applies the migrations under `migrations/` for this backend.
+    async fn migrate(&self) -> Result<()>;
+
+    async fn ping(&self) -> Result<()>;
+
+    /// Fails with [`Error::AlreadyExists`] when the email (case-insensitively) is taken.
+    async fn create_user(&self, email: &str, password_hash: &str) -> Result<User>;
+
+    async fn user_by_email(&self, email: &str) -> Result<Option<User>>;
+
+    /// Writes the task row, its `task_created` event (seq 1) and its outbox row in one
+    /// transaction. With an idempotency key already used by the same owner, returns the
+    /// earlier task, or [`Error::IdempotencyMismatch`] when the request differs.
+    async fn create_task(&self, task: &NewTask) -> Result<Submitted>;
+
+    async fn task(&self, id: Uuid) -> Result<Option<TaskRecord>>;
+
+    /// The owner's tasks, newest first, strictly older than `before` when given.
+    async fn tasks_of(
+        &self,
+        owner_id: Uuid,
+        before: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Vec<TaskRecord>>;
+
+    /// Appends events whose seqs continue the log exactly (last + 1, last + 2, …) in one
+    /// transaction. Fails with [`Error::SeqConflict`] when the log has moved on or has
+    /// ended: the caller is not (or no longer) the task's writer.
+    async fn append(&self, task_id: Uuid, events: &[RawEvent]) -> Result<()>;
+
+    /// Up to `limit` events with `seq > after`, in order.
+    async fn events_after(&self, task_id: Uuid, after: u64, limit: u32) -> Result<Vec<RawEvent>>;
+
+    /// Tasks whose outbox row is older than `older_than`: committed but maybe never queued.
+    async fn undispatched(&self, older_than: DateTime<Utc>, limit: u32) -> Result<Vec<Uuid>>;
+
+    async fn mark_dispatched(&self, task_id: Uuid) -> Result<()>;
+
+    /// Puts every unfinished task back in the outbox. For a volatile queue, whose jobs
+    /// die with the process: at start, whatever was running must be queued again.
+    async fn requeue_unfinished(&self) -> Result<u64>;
+}
+
+/// The checks both backends make before appending; they keep the log hole-free.
+fn batch_bounds(task_id: Uuid, events: &[RawEvent]) -> Result<Option<(u64, u64)>> {
+    let Some(first) = events.first() else {
+        return Ok(None);
+    };
+    for (i, event) in events.iter().enumerate() {
+        if event.task_id != task_id || event.seq != first.seq + i as u64 || event.seq == 0 {
+            return Err(Error::Corrupt(format!(
+                "append batch for task {task_id} is not one consecutive run of seqs"
+            )));
+        }
+    }
+    Ok(Some((first.seq - 1, first.seq - 1 + events.len() as u64)))
+}
+
+/// The task status after a batch: the last status-changing event wins.
+fn status_after(events: &[RawEvent]) -> Option<TaskStatus> {
+    events
+        .iter()
+        .rev()
+        .find_map(|e| TaskStatus::after_kind(&e.kind))
+}
+
+fn task_record(
+    id: Uuid,
+    owner_id: Uuid,
+    spec: &str,
+    status: &str,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    last_seq: i64,
+) -> Result<TaskRecord> {
+    let spec: TaskSpec = serde_json::from_str(spec)
+        .map_err(|e| Error::Corrupt(format!("task {id} spec: {e}")))?;
+    let status = TaskStatus::parse(status)
+        .ok_or_else(|| Error::Corrupt(format!("task {id} status {status:?}")))?;
+    Ok(TaskRecord {
+        id,
+        owner_id,
+        spec,
+        status,
+        created_at,
+        updated_at,
+        last_seq: last_seq as u64,
+    })
+}
+
+fn raw_event(task_id: Uuid, seq: i64, kind: String, at: DateTime<Utc>, data: String) -> RawEvent {
+    RawEvent {
+        task_id,
+        seq: seq as u64,
+        kind,
+        at,
+        json: data.into(),
+    }
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
+}

@@ -1,0 +1,304 @@
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::Row;
+use uuid::Uuid;
+
+use super::{
+    batch_bounds, is_unique_violation, raw_event, status_after, task_record, Store, Submitted,
+    User,
+};
+use crate::error::{Error, Result};
+use crate::event::{Event, RawEvent};
+use crate::task::{NewTask, TaskRecord, TaskStatus};
+
+const TASK_COLUMNS: &str =
+    "id, owner_id, spec::text AS spec, status, created_at, updated_at, last_seq";
+
+#[derive(Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    pub async fn connect(options: PgConnectOptions, max_connections: u32) -> Result<Self> {
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(std::time::Duration::from_secs(10))
+            .connect_with(options)
+            .await?;
+        Ok(PgStore { pool })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    async fn find_by_key(&self, owner_id: Uuid, key: &str) -> Result<Option<(TaskRecord, String)>> {
+        let row = sqlx::query(&format!(
+            "SELECT {TASK_COLUMNS}, request_hash FROM tasks WHERE owner_id = $1 AND idempotency_key = $2"
+        ))
+        .bind(owner_id)
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| Ok((task_from_row(&r)?, r.try_get("request_hash")?)))
+            .transpose()
+    }
+}
+
+fn task_from_row(r: &sqlx::postgres::PgRow) -> Result<TaskRecord> {
+    task_record(
+        r.try_get("id")?,
+        r.try_get("owner_id")?,
+        r.try_get::<&str, _>("spec")?,
+        r.try_get::<&str, _>("status")?,
+        r.try_get("created_at")?,
+        r.try_get("updated_at")?,
+        r.try_get("last_seq")?,
+    )
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn migrate(&self) -> Result<()> {
+        sqlx::migrate!("../migrations/postgres").run(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn create_user(&self, email: &str, password_hash: &str) -> Result<User> {
+        let id = Uuid::now_v7();
+        sqlx::query("INSERT INTO users (id, email, password_hash) VALUES ($1, $2, $3)")
+            .bind(id)
+            .bind(email)
+            .bind(password_hash)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    Error::AlreadyExists("an account with this email")
+                } else {
+                    e.into()
+                }
+            })?;
+        Ok(User {
+            id,
+            email: email.to_string(),
+            password_hash: password_hash.to_string(),
+        })
+    }
+
+    async fn user_by_email(&self, email: &str) -> Result<Option<User>> {
+        let row = sqlx::query(
+            "SELECT id, email, password_hash FROM users WHERE lower(email) = lower($1)",
+        )
+        .bind(email)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            Ok(User {
+                id: r.try_get("id")?,
+                email: r.try_get("email")?,
+                password_hash: r.try_get("password_hash")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn create_task(&self, task: &NewTask) -> Result<Submitted> {
+        let now = Utc::now();
+        let spec = serde_json::to_string(&task.spec).expect("a spec always serialises");
+        let first = Event {
+            seq: 1,
+            task_id: task.id,
+            at: now,
+            body: task.spec.created_event(),
+        }
+        .to_raw();
+        let mut tx = self.pool.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO tasks (id, owner_id, spec, status, idempotency_key, request_hash, created_at, updated_at, last_seq)
+             VALUES ($1, $2, $3::jsonb, 'queued', $4, $5, $6, $6, 1)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(task.id)
+        .bind(task.owner_id)
+        .bind(&spec)
+        .bind(task.idempotency_key.as_deref())
+        .bind(&task.request_hash)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            tx.rollback().await?;
+            let key = task.idempotency_key.as_deref().ok_or_else(|| {
+                Error::Corrupt(format!("task id {} was submitted twice", task.id))
+            })?;
+            let (existing, hash) = self
+                .find_by_key(task.owner_id, key)
+                .await?
+                .ok_or_else(|| Error::Corrupt("idempotency conflict without a task".into()))?;
+            if hash != task.request_hash {
+                return Err(Error::IdempotencyMismatch);
+            }
+            return Ok(Submitted::Existing(existing));
+        }
+        sqlx::query("INSERT INTO task_events (task_id, seq, type, at, data) VALUES ($1, 1, $2, $3, $4::json)")
+            .bind(task.id)
+            .bind(&first.kind)
+            .bind(first.at)
+            .bind(first.json_str())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("INSERT INTO task_outbox (task_id, created_at) VALUES ($1, $2)")
+            .bind(task.id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Submitted::Created(TaskRecord {
+            id: task.id,
+            owner_id: task.owner_id,
+            spec: task.spec.clone(),
+            status: TaskStatus::Queued,
+            created_at: now,
+            updated_at: now,
+            last_seq: 1,
+        }))
+    }
+
+    async fn task(&self, id: Uuid) -> Result<Option<TaskRecord>> {
+        let row = sqlx::query(&format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(task_from_row).transpose()
+    }
+
+    async fn tasks_of(
+        &self,
+        owner_id: Uuid,
+        before: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Vec<TaskRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {TASK_COLUMNS} FROM tasks
+             WHERE owner_id = $1 AND ($2::uuid IS NULL OR id < $2)
+             ORDER BY id DESC LIMIT $3"
+        ))
+        .bind(owner_id)
+        .bind(before)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(task_from_row).collect()
+    }
+
+    async fn append(&self, task_id: Uuid, events: &[RawEvent]) -> Result<()> {
+        let Some((expected, new_last)) = batch_bounds(task_id, events)? else {
+            return Ok(());
+        };
+        let status = status_after(events).map(TaskStatus::as_str);
+        let mut tx = self.pool.begin().await?;
+        // The conditional update is the fence: it takes the row lock, checks the log ends
+        // where this writer thinks it does, and refuses to extend a finished task.
+        let moved = sqlx::query(
+            "UPDATE tasks SET last_seq = $3, status = COALESCE($4, status), updated_at = now()
+             WHERE id = $1 AND last_seq = $2 AND status NOT IN ('completed', 'failed')",
+        )
+        .bind(task_id)
+        .bind(expected as i64)
+        .bind(new_last as i64)
+        .bind(status)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if moved == 0 {
+            return Err(Error::SeqConflict { task_id, expected });
+        }
+        let seqs: Vec<i64> = events.iter().map(|e| e.seq as i64).collect();
+        let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+        let ats: Vec<DateTime<Utc>> = events.iter().map(|e| e.at).collect();
+        let datas: Vec<&str> = events.iter().map(|e| e.json_str()).collect();
+        sqlx::query(
+            "INSERT INTO task_events (task_id, seq, type, at, data)
+             SELECT $1, s, t, a, d::json FROM UNNEST($2::bigint[], $3::text[], $4::timestamptz[], $5::text[]) AS u(s, t, a, d)",
+        )
+        .bind(task_id)
+        .bind(&seqs)
+        .bind(&kinds)
+        .bind(&ats)
+        .bind(&datas)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                Error::SeqConflict { task_id, expected }
+            } else {
+                e.into()
+            }
+        })?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn events_after(&self, task_id: Uuid, after: u64, limit: u32) -> Result<Vec<RawEvent>> {
+        let rows = sqlx::query(
+            "SELECT seq, type, at, data::text AS data FROM task_events
+             WHERE task_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        )
+        .bind(task_id)
+        .bind(after as i64)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(raw_event(
+                    task_id,
+                    r.try_get("seq")?,
+                    r.try_get("type")?,
+                    r.try_get("at")?,
+                    r.try_get("data")?,
+                ))
+            })
+            .collect()
+    }
+
+    async fn undispatched(&self, older_than: DateTime<Utc>, limit: u32) -> Result<Vec<Uuid>> {
+        let ids = sqlx::query_scalar(
+            "SELECT task_id FROM task_outbox WHERE created_at < $1 ORDER BY created_at LIMIT $2",
+        )
+        .bind(older_than)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(ids)
+    }
+
+    async fn mark_dispatched(&self, task_id: Uuid) -> Result<()> {
+        sqlx::query("DELETE FROM task_outbox WHERE task_id = $1")
+            .bind(task_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn requeue_unfinished(&self) -> Result<u64> {
+        let n = sqlx::query(
+            "INSERT INTO task_outbox (task_id, created_at)
+             SELECT id, to_timestamp(0) FROM tasks WHERE status IN ('queued', 'running')
+             ON CONFLICT DO NOTHING",
+        )
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n)
+    }
+}

@@ -1,0 +1,323 @@
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Row};
+use uuid::Uuid;
+
+use super::{
+    batch_bounds, is_unique_violation, raw_event, status_after, task_record, Store, Submitted,
+    User,
+};
+use crate::error::{Error, Result};
+use crate::event::{Event, RawEvent};
+use crate::task::{NewTask, TaskRecord, TaskStatus};
+
+const TASK_COLUMNS: &str = "id, owner_id, spec, status, created_at, updated_at, last_seq";
+
+#[derive(Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// A database file, created if missing. WAL lets readers (SSE replays) run beside the
+    /// one writer.
+    pub async fn open(path: &Path) -> Result<Self> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(options)
+            .await?;
+        Ok(SqliteStore { pool })
+    }
+
+    /// A database that lives as long as the process: one connection, never recycled,
+    /// because an in-memory SQLite database dies with its last connection.
+    pub async fn in_memory() -> Result<Self> {
+        let options = SqliteConnectOptions::from_str("sqlite::memory:")?.foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(options)
+            .await?;
+        Ok(SqliteStore { pool })
+    }
+
+    async fn find_by_key(&self, owner_id: Uuid, key: &str) -> Result<Option<(TaskRecord, String)>> {
+        let row = sqlx::query(&format!(
+            "SELECT {TASK_COLUMNS}, request_hash FROM tasks WHERE owner_id = ? AND idempotency_key = ?"
+        ))
+        .bind(owner_id)
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| Ok((task_from_row(&r)?, r.try_get("request_hash")?)))
+            .transpose()
+    }
+}
+
+fn task_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<TaskRecord> {
+    task_record(
+        r.try_get("id")?,
+        r.try_get("owner_id")?,
+        r.try_get::<&str, _>("spec")?,
+        r.try_get::<&str, _>("status")?,
+        r.try_get("created_at")?,
+        r.try_get("updated_at")?,
+        r.try_get("last_seq")?,
+    )
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn migrate(&self) -> Result<()> {
+        sqlx::migrate!("../migrations/sqlite").run(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn create_user(&self, email: &str, password_hash: &str) -> Result<User> {
+        let id = Uuid::now_v7();
+        sqlx::query("INSERT INTO users (id, email, password_hash, created_at) VALUES (?, ?, ?, ?)")
+            .bind(id)
+            .bind(email)
+            .bind(password_hash)
+            .bind(Utc::now())
+            .execute(&self.pool)
+            .await
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    Error::AlreadyExists("an account with this email")
+                } else {
+                    e.into()
+                }
+            })?;
+        Ok(User {
+            id,
+            email: email.to_string(),
+            password_hash: password_hash.to_string(),
+        })
+    }
+
+    async fn user_by_email(&self, email: &str) -> Result<Option<User>> {
+        let row =
+            sqlx::query("SELECT id, email, password_hash FROM users WHERE lower(email) = lower(?)")
+                .bind(email)
+                .fetch_optional(&self.pool)
+                .await?;
+        row.map(|r| {
+            Ok(User {
+                id: r.try_get("id")?,
+                email: r.try_get("email")?,
+                password_hash: r.try_get("password_hash")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn create_task(&self, task: &NewTask) -> Result<Submitted> {
+        let now = Utc::now();
+        let spec = serde_json::to_string(&task.spec).expect("a spec always serialises");
+        let first = Event {
+            seq: 1,
+            task_id: task.id,
+            at: now,
+            body: task.spec.created_event(),
+        }
+        .to_raw();
+        let mut tx = self.pool.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO tasks (id, owner_id, spec, status, idempotency_key, request_hash, created_at, updated_at, last_seq)
+             VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, 1)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(task.id)
+        .bind(task.owner_id)
+        .bind(&spec)
+        .bind(task.idempotency_key.as_deref())
+        .bind(&task.request_hash)
+        .bind(now)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            tx.rollback().await?;
+            let key = task.idempotency_key.as_deref().ok_or_else(|| {
+                Error::Corrupt(format!("task id {} was submitted twice", task.id))
+            })?;
+            let (existing, hash) = self
+                .find_by_key(task.owner_id, key)
+                .await?
+                .ok_or_else(|| Error::Corrupt("idempotency conflict without a task".into()))?;
+            if hash != task.request_hash {
+                return Err(Error::IdempotencyMismatch);
+            }
+            return Ok(Submitted::Existing(existing));
+        }
+        sqlx::query("INSERT INTO task_events (task_id, seq, type, at, data) VALUES (?, 1, ?, ?, ?)")
+            .bind(task.id)
+            .bind(&first.kind)
+            .bind(first.at)
+            .bind(first.json_str())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("INSERT INTO task_outbox (task_id, created_at) VALUES (?, ?)")
+            .bind(task.id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Submitted::Created(TaskRecord {
+            id: task.id,
+            owner_id: task.owner_id,
+            spec: task.spec.clone(),
+            status: TaskStatus::Queued,
+            created_at: now,
+            updated_at: now,
+            last_seq: 1,
+        }))
+    }
+
+    async fn task(&self, id: Uuid) -> Result<Option<TaskRecord>> {
+        let row = sqlx::query(&format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(task_from_row).transpose()
+    }
+
+    async fn tasks_of(
+        &self,
+        owner_id: Uuid,
+        before: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Vec<TaskRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {TASK_COLUMNS} FROM tasks
+             WHERE owner_id = ?1 AND (?2 IS NULL OR id < ?2)
+             ORDER BY id DESC LIMIT ?3"
+        ))
+        .bind(owner_id)
+        .bind(before)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(task_from_row).collect()
+    }
+
+    async fn append(&self, task_id: Uuid, events: &[RawEvent]) -> Result<()> {
+        let Some((expected, new_last)) = batch_bounds(task_id, events)? else {
+            return Ok(());
+        };
+        let status = status_after(events).map(TaskStatus::as_str);
+        let mut tx = self.pool.begin().await?;
+        // Same fence as PostgreSQL: the log must end where the writer thinks, and be open.
+        let moved = sqlx::query(
+            "UPDATE tasks SET last_seq = ?3, status = COALESCE(?4, status), updated_at = ?5
+             WHERE id = ?1 AND last_seq = ?2 AND status NOT IN ('completed', 'failed')",
+        )
+        .bind(task_id)
+        .bind(expected as i64)
+        .bind(new_last as i64)
+        .bind(status)
+        .bind(Utc::now())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if moved == 0 {
+            return Err(Error::SeqConflict { task_id, expected });
+        }
+        let mut insert = QueryBuilder::new("INSERT INTO task_events (task_id, seq, type, at, data) ");
+        insert.push_values(events, |mut row, e| {
+            row.push_bind(task_id)
+                .push_bind(e.seq as i64)
+                .push_bind(e.kind.as_str())
+                .push_bind(e.at)
+                .push_bind(e.json_str());
+        });
+        insert.build().execute(&mut *tx).await.map_err(|e| {
+            if is_unique_violation(&e) {
+                Error::SeqConflict { task_id, expected }
+            } else {
+                Error::from(e)
+            }
+        })?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn events_after(&self, task_id: Uuid, after: u64, limit: u32) -> Result<Vec<RawEvent>> {
+        let rows = sqlx::query(
+            "SELECT seq, type, at, data FROM task_events
+             WHERE task_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+        )
+        .bind(task_id)
+        .bind(after as i64)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(raw_event(
+                    task_id,
+                    r.try_get("seq")?,
+                    r.try_get("type")?,
+                    r.try_get("at")?,
+                    r.try_get("data")?,
+                ))
+            })
+            .collect()
+    }
+
+    async fn undispatched(&self, older_than: DateTime<Utc>, limit: u32) -> Result<Vec<Uuid>> {
+        let ids = sqlx::query_scalar(
+            "SELECT task_id FROM task_outbox WHERE created_at < ? ORDER BY created_at LIMIT ?",
+        )
+        .bind(older_than)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(ids)
+    }
+
+    async fn mark_dispatched(&self, task_id: Uuid) -> Result<()> {
+        sqlx::query("DELETE FROM task_outbox WHERE task_id = ?")
+            .bind(task_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn requeue_unfinished(&self) -> Result<u64> {
+        let epoch = DateTime::<Utc>::UNIX_EPOCH;
+        let n = sqlx::query(
+            "INSERT INTO task_outbox (task_id, created_at)
+             SELECT id, ? FROM tasks WHERE status IN ('queued', 'running')
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(epoch)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n)
+    }
+}

@@ -1,0 +1,59 @@
+//! The all-in-one process: api and worker side by side on one set of backends. With no
+//! DATABASE_URL and no NATS_URL that is SQLite and in-process channels: a whole Troupe on
+//! one machine with nothing else installed.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use troupe_api::ApiArgs;
+use troupe_events::{BackendConfig, Backends};
+use troupe_worker::providers::{ProviderSettings, Providers};
+use troupe_worker::{Worker, WorkerConfig};
+
+pub struct Settings {
+    pub backend: BackendConfig,
+    pub api: ApiArgs,
+    pub providers: ProviderSettings,
+    pub worker: WorkerConfig,
+}
+
+/// Runs api and worker until `shutdown`. The worker stops first, handing unfinished tasks
+/// back to the queue; then the api drains its connections.
+pub async fn run(
+    settings: Settings,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let backends = Backends::connect(&settings.backend)
+        .await
+        .context("opening the store and the bus")?;
+    tracing::info!(backends = %backends.description, "troupe starting");
+    let tokens = settings.api.tokens(
+        backends.is_distributed(),
+        &settings.backend.data_dir,
+        settings.backend.ephemeral,
+    )?;
+    let state = troupe_api::state(
+        backends.clone(),
+        settings.api.catalogue()?,
+        Providers::from_settings(&settings.providers),
+        tokens,
+        settings.api.http(),
+    );
+    let worker = Arc::new(Worker::new(
+        backends.clone(),
+        Providers::from_settings(&settings.providers),
+        settings.worker,
+    ));
+    let requeued = backends.recover().await?;
+    if requeued > 0 {
+        tracing::info!(tasks = requeued, "resuming tasks left unfinished by the last run");
+    }
+    let worker_task = tokio::spawn(worker.run(shutdown.child_token()));
+    let served = troupe_api::serve(listener, state, shutdown.clone()).await;
+    shutdown.cancel();
+    worker_task.await?;
+    served
+}

@@ -1,0 +1,59 @@
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use troupe::Settings;
+use troupe_api::ApiArgs;
+use troupe_events::runtime::{init_tracing, BackendArgs};
+use troupe_worker::cli::{ProviderArgs, WorkerArgs};
+use troupe_worker::shutdown_signal;
+
+/// Troupe: run a task through a team of AI agents and watch every step live.
+///
+/// With no DATABASE_URL and no NATS_URL everything runs in this one process (SQLite under
+/// --data-dir, in-process bus and queue).
+#[derive(Parser)]
+#[command(name = "troupe", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    backend: BackendArgs,
+    #[command(flatten)]
+    api: ApiArgs,
+    #[command(flatten)]
+    providers: ProviderArgs,
+    #[command(flatten)]
+    worker: WorkerArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the api and run the worker (the default).
+    Serve,
+    /// Apply the database migrations and exit.
+    Migrate,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let _telemetry = init_tracing("troupe");
+    let backend = cli.backend.config();
+    if let Some(Command::Migrate) = cli.command {
+        let (_, description) = troupe_events::backend::connect_store(&backend).await?;
+        tracing::info!(store = %description, "migrations applied");
+        return Ok(());
+    }
+    let listener = tokio::net::TcpListener::bind(cli.api.bind)
+        .await
+        .with_context(|| format!("binding {}", cli.api.bind))?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let settings = Settings {
+        backend,
+        providers: cli.providers.settings(),
+        worker: cli.worker.config(),
+        api: cli.api,
+    };
+    tracing::info!(%url, "Troupe is listening");
+    println!("Troupe is running at {url}  (ctrl-c to stop)");
+    troupe::run(settings, listener, shutdown_signal()).await
+}

@@ -1,0 +1,132 @@
+//! One appender per running task: the only path by which a worker writes the task's log.
+//! Agents hand it event bodies; it numbers them, stores them in batches and publishes each
+//! batch after commit. A seq conflict means another worker holds the task: we stop.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use troupe_events::{Bus, Event, EventBody, RawEvent, Store};
+use uuid::Uuid;
+
+/// Events waiting for the appender. Agents wait when it is full, so a slow store slows
+/// the agents instead of growing memory.
+const QUEUE: usize = 512;
+/// Most events stored in one transaction.
+const BATCH: usize = 256;
+const STORE_ATTEMPTS: u32 = 5;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    #[error("another worker is writing task {0}")]
+    Lost(Uuid),
+    #[error("cannot store events of task {task_id}: {source}")]
+    Store {
+        task_id: Uuid,
+        source: troupe_events::Error,
+    },
+}
+
+#[derive(Clone)]
+pub struct Emitter {
+    tx: mpsc::Sender<EventBody>,
+}
+
+impl Emitter {
+    /// Queues an event. Fails once the appender has stopped (the task was lost or the
+    /// store is down), which tells the caller to stop working on the task.
+    pub async fn emit(&self, body: EventBody) -> Result<(), Stopped> {
+        self.tx.send(body).await.map_err(|_| Stopped)
+    }
+}
+
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the task's appender has stopped")]
+pub struct Stopped;
+
+pub struct Appender {
+    join: JoinHandle<Result<u64, AppendError>>,
+}
+
+impl Appender {
+    pub fn start(
+        store: Arc<dyn Store>,
+        bus: Arc<dyn Bus>,
+        task_id: Uuid,
+        last_seq: u64,
+    ) -> (Appender, Emitter) {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let join = tokio::spawn(run(store, bus, task_id, last_seq, rx));
+        (Appender { join }, Emitter { tx })
+    }
+
+    /// Waits until everything emitted is stored, once every [`Emitter`] is dropped.
+    /// Returns the last seq written.
+    pub async fn finish(self) -> Result<u64, AppendError> {
+        self.join.await.expect("the appender does not panic")
+    }
+}
+
+async fn run(
+    store: Arc<dyn Store>,
+    bus: Arc<dyn Bus>,
+    task_id: Uuid,
+    mut last_seq: u64,
+    mut rx: mpsc::Receiver<EventBody>,
+) -> Result<u64, AppendError> {
+    let mut bodies = Vec::with_capacity(BATCH);
+    while rx.recv_many(&mut bodies, BATCH).await > 0 {
+        let events: Vec<RawEvent> = bodies
+            .drain(..)
+            .enumerate()
+            .map(|(i, body)| Event::new(task_id, last_seq + 1 + i as u64, body).to_raw())
+            .collect();
+        store_batch(store.as_ref(), task_id, last_seq, &events).await?;
+        last_seq += events.len() as u64;
+        if let Err(e) = bus.publish(&events).await {
+            // Followers fill the gap from the store; the log is what counts.
+            tracing::warn!(%task_id, error = %e, "publishing events failed");
+        }
+    }
+    Ok(last_seq)
+}
+
+async fn store_batch(
+    store: &dyn Store,
+    task_id: Uuid,
+    expected: u64,
+    events: &[RawEvent],
+) -> Result<(), AppendError> {
+    let mut delay = Duration::from_millis(100);
+    for attempt in 1..=STORE_ATTEMPTS {
+        match store.append(task_id, events).await {
+            Ok(()) => return Ok(()),
+            Err(troupe_events::Error::SeqConflict { .. }) => {
+                // After a failed attempt the commit may have landed anyway (the connection
+                // died after COMMIT): if the log holds exactly our batch, it is ours.
+                if attempt > 1 && already_stored(store, task_id, expected, events).await {
+                    return Ok(());
+                }
+                return Err(AppendError::Lost(task_id));
+            }
+            Err(e) if attempt < STORE_ATTEMPTS => {
+                tracing::warn!(%task_id, attempt, error = %e, "storing events failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            Err(source) => return Err(AppendError::Store { task_id, source }),
+        }
+    }
+    unreachable!("the last attempt returns")
+}
+
+async fn already_stored(store: &dyn Store, task_id: Uuid, after: u64, events: &[RawEvent]) -> bool {
+    match store.events_after(task_id, after, events.len() as u32).await {
+        Ok(stored) => {
+            stored.len() == events.len()
+                && stored.iter().zip(events).all(|(s, e)| s.json == e.json)
+        }
+        Err(_) => false,
+    }
+}

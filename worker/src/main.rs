@@ -1,0 +1,42 @@
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use troupe_events::runtime::{init_tracing, BackendArgs};
+use troupe_events::Backends;
+use troupe_worker::cli::{ProviderArgs, WorkerArgs};
+use troupe_worker::providers::Providers;
+use troupe_worker::{shutdown_signal, Worker};
+
+/// Troupe worker: takes tasks from NATS and runs their agents. Run as many as you like.
+#[derive(Parser)]
+#[command(name = "worker", version)]
+struct Cli {
+    #[command(flatten)]
+    backend: BackendArgs,
+    #[command(flatten)]
+    providers: ProviderArgs,
+    #[command(flatten)]
+    worker: WorkerArgs,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let _telemetry = init_tracing("troupe-worker");
+    let config = cli.backend.config();
+    if config.nats_url.is_none() || config.database_url.is_none() {
+        anyhow::bail!(
+            "a separate worker needs DATABASE_URL and NATS_URL to reach the api's tasks; \
+             for one process on one machine run `troupe` instead"
+        );
+    }
+    let backends = Backends::connect(&config).await.context("connecting to the store and NATS")?;
+    tracing::info!(backends = %backends.description, "worker starting");
+    let providers = Providers::from_settings(&cli.providers.settings());
+    let worker = Arc::new(Worker::new(backends, providers, cli.worker.config()));
+    let shutdown = shutdown_signal();
+    worker.run(shutdown).await;
+    tracing::info!("worker stopped");
+    Ok(())
+}

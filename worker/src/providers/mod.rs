@@ -1,0 +1,82 @@
+//! LLM providers: where an agent's words come from. Each streams text deltas for one
+//! chat completion; the worker turns them into `agent_token` events.
+
+pub mod anthropic;
+mod http;
+pub mod openai;
+mod options;
+mod registry;
+pub mod retry;
+pub mod simulated;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+
+pub use anthropic::AnthropicProvider;
+pub use http::Endpoint;
+pub use openai::OpenAiProvider;
+pub use registry::{ProviderInfo, ProviderSettings, Providers};
+pub use retry::{RetryPolicy, Retrying};
+pub use simulated::SimulatedProvider;
+
+/// One agent's call: its system prompt, the user message built from the task (and, when
+/// sequential, the outputs before it), and the task's provider choices.
+#[derive(Debug, Clone)]
+pub struct CompletionRequest {
+    pub agent_role: String,
+    pub system: String,
+    pub prompt: String,
+    /// `None`: the provider's configured default model.
+    pub model: Option<String>,
+    /// The task's `providerOptions`, as the user sent them.
+    pub options: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Text deltas in order; the stream ends when the completion is done.
+pub type TextStream = BoxStream<'static, Result<String, ProviderError>>;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ProviderError {
+    /// Worth another try after a pause: 429, 5xx, timeouts, refused connections.
+    pub transient: bool,
+    /// Said so that a person understands it; never contains a key.
+    pub message: String,
+    /// How long the server asked us to wait (`Retry-After`) before trying again.
+    pub retry_after: Option<Duration>,
+}
+
+impl ProviderError {
+    pub fn transient(message: impl Into<String>) -> Self {
+        ProviderError {
+            transient: true,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    pub fn permanent(message: impl Into<String>) -> Self {
+        ProviderError {
+            transient: false,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    pub fn with_retry_after(mut self, retry_after: Option<Duration>) -> Self {
+        self.retry_after = retry_after;
+        self
+    }
+}
+
+#[async_trait]
+pub trait Provider: Send + Sync + 'static {
+    /// Starts a completion. Errors before the first delta come from here; errors after it
+    /// come through the stream.
+    async fn stream(&self, request: &CompletionRequest) -> Result<TextStream, ProviderError>;
+}
+
+pub type SharedProvider = Arc<dyn Provider>;
