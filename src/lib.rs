@@ -49,7 +49,10 @@ pub async fn run(
     ));
     let requeued = backends.recover().await?;
     if requeued > 0 {
-        tracing::info!(tasks = requeued, "resuming tasks left unfinished by the last run");
+        tracing::info!(
+            tasks = requeued,
+            "resuming tasks left unfinished by the last run"
+        );
     }
     let worker_task = tokio::spawn(worker.run(shutdown.child_token()));
     let served = troupe_api::serve(listener, state, shutdown.clone()).await;

@@ -2,7 +2,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use troupe::Settings;
 use troupe_api::ApiArgs;
-use troupe_events::runtime::{init_tracing, BackendArgs};
+use troupe_events::runtime::{BackendArgs, init_tracing};
 use troupe_worker::cli::{ProviderArgs, WorkerArgs};
 use troupe_worker::shutdown_signal;
 

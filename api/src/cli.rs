@@ -54,7 +54,12 @@ impl ApiArgs {
 
     /// The token signer. Distributed: the secret must be given. Embedded: a secret is
     /// generated once and kept in `data_dir` (or in memory when `ephemeral`).
-    pub fn tokens(&self, distributed: bool, data_dir: &Path, ephemeral: bool) -> anyhow::Result<Tokens> {
+    pub fn tokens(
+        &self,
+        distributed: bool,
+        data_dir: &Path,
+        ephemeral: bool,
+    ) -> anyhow::Result<Tokens> {
         let secret = match self.jwt_secret.as_deref().filter(|s| !s.is_empty()) {
             Some(secret) if secret.len() < MIN_SECRET => {
                 anyhow::bail!("TROUPE_JWT_SECRET must be at least {MIN_SECRET} characters")

@@ -1,9 +1,9 @@
 //! The one error type of the api. Every failure leaves as `{"error": {"code", "message"}}`
 //! with its status; server faults are logged and answered with a generic message.
 
+use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use serde_json::json;
 
 #[derive(Debug, thiserror::Error)]

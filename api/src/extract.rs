@@ -32,10 +32,16 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
             "unsupported_media_type",
             "send the body as JSON with Content-Type: application/json".to_string(),
         ),
-        JsonRejection::JsonSyntaxError(e) => ("invalid_json", format!("the body is not valid JSON: {}", e.body_text())),
+        JsonRejection::JsonSyntaxError(e) => (
+            "invalid_json",
+            format!("the body is not valid JSON: {}", e.body_text()),
+        ),
         JsonRejection::JsonDataError(e) => ("invalid_body", e.body_text()),
         JsonRejection::BytesRejection(_) if status == axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
-            ("body_too_large", "the request body is larger than this server accepts".to_string())
+            (
+                "body_too_large",
+                "the request body is larger than this server accepts".to_string(),
+            )
         }
         other => ("invalid_body", other.body_text()),
     };

@@ -1,8 +1,8 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use troupe_api::ApiArgs;
-use troupe_events::runtime::{init_tracing, BackendArgs};
 use troupe_events::Backends;
+use troupe_events::runtime::{BackendArgs, init_tracing};
 use troupe_worker::cli::ProviderArgs;
 use troupe_worker::providers::Providers;
 use troupe_worker::shutdown_signal;
@@ -46,7 +46,9 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     let tokens = cli.api.tokens(true, &config.data_dir, false)?;
-    let backends = Backends::connect(&config).await.context("connecting to the store and NATS")?;
+    let backends = Backends::connect(&config)
+        .await
+        .context("connecting to the store and NATS")?;
     let state = troupe_api::state(
         backends,
         cli.api.catalogue()?,

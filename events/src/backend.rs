@@ -87,27 +87,40 @@ impl Backends {
     /// once the worker is ready.
     pub async fn connect(config: &BackendConfig) -> Result<Self> {
         let (store, store_desc) = connect_store(config).await?;
-        let (bus, queue, volatile_queue, bus_desc): (Arc<dyn Bus>, Arc<dyn TaskQueue>, bool, String) =
-            match &config.nats_url {
-                Some(url) => {
-                    let client = async_nats::ConnectOptions::new()
-                        .name("troupe")
-                        .connect(url.as_str())
-                        .await
-                        .map_err(Error::nats)?;
-                    let subjects = Subjects::new(&config.nats_prefix);
-                    let bus = NatsBus::new(client.clone(), subjects.clone(), config.event_stream.clone())
-                        .await?;
-                    let queue = NatsQueue::new(client, subjects, config.queue.clone()).await?;
-                    (Arc::new(bus), Arc::new(queue), false, "NATS JetStream".into())
-                }
-                None => (
-                    Arc::new(MemoryBus::default()),
-                    Arc::new(MemoryQueue::new(config.memory_queue_capacity)),
-                    true,
-                    "in-process bus and queue".into(),
-                ),
-            };
+        let (bus, queue, volatile_queue, bus_desc): (
+            Arc<dyn Bus>,
+            Arc<dyn TaskQueue>,
+            bool,
+            String,
+        ) = match &config.nats_url {
+            Some(url) => {
+                let client = async_nats::ConnectOptions::new()
+                    .name("troupe")
+                    .connect(url.as_str())
+                    .await
+                    .map_err(Error::nats)?;
+                let subjects = Subjects::new(&config.nats_prefix);
+                let bus = NatsBus::new(
+                    client.clone(),
+                    subjects.clone(),
+                    config.event_stream.clone(),
+                )
+                .await?;
+                let queue = NatsQueue::new(client, subjects, config.queue.clone()).await?;
+                (
+                    Arc::new(bus),
+                    Arc::new(queue),
+                    false,
+                    "NATS JetStream".into(),
+                )
+            }
+            None => (
+                Arc::new(MemoryBus::default()),
+                Arc::new(MemoryQueue::new(config.memory_queue_capacity)),
+                true,
+                "in-process bus and queue".into(),
+            ),
+        };
         Ok(Backends {
             store,
             bus,

@@ -5,10 +5,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy, AckKind};
+use async_nats::jetstream::{self, AckKind, consumer::AckPolicy, consumer::pull};
 use async_trait::async_trait;
 use futures::StreamExt;
-use tokio::sync::{mpsc, Mutex};
+use tokio::sync::{Mutex, mpsc};
 use uuid::Uuid;
 
 use crate::bus::Subjects;
@@ -206,8 +206,11 @@ struct NatsHandle {
 
 #[async_trait]
 impl DeliveryHandle for NatsHandle {
+    // Acks and naks wait for the server's confirmation: a worker that settles a job and
+    // then exits would otherwise drop the settlement with its connection, and the job
+    // would sit out the whole ack wait.
     async fn ack(&self) -> Result<()> {
-        self.acker.ack().await.map_err(Error::nats)
+        self.acker.double_ack().await.map_err(Error::nats)
     }
 
     async fn in_progress(&self) -> Result<()> {
@@ -218,8 +221,9 @@ impl DeliveryHandle for NatsHandle {
     }
 
     async fn retry_later(&self, delay: Duration) -> Result<()> {
+        let delay = (!delay.is_zero()).then_some(delay);
         self.acker
-            .ack_with(AckKind::Nak(Some(delay)))
+            .double_ack_with(AckKind::Nak(delay))
             .await
             .map_err(Error::nats)
     }
@@ -276,8 +280,9 @@ impl TaskQueue for NatsQueue {
     }
 
     async fn ping(&self) -> Result<()> {
+        // Stream info rather than account info: account info fails against NATS 2.9.
         self.js
-            .query_account()
+            .get_stream(self.subjects.stream_name("TASKS"))
             .await
             .map(|_| ())
             .map_err(Error::nats)

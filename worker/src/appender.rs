@@ -122,10 +122,12 @@ async fn store_batch(
 }
 
 async fn already_stored(store: &dyn Store, task_id: Uuid, after: u64, events: &[RawEvent]) -> bool {
-    match store.events_after(task_id, after, events.len() as u32).await {
+    match store
+        .events_after(task_id, after, events.len() as u32)
+        .await
+    {
         Ok(stored) => {
-            stored.len() == events.len()
-                && stored.iter().zip(events).all(|(s, e)| s.json == e.json)
+            stored.len() == events.len() && stored.iter().zip(events).all(|(s, e)| s.json == e.json)
         }
         Err(_) => false,
     }

@@ -5,8 +5,8 @@ use std::time::Duration;
 use clap::Args;
 use secrecy::SecretString;
 
-use crate::providers::ProviderSettings;
 use crate::WorkerConfig;
+use crate::providers::ProviderSettings;
 
 /// LLM providers. With no key and no base URL set, only `simulated` is available.
 #[derive(Debug, Clone, Args)]
@@ -46,7 +46,8 @@ impl ProviderArgs {
             anthropic_api_key: some(&self.anthropic_api_key).map(SecretString::from),
             anthropic_base_url: some(&self.anthropic_base_url)
                 .unwrap_or(defaults.anthropic_base_url.clone()),
-            anthropic_model: some(&self.anthropic_model).unwrap_or(defaults.anthropic_model.clone()),
+            anthropic_model: some(&self.anthropic_model)
+                .unwrap_or(defaults.anthropic_model.clone()),
             request_timeout: Duration::from_secs(self.provider_timeout_secs.max(1)),
             max_attempts: self.provider_max_attempts.max(1),
             ..defaults
@@ -62,9 +63,9 @@ pub struct WorkerArgs {
     /// Agents this process runs at once, across its tasks.
     #[arg(long, env = "TROUPE_WORKER_AGENTS", default_value_t = 16)]
     pub worker_agents: usize,
-    /// Deliveries of one task before it is given up with task_error.
-    #[arg(long, env = "TROUPE_MAX_DELIVERIES", default_value_t = 5)]
-    pub max_deliveries: u64,
+    /// Runs of one task (first run and resumes) before it is given up with task_error.
+    #[arg(long, env = "TROUPE_MAX_TASK_RUNS", default_value_t = 5)]
+    pub max_task_runs: u64,
     /// Milliseconds between agent_token events while an agent streams.
     #[arg(long, env = "TROUPE_TOKEN_FLUSH_MS", default_value_t = 200)]
     pub token_flush_ms: u64,
@@ -75,7 +76,7 @@ impl WorkerArgs {
         WorkerConfig {
             task_concurrency: self.worker_tasks.max(1),
             agent_concurrency: self.worker_agents.max(1),
-            max_deliveries: self.max_deliveries.max(1),
+            max_runs: self.max_task_runs.max(1),
             token_flush: Duration::from_millis(self.token_flush_ms.max(10)),
             ..WorkerConfig::default()
         }

@@ -26,8 +26,8 @@ pub struct WorkerConfig {
     pub task_concurrency: usize,
     /// Agents one worker process runs at once across its tasks (parallel mode's bound).
     pub agent_concurrency: usize,
-    /// Deliveries of one task before it is given up with `task_error`.
-    pub max_deliveries: u64,
+    /// Runs of one task (the first and each resume) before it is given up with `task_error`.
+    pub max_runs: u64,
     /// How often streamed text is flushed as an `agent_token` event.
     pub token_flush: Duration,
     /// How often a running task tells the queue it is still being worked on.
@@ -41,7 +41,7 @@ impl Default for WorkerConfig {
         WorkerConfig {
             task_concurrency: 8,
             agent_concurrency: 16,
-            max_deliveries: 5,
+            max_runs: 5,
             token_flush: Duration::from_millis(200),
             heartbeat: Duration::from_secs(10),
             poll_wait: Duration::from_secs(5),
@@ -98,12 +98,15 @@ impl Worker {
 
     async fn slot(&self, shutdown: CancellationToken) {
         let queue = self.backends.queue.clone();
-        loop {
-            let next = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                next = queue.next(self.config.poll_wait) => next,
-            };
-            match next {
+        while !shutdown.is_cancelled() {
+            // The poll is not cut short by shutdown: a pull request abandoned on the server
+            // would still be handed a job, which would then wait out the ack timeout.
+            match queue.next(self.config.poll_wait).await {
+                Ok(Some(delivery)) if shutdown.is_cancelled() => {
+                    if let Err(e) = delivery.retry_later(Duration::ZERO).await {
+                        tracing::warn!(error = %e, "handing a job back at shutdown failed");
+                    }
+                }
                 Ok(Some(delivery)) => {
                     self.process_one(delivery, shutdown.child_token()).await;
                 }
@@ -162,20 +165,25 @@ impl Worker {
         };
         let last_seq = events.last().map_or(0, |e| e.seq);
         let view = TaskView::project(task_id, &task.spec, &events);
-        let (appender, emitter) = Appender::start(
-            store.clone(),
-            self.backends.bus.clone(),
-            task_id,
-            last_seq,
-        );
+        let (appender, emitter) =
+            Appender::start(store.clone(), self.backends.bus.clone(), task_id, last_seq);
         let heartbeat = self.heartbeat(delivery);
 
-        let resumed = events.len() > 1 || delivery.delivered > 1;
-        let terminal = if delivery.delivered > self.config.max_deliveries {
+        // Runs are counted from the log, not from deliveries: a job handed back by a worker
+        // that was stopping never ran, and must not use up the task's attempts.
+        let runs_before = if events.len() > 1 {
+            1 + events
+                .iter()
+                .filter(|e| matches!(e.body, EventBody::TaskResumed { .. }))
+                .count() as u64
+        } else {
+            0
+        };
+        let resumed = runs_before > 0;
+        let terminal = if runs_before >= self.config.max_runs {
             Ok(EventBody::TaskError {
                 error: format!(
-                    "gave up after {} attempts to run the task (workers stopped or failed while running it)",
-                    self.config.max_deliveries
+                    "gave up after {runs_before} attempts to run the task (workers stopped or failed while running it)"
                 ),
                 failed_agents: vec![],
             })

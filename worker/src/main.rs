@@ -2,11 +2,11 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
-use troupe_events::runtime::{init_tracing, BackendArgs};
 use troupe_events::Backends;
+use troupe_events::runtime::{BackendArgs, init_tracing};
 use troupe_worker::cli::{ProviderArgs, WorkerArgs};
 use troupe_worker::providers::Providers;
-use troupe_worker::{shutdown_signal, Worker};
+use troupe_worker::{Worker, shutdown_signal};
 
 /// Troupe worker: takes tasks from NATS and runs their agents. Run as many as you like.
 #[derive(Parser)]
@@ -31,7 +31,9 @@ async fn main() -> anyhow::Result<()> {
              for one process on one machine run `troupe` instead"
         );
     }
-    let backends = Backends::connect(&config).await.context("connecting to the store and NATS")?;
+    let backends = Backends::connect(&config)
+        .await
+        .context("connecting to the store and NATS")?;
     tracing::info!(backends = %backends.description, "worker starting");
     let providers = Providers::from_settings(&cli.providers.settings());
     let worker = Arc::new(Worker::new(backends, providers, cli.worker.config()));

@@ -70,7 +70,11 @@ impl TaskRun {
             }
             ExecutionMode::Parallel => {
                 let mut running = tokio::task::JoinSet::new();
-                for (i, _) in agents.iter().enumerate().filter(|(i, _)| outputs[*i].is_none()) {
+                for (i, _) in agents
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| outputs[*i].is_none())
+                {
                     let run = self.clone();
                     let prompt = self.prompt(&[]);
                     running.spawn(async move {
@@ -84,7 +88,9 @@ impl TaskRun {
                     let (i, result) = joined.expect("agent runs do not panic");
                     match result? {
                         AgentResult::Completed(output) => outputs[i] = Some(output),
-                        AgentResult::Failed(error) => failures.push((agents[i].role.clone(), error)),
+                        AgentResult::Failed(error) => {
+                            failures.push((agents[i].role.clone(), error))
+                        }
                     }
                 }
                 // Report failures in the team's order, not in the order they happened.
@@ -92,7 +98,9 @@ impl TaskRun {
             }
         }
         if failures.is_empty() {
-            let total = (Utc::now() - self.task.created_at).num_milliseconds().max(0) as u64;
+            let total = (Utc::now() - self.task.created_at)
+                .num_milliseconds()
+                .max(0) as u64;
             return Ok(EventBody::TaskComplete {
                 total_execution_time: total,
                 outputs: agents
@@ -129,13 +137,20 @@ impl TaskRun {
         if !before.is_empty() {
             prompt.push_str("\n\n# Work so far from the team\n");
             for (agent, output) in before {
-                prompt.push_str(&format!("\n## {} ({})\n\n{}\n", agent.name, agent.role, output));
+                prompt.push_str(&format!(
+                    "\n## {} ({})\n\n{}\n",
+                    agent.name, agent.role, output
+                ));
             }
         }
         prompt
     }
 
-    async fn run_agent(self: Arc<Self>, index: usize, prompt: String) -> Result<AgentResult, Stopped> {
+    async fn run_agent(
+        self: Arc<Self>,
+        index: usize,
+        prompt: String,
+    ) -> Result<AgentResult, Stopped> {
         let agent = &self.task.spec.agents[index];
         let attempt = self.view.agents[index].attempt + 1;
         let role = agent.role.clone();

@@ -1,7 +1,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 use crate::auth::{hash_password, verify_password};
 use crate::error::{ApiError, ApiResult};
@@ -19,12 +19,15 @@ impl Credentials {
         let email = self.email.unwrap_or_default().trim().to_string();
         let password = self.password.unwrap_or_default();
         let well_formed = email.len() <= 254
-            && email
-                .split_once('@')
-                .is_some_and(|(local, domain)| !local.is_empty() && domain.contains('.') && !domain.ends_with('.'))
+            && email.split_once('@').is_some_and(|(local, domain)| {
+                !local.is_empty() && domain.contains('.') && !domain.ends_with('.')
+            })
             && !email.chars().any(char::is_whitespace);
         if !well_formed {
-            return Err(ApiError::invalid("invalid_email", "email must be an address like ada@example.com"));
+            return Err(ApiError::invalid(
+                "invalid_email",
+                "email must be an address like ada@example.com",
+            ));
         }
         if password.chars().count() < 8 || password.len() > 1024 {
             return Err(ApiError::invalid(

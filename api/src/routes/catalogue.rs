@@ -1,5 +1,5 @@
 use axum::extract::State;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 use crate::auth::AuthUser;
 use crate::state::AppState;

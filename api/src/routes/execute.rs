@@ -6,13 +6,13 @@ use axum::http::HeaderMap;
 use axum::response::sse::Event as SseEvent;
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Json;
 use crate::routes::events::{sse, to_sse};
-use crate::routes::tasks::{submit, view, TaskRequest};
+use crate::routes::tasks::{TaskRequest, submit, view};
 use crate::state::AppState;
 
 /// The events, then the original closing event: `complete` (`{"taskId"}`) or `error`
@@ -70,5 +70,7 @@ pub async fn execute(
         .await?
         .ok_or(ApiError::TaskNotFound)?;
     let view = view(&state, &task).await?;
-    Ok(axum::Json(serde_json::to_value(view).map_err(anyhow::Error::from)?))
+    Ok(axum::Json(
+        serde_json::to_value(view).map_err(anyhow::Error::from)?,
+    ))
 }

@@ -1,6 +1,6 @@
 use axum::extract::State;
 use axum::http::StatusCode;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 use crate::state::AppState;
 

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use troupe_events::task::TaskSpec;
 use troupe_events::{ExecutionMode, NewTask, Submitted, TaskRecord, TaskView};
@@ -50,7 +50,11 @@ impl TaskRequest {
                 format!("description must be at most {MAX_DESCRIPTION} characters"),
             ));
         }
-        let title = match self.title.map(|t| t.trim().to_string()).filter(|t| !t.is_empty()) {
+        let title = match self
+            .title
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
+        {
             Some(title) if title.chars().count() > MAX_TITLE => {
                 return Err(ApiError::invalid(
                     "title_too_long",
@@ -133,15 +137,23 @@ impl TaskRequest {
                 if !info.configured {
                     return Err(ApiError::invalid(
                         "provider_not_configured",
-                        format!("provider {name} is not configured on this server (see GET /api/providers)"),
+                        format!(
+                            "provider {name} is not configured on this server (see GET /api/providers)"
+                        ),
                     ));
                 }
                 name
             }
         };
-        let model = self.model.map(|m| m.trim().to_string()).filter(|m| !m.is_empty());
+        let model = self
+            .model
+            .map(|m| m.trim().to_string())
+            .filter(|m| !m.is_empty());
         if model.as_ref().is_some_and(|m| m.len() > 200) {
-            return Err(ApiError::invalid("invalid_model", "model must be at most 200 characters"));
+            return Err(ApiError::invalid(
+                "invalid_model",
+                "model must be at most 200 characters",
+            ));
         }
         let provider_options = match self.provider_options {
             None | Some(Value::Null) => Default::default(),
@@ -215,9 +227,12 @@ pub async fn submit(
     let submitted = state.backends.store.create_task(&task).await?;
     if let Submitted::Created(record) = &submitted {
         let backends = &state.backends;
-        if let Err(e) =
-            troupe_events::dispatch::dispatch(backends.store.as_ref(), backends.queue.as_ref(), record.id)
-                .await
+        if let Err(e) = troupe_events::dispatch::dispatch(
+            backends.store.as_ref(),
+            backends.queue.as_ref(),
+            record.id,
+        )
+        .await
         {
             // Stored and in the outbox: the dispatcher queues it shortly.
             tracing::warn!(task_id = %record.id, error = %e, "queueing a new task failed; the outbox will retry");
@@ -244,7 +259,10 @@ pub async fn create(
     let task = submitted.task();
     let mut response_headers = HeaderMap::new();
     let location = format!("/api/tasks/{}", task.id);
-    response_headers.insert("location", location.parse().expect("a path is a header value"));
+    response_headers.insert(
+        "location",
+        location.parse().expect("a path is a header value"),
+    );
     if matches!(submitted, Submitted::Existing(_)) {
         response_headers.insert("idempotent-replayed", "true".parse().expect("ascii"));
     }
@@ -286,14 +304,19 @@ pub async fn list(
 ) -> ApiResult<axum::Json<Value>> {
     let limit = query.limit.unwrap_or(20);
     if !(1..=100).contains(&limit) {
-        return Err(ApiError::bad_request("invalid_limit", "limit must be between 1 and 100"));
+        return Err(ApiError::bad_request(
+            "invalid_limit",
+            "limit must be between 1 and 100",
+        ));
     }
     let tasks = state
         .backends
         .store
         .tasks_of(user.id, query.before, limit)
         .await?;
-    let next = (tasks.len() as u32 == limit).then(|| tasks.last().map(|t| t.id)).flatten();
+    let next = (tasks.len() as u32 == limit)
+        .then(|| tasks.last().map(|t| t.id))
+        .flatten();
     Ok(axum::Json(json!({
         "tasks": tasks.iter().map(summary).collect::<Vec<_>>(),
         "nextCursor": next,

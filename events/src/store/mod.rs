@@ -114,8 +114,8 @@ fn task_record(
     updated_at: DateTime<Utc>,
     last_seq: i64,
 ) -> Result<TaskRecord> {
-    let spec: TaskSpec = serde_json::from_str(spec)
-        .map_err(|e| Error::Corrupt(format!("task {id} spec: {e}")))?;
+    let spec: TaskSpec =
+        serde_json::from_str(spec).map_err(|e| Error::Corrupt(format!("task {id} spec: {e}")))?;
     let status = TaskStatus::parse(status)
         .ok_or_else(|| Error::Corrupt(format!("task {id} status {status:?}")))?;
     Ok(TaskRecord {

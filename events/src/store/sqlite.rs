@@ -11,8 +11,7 @@ use sqlx::{QueryBuilder, Row};
 use uuid::Uuid;
 
 use super::{
-    batch_bounds, is_unique_violation, raw_event, status_after, task_record, Store, Submitted,
-    User,
+    Store, Submitted, User, batch_bounds, is_unique_violation, raw_event, status_after, task_record,
 };
 use crate::error::{Error, Result};
 use crate::event::{Event, RawEvent};
@@ -85,7 +84,9 @@ fn task_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<TaskRecord> {
 #[async_trait]
 impl Store for SqliteStore {
     async fn migrate(&self) -> Result<()> {
-        sqlx::migrate!("../migrations/sqlite").run(&self.pool).await?;
+        sqlx::migrate!("../migrations/sqlite")
+            .run(&self.pool)
+            .await?;
         Ok(())
     }
 
@@ -173,13 +174,15 @@ impl Store for SqliteStore {
             }
             return Ok(Submitted::Existing(existing));
         }
-        sqlx::query("INSERT INTO task_events (task_id, seq, type, at, data) VALUES (?, 1, ?, ?, ?)")
-            .bind(task.id)
-            .bind(&first.kind)
-            .bind(first.at)
-            .bind(first.json_str())
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO task_events (task_id, seq, type, at, data) VALUES (?, 1, ?, ?, ?)",
+        )
+        .bind(task.id)
+        .bind(&first.kind)
+        .bind(first.at)
+        .bind(first.json_str())
+        .execute(&mut *tx)
+        .await?;
         sqlx::query("INSERT INTO task_outbox (task_id, created_at) VALUES (?, ?)")
             .bind(task.id)
             .bind(now)
@@ -246,7 +249,8 @@ impl Store for SqliteStore {
         if moved == 0 {
             return Err(Error::SeqConflict { task_id, expected });
         }
-        let mut insert = QueryBuilder::new("INSERT INTO task_events (task_id, seq, type, at, data) ");
+        let mut insert =
+            QueryBuilder::new("INSERT INTO task_events (task_id, seq, type, at, data) ");
         insert.push_values(events, |mut row, e| {
             row.push_bind(task_id)
                 .push_bind(e.seq as i64)

@@ -1,0 +1,411 @@
+//! `spawn_app`: a whole Troupe on port 0 for one test, embedded (a fresh SQLite file,
+//! in-process bus) or distributed (a fresh PostgreSQL schema, a random NATS prefix, two api
+//! instances and a worker, each with its own connections).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use eventsource_stream::Eventsource;
+use futures::StreamExt;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use troupe::Settings;
+use troupe_api::ApiArgs;
+use troupe_events::{BackendConfig, Backends, Subjects};
+use troupe_worker::providers::{ProviderSettings, Providers};
+use troupe_worker::{Worker, WorkerConfig};
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Embedded,
+    Distributed,
+}
+
+/// Generates one test per backend from `async fn name(backend: Backend)`.
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn embedded() {
+                super::$name($crate::helpers::Backend::Embedded).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn distributed() {
+                super::$name($crate::helpers::Backend::Distributed).await
+            }
+        }
+    )*};
+}
+pub(crate) use both_backends;
+
+const SECRET: &str = "integration-test-secret-0123456789abcdef";
+
+pub struct TestApp {
+    /// Base URLs of the api instances: one embedded, two distributed.
+    pub urls: Vec<String>,
+    pub client: reqwest::Client,
+    pub backend: Backend,
+    /// Stop tokens of the separate workers (distributed), in start order.
+    pub workers: Vec<CancellationToken>,
+    shutdown: CancellationToken,
+    cleanup: Cleanup,
+    data_dir: PathBuf,
+    handles: Vec<tokio::task::JoinHandle<()>>,
+}
+
+enum Cleanup {
+    DataDir(PathBuf),
+    Remote { schema: String, prefix: String },
+}
+
+pub fn database_url() -> String {
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+pub fn nats_url() -> String {
+    std::env::var("TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+fn api_args() -> ApiArgs {
+    ApiArgs {
+        bind: "127.0.0.1:0".parse().unwrap(),
+        jwt_secret: Some(SECRET.into()),
+        agents_file: None,
+        max_body_bytes: 16 * 1024,
+        session_ttl_hours: 1,
+        stream_token_ttl_minutes: 10,
+    }
+}
+
+pub fn worker_config() -> WorkerConfig {
+    WorkerConfig {
+        token_flush: Duration::from_millis(50),
+        heartbeat: Duration::from_secs(1),
+        poll_wait: Duration::from_millis(500),
+        ..WorkerConfig::default()
+    }
+}
+
+impl TestApp {
+    pub async fn spawn(backend: Backend) -> TestApp {
+        // Logs go to the test's captured stderr, shown when it fails.
+        std::mem::forget(troupe_events::runtime::init_tracing("it"));
+        let id = Uuid::new_v4().simple().to_string();
+        let data_dir = std::env::temp_dir().join(format!("troupe-it-{id}"));
+        match backend {
+            Backend::Embedded => {
+                let config = BackendConfig {
+                    data_dir: data_dir.clone(),
+                    ..BackendConfig::default()
+                };
+                let mut app = TestApp {
+                    urls: vec![],
+                    client: reqwest::Client::new(),
+                    backend,
+                    workers: vec![],
+                    shutdown: CancellationToken::new(),
+                    cleanup: Cleanup::DataDir(data_dir.clone()),
+                    data_dir,
+                    handles: vec![],
+                };
+                app.start_embedded(config, None).await;
+                app
+            }
+            Backend::Distributed => {
+                let schema = format!("it_{id}");
+                let admin = sqlx::PgPool::connect(&database_url()).await.expect(
+                    "PostgreSQL must be reachable at TEST_DATABASE_URL (scripts/test and .ci/run start it)",
+                );
+                sqlx::query(&format!("CREATE SCHEMA {schema}"))
+                    .execute(&admin)
+                    .await
+                    .unwrap();
+                admin.close().await;
+                let prefix = format!("it_{id}");
+                let config = distributed_config(&schema, &prefix);
+                let shutdown = CancellationToken::new();
+                let mut urls = vec![];
+                let mut handles = vec![];
+                for _ in 0..2 {
+                    let backends = Backends::connect(&config).await.expect(
+                        "PostgreSQL and NATS must be reachable (TEST_DATABASE_URL, TEST_NATS_URL)",
+                    );
+                    let state = troupe_api::state(
+                        backends,
+                        troupe_events::Catalogue::builtin(),
+                        Providers::from_settings(&ProviderSettings::default()),
+                        api_args().tokens(true, &data_dir, false).unwrap(),
+                        api_args().http(),
+                    );
+                    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+                    urls.push(format!("http://{}", listener.local_addr().unwrap()));
+                    let stop = shutdown.clone();
+                    handles.push(tokio::spawn(async move {
+                        troupe_api::serve(listener, state, stop).await.unwrap();
+                    }));
+                }
+                let mut app = TestApp {
+                    urls,
+                    client: reqwest::Client::new(),
+                    backend,
+                    workers: vec![],
+                    shutdown,
+                    cleanup: Cleanup::Remote { schema, prefix },
+                    data_dir,
+                    handles,
+                };
+                app.start_worker().await;
+                app
+            }
+        }
+    }
+
+    async fn start_embedded(&mut self, config: BackendConfig, bind: Option<SocketAddr>) {
+        let listener = TcpListener::bind(bind.unwrap_or_else(|| "127.0.0.1:0".parse().unwrap()))
+            .await
+            .unwrap();
+        self.urls = vec![format!("http://{}", listener.local_addr().unwrap())];
+        let settings = Settings {
+            backend: config,
+            api: api_args(),
+            providers: ProviderSettings::default(),
+            worker: worker_config(),
+        };
+        let stop = self.shutdown.clone();
+        self.handles.push(tokio::spawn(async move {
+            troupe::run(settings, listener, stop).await.unwrap();
+        }));
+        self.wait_ready().await;
+    }
+
+    /// A further worker process on the same backends (distributed only).
+    pub async fn start_worker(&mut self) -> CancellationToken {
+        let Cleanup::Remote { schema, prefix } = &self.cleanup else {
+            panic!("separate workers exist only when distributed");
+        };
+        let backends = Backends::connect(&distributed_config(schema, prefix))
+            .await
+            .unwrap();
+        let worker = std::sync::Arc::new(Worker::new(
+            backends,
+            Providers::from_settings(&ProviderSettings::default()),
+            worker_config(),
+        ));
+        let stop = self.shutdown.child_token();
+        let token = stop.clone();
+        self.handles
+            .push(tokio::spawn(async move { worker.run(token).await }));
+        self.workers.push(stop.clone());
+        stop
+    }
+
+    /// Stops the embedded process and starts it again on the same data and port, as a
+    /// user restarting `troupe` would.
+    pub async fn restart_embedded(&mut self) {
+        assert_eq!(self.backend, Backend::Embedded);
+        self.shutdown.cancel();
+        for handle in self.handles.drain(..) {
+            handle.await.unwrap();
+        }
+        self.shutdown = CancellationToken::new();
+        let addr: SocketAddr = self.urls[0].trim_start_matches("http://").parse().unwrap();
+        let config = BackendConfig {
+            data_dir: self.data_dir.clone(),
+            ..BackendConfig::default()
+        };
+        self.start_embedded(config, Some(addr)).await;
+    }
+
+    async fn wait_ready(&self) {
+        for _ in 0..100 {
+            let url = format!("{}/readyz", self.urls[0]);
+            if let Ok(r) = self.client.get(url).send().await
+                && r.status().is_success()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the app did not become ready");
+    }
+
+    /// The api instance `i` (wrapping), so a test can move between instances.
+    pub fn url(&self, i: usize) -> &str {
+        &self.urls[i % self.urls.len()]
+    }
+
+    pub async fn register(&self, email: &str) -> String {
+        let r = self
+            .client
+            .post(format!("{}/api/auth/register", self.url(0)))
+            .json(&json!({"email": email, "password": "correct horse battery"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201, "register {email}");
+        r.json::<Value>().await.unwrap()["token"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    pub async fn user(&self) -> String {
+        self.register(&format!("u{}@example.com", Uuid::new_v4().simple()))
+            .await
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: &Value) -> reqwest::Response {
+        self.client
+            .post(format!("{}{path}", self.url(0)))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}{path}", self.url(0)))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Submits and returns the task id.
+    pub async fn submit(&self, token: &str, body: &Value) -> Uuid {
+        let r = self.post("/api/tasks", token, body).await;
+        assert_eq!(r.status(), 202, "submit: {}", r.text().await.unwrap());
+        let body: Value = r.json().await.unwrap();
+        body["taskId"].as_str().unwrap().parse().unwrap()
+    }
+
+    /// Reads the task's SSE stream from api `instance` to its end, or until `limit` events.
+    pub async fn read_events(
+        &self,
+        instance: usize,
+        token: &str,
+        task_id: Uuid,
+        last_event_id: Option<u64>,
+        limit: Option<usize>,
+    ) -> Vec<SseEvent> {
+        let mut request = self
+            .client
+            .get(format!("{}/api/tasks/{task_id}/events", self.url(instance)))
+            .bearer_auth(token);
+        if let Some(id) = last_event_id {
+            request = request.header("Last-Event-ID", id.to_string());
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+        assert_eq!(
+            response.headers()["content-type"].to_str().unwrap(),
+            "text/event-stream"
+        );
+        collect_sse(response, limit).await
+    }
+
+    /// Waits (bounded) until the task's status is terminal and returns the task view.
+    pub async fn wait_finished(&self, token: &str, task_id: Uuid) -> Value {
+        for _ in 0..400 {
+            let view: Value = self
+                .get(&format!("/api/tasks/{task_id}"), token)
+                .await
+                .json()
+                .await
+                .unwrap();
+            if view["status"] == "completed" || view["status"] == "failed" {
+                return view;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("task {task_id} did not finish in 20 s");
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SseEvent {
+    pub id: String,
+    pub event: String,
+    pub data: Value,
+}
+
+impl SseEvent {
+    pub fn seq(&self) -> u64 {
+        self.data["seq"].as_u64().unwrap()
+    }
+}
+
+pub async fn collect_sse(response: reqwest::Response, limit: Option<usize>) -> Vec<SseEvent> {
+    let mut stream = response.bytes_stream().eventsource();
+    let mut events = vec![];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while limit.is_none_or(|l| events.len() < l) {
+        let next = tokio::time::timeout_at(deadline, stream.next())
+            .await
+            .expect("the event stream stalled for 30 s");
+        match next {
+            Some(Ok(e)) => events.push(SseEvent {
+                id: e.id,
+                event: e.event,
+                data: serde_json::from_str(&e.data).unwrap_or(Value::Null),
+            }),
+            Some(Err(e)) => panic!("SSE error: {e}"),
+            None => break,
+        }
+    }
+    events
+}
+
+fn distributed_config(schema: &str, prefix: &str) -> BackendConfig {
+    BackendConfig {
+        database_url: Some(format!("{}?options[search_path]={schema}", database_url())),
+        nats_url: Some(nats_url()),
+        nats_prefix: prefix.to_string(),
+        db_max_connections: 5,
+        ..BackendConfig::default()
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        for handle in &self.handles {
+            handle.abort();
+        }
+        match &self.cleanup {
+            Cleanup::DataDir(dir) => {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            Cleanup::Remote { schema, prefix } => {
+                // Drop runs outside any runtime we may block: clean up on a thread of its own.
+                let (schema, prefix) = (schema.clone(), prefix.clone());
+                let _ = std::thread::spawn(move || {
+                    tokio::runtime::Runtime::new()
+                        .unwrap()
+                        .block_on(async move {
+                            if let Ok(pool) = sqlx::PgPool::connect(&database_url()).await {
+                                let _ = sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+                                    .execute(&pool)
+                                    .await;
+                            }
+                            if let Ok(client) = async_nats::connect(nats_url()).await {
+                                let js = async_nats::jetstream::new(client);
+                                let subjects = Subjects::new(&prefix);
+                                for name in ["EVENTS", "TASKS"] {
+                                    let _ = js.delete_stream(subjects.stream_name(name)).await;
+                                }
+                            }
+                        })
+                })
+                .join();
+            }
+        }
+    }
+}
