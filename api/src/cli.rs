@@ -13,7 +13,7 @@ use troupe_events::Catalogue;
 use crate::auth::Tokens;
 use crate::state::HttpConfig;
 
-#[derive(Debug, Clone, Args)]
+#[derive(Clone, Args)]
 pub struct ApiArgs {
     /// Address to listen on.
     #[arg(long, env = "TROUPE_BIND", default_value = "127.0.0.1:8080")]

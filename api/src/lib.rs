@@ -45,6 +45,7 @@ pub fn state(
         providers: Arc::new(providers),
         tokens,
         http,
+        closing: CancellationToken::new(),
     }
 }
 
@@ -102,10 +103,14 @@ pub async fn serve(
         Duration::from_secs(5),
         shutdown.clone(),
     ));
+    let closing = state.closing.clone();
     let app = router(state);
     let stop = shutdown.clone();
     axum::serve(listener, app)
-        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .with_graceful_shutdown(async move {
+            stop.cancelled().await;
+            closing.cancel();
+        })
         .await?;
     shutdown.cancel();
     dispatcher.await?;

@@ -1,5 +1,7 @@
 use std::sync::Arc;
 
+use tokio_util::sync::CancellationToken;
+
 use troupe_events::{Backends, Catalogue, Feeds};
 use troupe_worker::providers::Providers;
 
@@ -28,4 +30,7 @@ pub struct AppState {
     pub providers: Arc<Providers>,
     pub tokens: Tokens,
     pub http: HttpConfig,
+    /// Cancelled when the server starts shutting down: open event streams end then, so
+    /// that shutdown does not wait for tasks to finish and clients reconnect elsewhere.
+    pub closing: CancellationToken,
 }

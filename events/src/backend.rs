@@ -10,7 +10,8 @@ use crate::error::{Error, Result};
 use crate::queue::{MemoryQueue, NatsQueue, NatsQueueConfig, TaskQueue};
 use crate::store::{PgStore, SqliteStore, Store};
 
-#[derive(Debug, Clone)]
+/// No `Debug`: the database URL may carry a password.
+#[derive(Clone)]
 pub struct BackendConfig {
     pub database_url: Option<String>,
     pub nats_url: Option<String>,

@@ -3,7 +3,7 @@
 //! design already parse them; changing one breaks every client in the field.
 
 use bytes::Bytes;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -139,7 +139,8 @@ impl Event {
         Event {
             seq,
             task_id,
-            at: Utc::now(),
+            // Microseconds: what PostgreSQL keeps, so the `at` column and the JSON agree.
+            at: Utc::now().trunc_subsecs(6),
             body,
         }
     }

@@ -16,7 +16,7 @@ use crate::queue::NatsQueueConfig;
 
 /// Where events, tasks and jobs live. Both URLs unset: embedded (SQLite file, in-process
 /// bus and queue); both set: distributed.
-#[derive(Debug, Clone, Args)]
+#[derive(Clone, Args)]
 pub struct BackendArgs {
     /// PostgreSQL URL, e.g. postgres://user@host/db. Unset: embedded SQLite.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]

@@ -142,15 +142,32 @@ async fn interrupted_task_resumes_and_keeps_completed_agents(backend: Backend) {
             }),
         )
         .await;
+    // A browser is watching when the interruption comes.
+    let watching = app
+        .client
+        .get(format!("{}/api/tasks/{task_id}/events", app.url(0)))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    let watcher = tokio::spawn(collect_sse(watching, None));
     second_agent_under_way(&app, &token, task_id).await;
     match backend {
+        // The whole process restarts: its open streams must end, not hold up shutdown.
         Backend::Embedded => app.restart_embedded().await,
         Backend::Distributed => {
             app.start_worker().await;
             app.workers[0].cancel();
         }
     }
-    let events = app.read_events(0, &token, task_id, None, None).await;
+    let mut events = tokio::time::timeout(Duration::from_secs(30), watcher)
+        .await
+        .expect("the open stream ends")
+        .unwrap();
+    if events.last().unwrap().event != "task_complete" {
+        let last = events.last().unwrap().seq();
+        events.extend(app.read_events(0, &token, task_id, Some(last), None).await);
+    }
 
     let seqs: Vec<u64> = events.iter().map(SseEvent::seq).collect();
     assert_eq!(seqs, (1..=events.len() as u64).collect::<Vec<_>>());

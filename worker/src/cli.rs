@@ -9,7 +9,7 @@ use crate::WorkerConfig;
 use crate::providers::ProviderSettings;
 
 /// LLM providers. With no key and no base URL set, only `simulated` is available.
-#[derive(Debug, Clone, Args)]
+#[derive(Clone, Args)]
 pub struct ProviderArgs {
     /// Key for the OpenAI-compatible provider.
     #[arg(long, env = "OPENAI_API_KEY", hide_env_values = true)]
@@ -55,7 +55,7 @@ impl ProviderArgs {
     }
 }
 
-#[derive(Debug, Clone, Args)]
+#[derive(Clone, Args)]
 pub struct WorkerArgs {
     /// Tasks this process runs at once.
     #[arg(long, env = "TROUPE_WORKER_TASKS", default_value_t = 8)]

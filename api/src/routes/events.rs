@@ -80,18 +80,23 @@ pub async fn events(
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
     let events = state.feeds.follow(task_id, cursor).await?;
-    Ok(sse(events.map(|event| match event {
-        Ok(event) => Ok(to_sse(&event)),
-        Err(e) => Err(e),
-    }))
+    Ok(sse(
+        &state,
+        events.map(|event| match event {
+            Ok(event) => Ok(to_sse(&event)),
+            Err(e) => Err(e),
+        }),
+    )
     .into_response())
 }
 
 /// An SSE response over a stream of events; a stream error ends the response, and the
 /// client's reconnect (with Last-Event-ID) picks up where it stopped.
 pub fn sse(
+    state: &AppState,
     events: impl Stream<Item = troupe_events::Result<SseEvent>> + Send + 'static,
 ) -> impl IntoResponse {
+    let events = events.take_until(state.closing.clone().cancelled_owned());
     let events = tokio_stream::StreamExt::map_while(events, |event| match event {
         Ok(event) => Some(Ok::<_, Infallible>(event)),
         Err(e) => {

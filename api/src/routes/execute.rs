@@ -48,7 +48,7 @@ pub async fn execute_stream(
         };
         futures::stream::iter(items)
     });
-    Ok(sse(with_closing).into_response())
+    Ok(sse(&state, with_closing).into_response())
 }
 
 /// Waits for the task to end and returns it as `GET /api/tasks/{id}` would.

@@ -1,0 +1,339 @@
+//! The store's and the catch-up subscription's contracts, on both backends: PostgreSQL with
+//! NATS (a schema and a subject prefix per test) and SQLite with the in-process bus.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use troupe_events::task::{AgentDef, TaskSpec};
+use troupe_events::{
+    Bus, Error, Event, EventBody, ExecutionMode, FeedConfig, Feeds, MemoryBus, NatsBus, NewTask,
+    PgStore, RawEvent, SqliteStore, Store, Subjects,
+};
+use uuid::Uuid;
+
+#[derive(Clone, Copy)]
+enum Backend {
+    Embedded,
+    Distributed,
+}
+
+struct Log {
+    store: Arc<dyn Store>,
+    bus: Arc<dyn Bus>,
+    memory_bus: Option<MemoryBus>,
+    _dir: Option<TempDir>,
+}
+
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+async fn log(backend: Backend) -> Log {
+    let id = Uuid::new_v4().simple().to_string();
+    match backend {
+        Backend::Embedded => {
+            let dir = std::env::temp_dir().join(format!("troupe-log-{id}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            let store = SqliteStore::open(&dir.join("t.db")).await.unwrap();
+            store.migrate().await.unwrap();
+            let bus = MemoryBus::new(8);
+            Log {
+                store: Arc::new(store),
+                bus: Arc::new(bus.clone()),
+                memory_bus: Some(bus),
+                _dir: Some(TempDir(dir)),
+            }
+        }
+        Backend::Distributed => {
+            let url = std::env::var("TEST_DATABASE_URL")
+                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+            let nats =
+                std::env::var("TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+            let schema = format!("it_{id}");
+            let admin = sqlx::PgPool::connect(&url).await.unwrap();
+            sqlx::query(&format!("CREATE SCHEMA {schema}"))
+                .execute(&admin)
+                .await
+                .unwrap();
+            let options: sqlx::postgres::PgConnectOptions =
+                format!("{url}?options[search_path]={schema}")
+                    .parse()
+                    .unwrap();
+            let store = PgStore::connect(options, 5).await.unwrap();
+            store.migrate().await.unwrap();
+            let client = async_nats::connect(nats).await.unwrap();
+            let bus = NatsBus::new(
+                client,
+                Subjects::new(&format!("it_{id}")),
+                troupe_events::bus::EventStreamLimits {
+                    max_age: Duration::from_secs(600),
+                    max_bytes: 16 << 20,
+                },
+            )
+            .await
+            .unwrap();
+            Log {
+                store: Arc::new(store),
+                bus: Arc::new(bus),
+                memory_bus: None,
+                _dir: None,
+            }
+        }
+    }
+}
+
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn embedded() { super::$name(super::Backend::Embedded).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn distributed() { super::$name(super::Backend::Distributed).await }
+        }
+    )*};
+}
+
+both_backends!(
+    appends_continue_the_log_exactly_and_fence_other_writers,
+    nothing_is_appended_after_the_terminal_event,
+    unfinished_tasks_go_back_to_the_outbox,
+    a_slow_follower_gets_every_event_once_through_a_tiny_buffer,
+    an_event_whose_publish_was_lost_still_arrives,
+    followers_of_one_task_share_one_subscription,
+);
+
+async fn new_task(log: &Log) -> Uuid {
+    let user = log
+        .store
+        .create_user(&format!("{}@example.com", Uuid::new_v4().simple()), "hash")
+        .await
+        .unwrap();
+    let task = NewTask {
+        id: Uuid::now_v7(),
+        owner_id: user.id,
+        spec: TaskSpec {
+            title: "t".into(),
+            description: "d".into(),
+            agents: vec![AgentDef {
+                role: "qa".into(),
+                name: "QA".into(),
+                description: "tests".into(),
+                prompt: String::new(),
+            }],
+            execution_mode: ExecutionMode::Sequential,
+            provider: "simulated".into(),
+            model: None,
+            provider_options: Default::default(),
+        },
+        idempotency_key: None,
+        request_hash: "h".into(),
+    };
+    log.store.create_task(&task).await.unwrap().task().id
+}
+
+fn token(task_id: Uuid, seq: u64) -> RawEvent {
+    Event::new(
+        task_id,
+        seq,
+        EventBody::AgentToken {
+            agent_role: "qa".into(),
+            delta: format!("t{seq}"),
+        },
+    )
+    .to_raw()
+}
+
+fn complete(task_id: Uuid, seq: u64) -> RawEvent {
+    Event::new(
+        task_id,
+        seq,
+        EventBody::TaskComplete {
+            total_execution_time: 1,
+            outputs: vec![],
+        },
+    )
+    .to_raw()
+}
+
+fn tokens(task_id: Uuid, seqs: std::ops::RangeInclusive<u64>) -> Vec<RawEvent> {
+    seqs.map(|s| token(task_id, s)).collect()
+}
+
+async fn all_seqs(store: &dyn Store, task_id: Uuid) -> Vec<u64> {
+    store
+        .events_after(task_id, 0, 10_000)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect()
+}
+
+async fn appends_continue_the_log_exactly_and_fence_other_writers(backend: Backend) {
+    let log = log(backend).await;
+    let task_id = new_task(&log).await;
+    let first = tokens(task_id, 2..=4);
+    log.store.append(task_id, &first).await.unwrap();
+
+    // A second writer that read the log before that append tries to write seq 2 again.
+    let stale = log.store.append(task_id, &tokens(task_id, 2..=3)).await;
+    assert!(matches!(stale, Err(Error::SeqConflict { .. })), "{stale:?}");
+    // A writer that skips a seq would leave a hole.
+    let hole = log.store.append(task_id, &tokens(task_id, 6..=6)).await;
+    assert!(matches!(hole, Err(Error::SeqConflict { .. })), "{hole:?}");
+    // A batch that is not one consecutive run is refused before it reaches the database.
+    let jumbled = vec![token(task_id, 5), token(task_id, 7)];
+    assert!(matches!(
+        log.store.append(task_id, &jumbled).await,
+        Err(Error::Corrupt(_))
+    ));
+
+    assert_eq!(
+        all_seqs(log.store.as_ref(), task_id).await,
+        vec![1, 2, 3, 4]
+    );
+    let stored = log.store.events_after(task_id, 1, 10).await.unwrap();
+    assert_eq!(stored, first, "events come back byte for byte");
+    assert_eq!(log.store.task(task_id).await.unwrap().unwrap().last_seq, 4);
+}
+
+async fn nothing_is_appended_after_the_terminal_event(backend: Backend) {
+    let log = log(backend).await;
+    let task_id = new_task(&log).await;
+    log.store
+        .append(task_id, &[complete(task_id, 2)])
+        .await
+        .unwrap();
+    let task = log.store.task(task_id).await.unwrap().unwrap();
+    assert!(task.status.is_terminal());
+    let late = log.store.append(task_id, &tokens(task_id, 3..=3)).await;
+    assert!(matches!(late, Err(Error::SeqConflict { .. })));
+    assert_eq!(all_seqs(log.store.as_ref(), task_id).await, vec![1, 2]);
+}
+
+async fn unfinished_tasks_go_back_to_the_outbox(backend: Backend) {
+    let log = log(backend).await;
+    let running = new_task(&log).await;
+    let done = new_task(&log).await;
+    for id in [running, done] {
+        log.store.mark_dispatched(id).await.unwrap();
+    }
+    log.store.append(done, &[complete(done, 2)]).await.unwrap();
+    let far_future = chrono::Utc::now() + chrono::Duration::days(1);
+    assert!(
+        log.store
+            .undispatched(far_future, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    assert_eq!(log.store.requeue_unfinished().await.unwrap(), 1);
+    assert_eq!(
+        log.store.undispatched(far_future, 10).await.unwrap(),
+        vec![running]
+    );
+}
+
+async fn a_slow_follower_gets_every_event_once_through_a_tiny_buffer(backend: Backend) {
+    let log = log(backend).await;
+    let task_id = new_task(&log).await;
+    let feeds = Feeds::new(
+        log.store.clone(),
+        log.bus.clone(),
+        FeedConfig {
+            buffer: 4,
+            page: 7,
+            idle_check: Duration::from_millis(200),
+        },
+    );
+    let follower = feeds.follow(task_id, 0).await.unwrap();
+    let reader = tokio::spawn(async move {
+        let mut follower = std::pin::pin!(follower);
+        let mut seqs = vec![];
+        while let Some(event) = follower.next().await {
+            seqs.push(event.unwrap().seq);
+            // Slower than the writer: its buffer overflows again and again.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        seqs
+    });
+    let last = 300;
+    let mut seq = 2;
+    while seq < last {
+        let end = (seq + 9).min(last - 1);
+        let batch = tokens(task_id, seq..=end);
+        log.store.append(task_id, &batch).await.unwrap();
+        log.bus.publish(&batch).await.unwrap();
+        seq = end + 1;
+    }
+    let terminal = [complete(task_id, last)];
+    log.store.append(task_id, &terminal).await.unwrap();
+    log.bus.publish(&terminal).await.unwrap();
+
+    let seqs = tokio::time::timeout(Duration::from_secs(30), reader)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        seqs,
+        (1..=last).collect::<Vec<_>>(),
+        "every event once, in order"
+    );
+}
+
+async fn an_event_whose_publish_was_lost_still_arrives(backend: Backend) {
+    let log = log(backend).await;
+    let task_id = new_task(&log).await;
+    let feeds = Feeds::new(
+        log.store.clone(),
+        log.bus.clone(),
+        FeedConfig {
+            idle_check: Duration::from_millis(100),
+            ..FeedConfig::default()
+        },
+    );
+    let follower = feeds.follow(task_id, 0).await.unwrap();
+    // Stored but never published: a worker died between commit and publish.
+    log.store
+        .append(task_id, &[token(task_id, 2), complete(task_id, 3)])
+        .await
+        .unwrap();
+    let seqs: Vec<u64> = tokio::time::timeout(
+        Duration::from_secs(10),
+        follower.map(|e| e.unwrap().seq).collect::<Vec<_>>(),
+    )
+    .await
+    .expect("the idle check finds what the bus never carried");
+    assert_eq!(seqs, vec![1, 2, 3]);
+}
+
+async fn followers_of_one_task_share_one_subscription(backend: Backend) {
+    let log = log(backend).await;
+    let task_id = new_task(&log).await;
+    let feeds = Feeds::new(log.store.clone(), log.bus.clone(), FeedConfig::default());
+    let mut followers = vec![];
+    for _ in 0..50 {
+        followers.push(Box::pin(feeds.follow(task_id, 0).await.unwrap()));
+    }
+    assert_eq!(feeds.active(), 1);
+    let batch = vec![token(task_id, 2), complete(task_id, 3)];
+    log.store.append(task_id, &batch).await.unwrap();
+    log.bus.publish(&batch).await.unwrap();
+    for follower in &mut followers {
+        let seqs: Vec<u64> = follower.by_ref().map(|e| e.unwrap().seq).collect().await;
+        assert_eq!(seqs, vec![1, 2, 3]);
+    }
+    drop(followers);
+    // The last follower gone, the task's subscription goes too: nothing is kept per task.
+    assert_eq!(feeds.active(), 0);
+    if let Some(bus) = &log.memory_bus {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(bus.channel_count(), 0);
+    }
+}
