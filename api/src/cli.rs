@@ -28,6 +28,9 @@ pub struct ApiArgs {
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "TROUPE_MAX_BODY_BYTES", default_value_t = 65536)]
     pub max_body_bytes: usize,
+    /// Event streams (SSE) one api process serves at once; past that, new ones get 503.
+    #[arg(long, env = "TROUPE_MAX_STREAMS", default_value_t = 10_000)]
+    pub max_streams: usize,
     /// How long a session token lives, in hours.
     #[arg(long, env = "TROUPE_SESSION_TTL_HOURS", default_value_t = 24)]
     pub session_ttl_hours: u64,
@@ -49,6 +52,7 @@ impl ApiArgs {
     pub fn http(&self) -> HttpConfig {
         HttpConfig {
             max_body_bytes: self.max_body_bytes.max(1024),
+            max_streams: self.max_streams.max(1),
         }
     }
 

@@ -39,6 +39,7 @@ pub fn state(
         FeedConfig::default(),
     );
     AppState {
+        streams: Arc::new(tokio::sync::Semaphore::new(http.max_streams.max(1))),
         backends,
         feeds,
         catalogue: Arc::new(catalogue),

@@ -1,5 +1,6 @@
 use std::sync::Arc;
 
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use troupe_events::{Backends, Catalogue, Feeds};
@@ -12,12 +13,15 @@ use crate::auth::Tokens;
 pub struct HttpConfig {
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
+    /// Event streams this process serves at once; past that, new ones get 503.
+    pub max_streams: usize,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             max_body_bytes: 64 * 1024,
+            max_streams: 10_000,
         }
     }
 }
@@ -33,4 +37,6 @@ pub struct AppState {
     /// Cancelled when the server starts shutting down: open event streams end then, so
     /// that shutdown does not wait for tasks to finish and clients reconnect elsewhere.
     pub closing: CancellationToken,
+    /// One permit per open event stream.
+    pub streams: Arc<Semaphore>,
 }

@@ -52,6 +52,7 @@ pub struct TestApp {
     /// Stop tokens of the separate workers (distributed), in start order.
     pub workers: Vec<CancellationToken>,
     shutdown: CancellationToken,
+    tweaks: Tweaks,
     cleanup: Cleanup,
     data_dir: PathBuf,
     handles: Vec<tokio::task::JoinHandle<()>>,
@@ -71,12 +72,32 @@ pub fn nats_url() -> String {
     std::env::var("TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
 }
 
+/// What a test may change about the processes it starts.
+#[derive(Clone)]
+pub struct Tweaks {
+    pub api: ApiArgs,
+    pub worker: WorkerConfig,
+    /// How long the distributed queue waits for a heartbeat before redelivering.
+    pub ack_wait: Duration,
+}
+
+impl Default for Tweaks {
+    fn default() -> Self {
+        Tweaks {
+            api: api_args(),
+            worker: worker_config(),
+            ack_wait: Duration::from_secs(30),
+        }
+    }
+}
+
 fn api_args() -> ApiArgs {
     ApiArgs {
         bind: "127.0.0.1:0".parse().unwrap(),
         jwt_secret: Some(SECRET.into()),
         agents_file: None,
         max_body_bytes: 16 * 1024,
+        max_streams: 1000,
         session_ttl_hours: 1,
         stream_token_ttl_minutes: 10,
     }
@@ -93,6 +114,10 @@ pub fn worker_config() -> WorkerConfig {
 
 impl TestApp {
     pub async fn spawn(backend: Backend) -> TestApp {
+        TestApp::spawn_with(backend, Tweaks::default()).await
+    }
+
+    pub async fn spawn_with(backend: Backend, tweaks: Tweaks) -> TestApp {
         // Logs go to the test's captured stderr, shown when it fails.
         std::mem::forget(troupe_events::runtime::init_tracing("it"));
         let id = Uuid::new_v4().simple().to_string();
@@ -109,6 +134,7 @@ impl TestApp {
                     backend,
                     workers: vec![],
                     shutdown: CancellationToken::new(),
+                    tweaks,
                     cleanup: Cleanup::DataDir(data_dir.clone()),
                     data_dir,
                     handles: vec![],
@@ -127,7 +153,7 @@ impl TestApp {
                     .unwrap();
                 admin.close().await;
                 let prefix = format!("it_{id}");
-                let config = distributed_config(&schema, &prefix);
+                let config = distributed_config(&schema, &prefix, &tweaks);
                 let shutdown = CancellationToken::new();
                 let mut urls = vec![];
                 let mut handles = vec![];
@@ -139,8 +165,8 @@ impl TestApp {
                         backends,
                         troupe_events::Catalogue::builtin(),
                         Providers::from_settings(&ProviderSettings::default()),
-                        api_args().tokens(true, &data_dir, false).unwrap(),
-                        api_args().http(),
+                        tweaks.api.tokens(true, &data_dir, false).unwrap(),
+                        tweaks.api.http(),
                     );
                     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
                     urls.push(format!("http://{}", listener.local_addr().unwrap()));
@@ -155,6 +181,7 @@ impl TestApp {
                     backend,
                     workers: vec![],
                     shutdown,
+                    tweaks,
                     cleanup: Cleanup::Remote { schema, prefix },
                     data_dir,
                     handles,
@@ -172,9 +199,9 @@ impl TestApp {
         self.urls = vec![format!("http://{}", listener.local_addr().unwrap())];
         let settings = Settings {
             backend: config,
-            api: api_args(),
+            api: self.tweaks.api.clone(),
             providers: ProviderSettings::default(),
-            worker: worker_config(),
+            worker: self.tweaks.worker.clone(),
         };
         let stop = self.shutdown.clone();
         self.handles.push(tokio::spawn(async move {
@@ -188,13 +215,13 @@ impl TestApp {
         let Cleanup::Remote { schema, prefix } = &self.cleanup else {
             panic!("separate workers exist only when distributed");
         };
-        let backends = Backends::connect(&distributed_config(schema, prefix))
+        let backends = Backends::connect(&distributed_config(schema, prefix, &self.tweaks))
             .await
             .unwrap();
         let worker = std::sync::Arc::new(Worker::new(
             backends,
             Providers::from_settings(&ProviderSettings::default()),
-            worker_config(),
+            self.tweaks.worker.clone(),
         ));
         let stop = self.shutdown.child_token();
         let token = stop.clone();
@@ -363,8 +390,12 @@ pub async fn collect_sse(response: reqwest::Response, limit: Option<usize>) -> V
     events
 }
 
-fn distributed_config(schema: &str, prefix: &str) -> BackendConfig {
+fn distributed_config(schema: &str, prefix: &str, tweaks: &Tweaks) -> BackendConfig {
     BackendConfig {
+        queue: troupe_events::queue::NatsQueueConfig {
+            ack_wait: tweaks.ack_wait,
+            ..Default::default()
+        },
         database_url: Some(format!("{}?options[search_path]={schema}", database_url())),
         nats_url: Some(nats_url()),
         nats_prefix: prefix.to_string(),

@@ -373,3 +373,72 @@ async fn accounts_refuse_bad_and_duplicate_registrations(backend: Backend) {
         200
     );
 }
+
+both_backends!(streams_past_the_limit_are_refused_and_change_nothing);
+
+async fn streams_past_the_limit_are_refused_and_change_nothing(backend: Backend) {
+    let mut tweaks = crate::helpers::Tweaks::default();
+    tweaks.api.max_streams = 2;
+    let app = TestApp::spawn_with(backend, tweaks).await;
+    let token = app.user().await;
+    let slow = json!({"description": "d", "selectedAgents": ["qa"], "provider": "simulated",
+                      "providerOptions": {"latencyMs": 200, "tokens": 20}});
+    let task_id = app.submit(&token, &slow).await;
+    let events = format!("{}/api/tasks/{task_id}/events", app.url(0));
+    let first = app
+        .client
+        .get(&events)
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    let second = app
+        .client
+        .get(&events)
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        (first.status().as_u16(), second.status().as_u16()),
+        (200, 200)
+    );
+
+    let third = app
+        .client
+        .get(&events)
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_error(third, 503, "unavailable").await;
+    let streamed_submit = app.post("/api/agents/execute/stream", &token, &slow).await;
+    assert_error(streamed_submit, 503, "unavailable").await;
+    assert_eq!(
+        task_count(&app, &token).await,
+        1,
+        "a refused stream submitted nothing"
+    );
+
+    drop(first);
+    // The freed place is taken back once the server notices the client left.
+    let mut reopened = None;
+    for _ in 0..50 {
+        let r = app
+            .client
+            .get(&events)
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 200 {
+            reopened = Some(r);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        reopened.is_some(),
+        "a stream place frees up when its client leaves"
+    );
+}

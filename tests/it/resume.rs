@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{Backend, SseEvent, TestApp, both_backends, collect_sse};
+use crate::helpers::{Backend, SseEvent, TestApp, Tweaks, both_backends, collect_sse};
 
 both_backends!(
     reconnect_with_last_event_id_gets_exactly_the_rest,
@@ -225,4 +225,45 @@ async fn second_agent_under_way(app: &TestApp, token: &str, task_id: uuid::Uuid)
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     panic!("the second agent never started");
+}
+
+both_backends!(a_task_longer_than_the_ack_wait_is_not_redelivered);
+
+async fn a_task_longer_than_the_ack_wait_is_not_redelivered(backend: Backend) {
+    let mut tweaks = Tweaks {
+        ack_wait: Duration::from_secs(1),
+        ..Tweaks::default()
+    };
+    tweaks.worker.heartbeat = Duration::from_millis(250);
+    let mut app = TestApp::spawn_with(backend, tweaks).await;
+    if backend == Backend::Distributed {
+        // A second worker that would take the task the moment the first one's hold lapsed.
+        app.start_worker().await;
+    }
+    let token = app.user().await;
+    let task_id = app
+        .submit(
+            &token,
+            &json!({
+                "description": "Slow but steady",
+                "selectedAgents": ["tech-lead", "qa"],
+                "executionMode": "sequential",
+                "provider": "simulated",
+                "providerOptions": {"latencyMs": 100, "tokens": 15},
+            }),
+        )
+        .await;
+    let started = std::time::Instant::now();
+    let events = app.read_events(0, &token, task_id, None, None).await;
+    assert!(
+        started.elapsed() > Duration::from_secs(2),
+        "the task outlasted the ack wait"
+    );
+    assert_eq!(events.last().unwrap().event, "task_complete");
+    assert!(
+        !events.iter().any(|e| e.event == "task_resumed"),
+        "nobody else took the task"
+    );
+    let starts = events.iter().filter(|e| e.event == "agent_start").count();
+    assert_eq!(starts, 2);
 }

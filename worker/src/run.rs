@@ -16,6 +16,10 @@ use crate::appender::{Emitter, Stopped};
 use crate::artifacts::extract_artifacts;
 use crate::providers::{CompletionRequest, SharedProvider};
 
+/// Most text one agent may produce. A provider that never stops must not exhaust memory
+/// (or the log): past this, the agent fails.
+pub const MAX_AGENT_OUTPUT: usize = 512 * 1024;
+
 /// How one agent's run ended.
 pub(crate) enum AgentResult {
     Completed(String),
@@ -227,6 +231,12 @@ impl TaskRun {
             tokio::select! {
                 delta = stream.next() => match delta {
                     Some(Ok(text)) => {
+                        if output.len() + text.len() > MAX_AGENT_OUTPUT {
+                            break Some(format!(
+                                "the agent's answer grew past {} KiB and was stopped",
+                                MAX_AGENT_OUTPUT / 1024
+                            ));
+                        }
                         output.push_str(&text);
                         pending.push_str(&text);
                         if pending.len() >= 4096 {

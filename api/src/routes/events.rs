@@ -10,6 +10,7 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::{Stream, StreamExt};
 use serde::Deserialize;
+use tokio::sync::OwnedSemaphorePermit;
 use troupe_events::RawEvent;
 use uuid::Uuid;
 
@@ -79,24 +80,39 @@ pub async fn events(
         // Nothing more will ever come: 204 is what makes an EventSource stop reconnecting.
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
+    let permit = stream_permit(&state)?;
     let events = state.feeds.follow(task_id, cursor).await?;
     Ok(sse(
         &state,
-        events.map(|event| match event {
-            Ok(event) => Ok(to_sse(&event)),
-            Err(e) => Err(e),
-        }),
+        permit,
+        events.map(|event| event.map(|e| to_sse(&e))),
     )
     .into_response())
 }
 
 /// An SSE response over a stream of events; a stream error ends the response, and the
 /// client's reconnect (with Last-Event-ID) picks up where it stopped.
+/// A place among the streams this process serves; taken before any work is done, so a
+/// refused stream changes nothing.
+pub fn stream_permit(state: &AppState) -> ApiResult<OwnedSemaphorePermit> {
+    state
+        .streams
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| ApiError::Unavailable)
+}
+
 pub fn sse(
     state: &AppState,
+    permit: OwnedSemaphorePermit,
     events: impl Stream<Item = troupe_events::Result<SseEvent>> + Send + 'static,
 ) -> impl IntoResponse {
     let events = events.take_until(state.closing.clone().cancelled_owned());
+    // The permit lives as long as the stream: dropped when the client goes or it ends.
+    let events = events.map(move |event| {
+        let _held = &permit;
+        event
+    });
     let events = tokio_stream::StreamExt::map_while(events, |event| match event {
         Ok(event) => Some(Ok::<_, Infallible>(event)),
         Err(e) => {

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Json;
-use crate::routes::events::{sse, to_sse};
+use crate::routes::events::{sse, stream_permit, to_sse};
 use crate::routes::tasks::{TaskRequest, submit, view};
 use crate::state::AppState;
 
@@ -23,6 +23,7 @@ pub async fn execute_stream(
     headers: HeaderMap,
     Json(body): Json<TaskRequest>,
 ) -> ApiResult<Response> {
+    let permit = stream_permit(&state)?;
     let task_id = submit(&state, user, &headers, body).await?.task().id;
     let events = state.feeds.follow(task_id, 0).await?;
     let with_closing = events.flat_map(move |event| {
@@ -48,7 +49,7 @@ pub async fn execute_stream(
         };
         futures::stream::iter(items)
     });
-    Ok(sse(&state, with_closing).into_response())
+    Ok(sse(&state, permit, with_closing).into_response())
 }
 
 /// Waits for the task to end and returns it as `GET /api/tasks/{id}` would.
