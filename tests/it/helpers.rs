@@ -76,6 +76,7 @@ pub fn nats_url() -> String {
 #[derive(Clone)]
 pub struct Tweaks {
     pub api: ApiArgs,
+    pub providers: ProviderSettings,
     pub worker: WorkerConfig,
     /// How long the distributed queue waits for a heartbeat before redelivering.
     pub ack_wait: Duration,
@@ -85,6 +86,7 @@ impl Default for Tweaks {
     fn default() -> Self {
         Tweaks {
             api: api_args(),
+            providers: ProviderSettings::default(),
             worker: worker_config(),
             ack_wait: Duration::from_secs(30),
         }
@@ -164,7 +166,7 @@ impl TestApp {
                     let state = troupe_api::state(
                         backends,
                         troupe_events::Catalogue::builtin(),
-                        Providers::from_settings(&ProviderSettings::default()),
+                        Providers::from_settings(&tweaks.providers),
                         tweaks.api.tokens(true, &data_dir, false).unwrap(),
                         tweaks.api.http(),
                     );
@@ -200,7 +202,7 @@ impl TestApp {
         let settings = Settings {
             backend: config,
             api: self.tweaks.api.clone(),
-            providers: ProviderSettings::default(),
+            providers: self.tweaks.providers.clone(),
             worker: self.tweaks.worker.clone(),
         };
         let stop = self.shutdown.clone();
@@ -220,7 +222,7 @@ impl TestApp {
             .unwrap();
         let worker = std::sync::Arc::new(Worker::new(
             backends,
-            Providers::from_settings(&ProviderSettings::default()),
+            Providers::from_settings(&self.tweaks.providers),
             self.tweaks.worker.clone(),
         ));
         let stop = self.shutdown.child_token();

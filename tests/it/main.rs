@@ -3,5 +3,6 @@
 
 mod helpers;
 mod input;
+mod providers;
 mod resume;
 mod runs;
