@@ -15,9 +15,12 @@ both_backends!(an_openai_compatible_server_drives_the_agents);
 
 const KEY: &str = "sk-test-key-that-must-never-leak";
 
+/// A request the fake server received: its Authorization header and its JSON body.
+type Request = (Option<String>, Value);
+
 #[derive(Clone, Default)]
 struct Seen {
-    requests: Arc<Mutex<Vec<(Option<String>, Value)>>>,
+    requests: Arc<Mutex<Vec<Request>>>,
 }
 
 async fn completions(
