@@ -101,7 +101,14 @@ impl IntoResponse for ApiError {
             other => other.to_string(),
         };
         let body = json!({"error": {"code": self.code(), "message": message}});
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        response
     }
 }
 

@@ -59,6 +59,8 @@ pub async fn execute(
     headers: HeaderMap,
     Json(body): Json<TaskRequest>,
 ) -> ApiResult<axum::Json<Value>> {
+    // Waiting follows the task's events like a stream does, so it counts as one.
+    let _permit = stream_permit(&state)?;
     let task_id = submit(&state, user, &headers, body).await?.task().id;
     let mut events = std::pin::pin!(state.feeds.follow(task_id, 0).await?);
     while let Some(event) = events.next().await {
