@@ -3,6 +3,7 @@
 //! one machine with nothing else installed.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -19,8 +20,8 @@ pub struct Settings {
     pub worker: WorkerConfig,
 }
 
-/// Runs api and worker until `shutdown`. The worker stops first, handing unfinished tasks
-/// back to the queue; then the api drains its connections.
+/// Runs api and worker until `shutdown`. Both stop together: the worker hands unfinished
+/// tasks back to the queue (resumed at the next start), the api ends its open streams.
 pub async fn run(
     settings: Settings,
     listener: TcpListener,
@@ -42,10 +43,15 @@ pub async fn run(
         tokens,
         settings.api.http(),
     );
+    let mut worker_config = settings.worker;
+    if backends.volatile_queue {
+        // Polling the in-process queue costs nothing; short polls make ctrl-c prompt.
+        worker_config.poll_wait = worker_config.poll_wait.min(Duration::from_secs(1));
+    }
     let worker = Arc::new(Worker::new(
         backends.clone(),
         Providers::from_settings(&settings.providers),
-        settings.worker,
+        worker_config,
     ));
     let requeued = backends.recover().await?;
     if requeued > 0 {

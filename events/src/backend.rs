@@ -23,7 +23,7 @@ pub struct BackendConfig {
     pub db_max_connections: u32,
     pub queue: NatsQueueConfig,
     pub event_stream: EventStreamLimits,
-    /// Jobs the in-process queue holds before submits are refused.
+    /// Jobs the in-process queue holds; past that, new tasks wait in the outbox.
     pub memory_queue_capacity: usize,
 }
 

@@ -216,7 +216,8 @@ impl NatsBus {
         limits: EventStreamLimits,
     ) -> Result<Self> {
         let js = jetstream::new(client.clone());
-        js.get_or_create_stream(jetstream::stream::Config {
+        // Create or update: changed retention limits apply at the next start.
+        js.create_or_update_stream(jetstream::stream::Config {
             name: subjects.stream_name("EVENTS"),
             subjects: vec![subjects.all_events()],
             max_age: limits.max_age,

@@ -2,6 +2,7 @@
 //! A JetStream work-queue stream when distributed, a bounded in-process channel when
 //! embedded. Delivery is at least once; the worker makes re-running a task safe.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,6 +25,10 @@ pub trait TaskQueue: Send + Sync + 'static {
     async fn next(&self, wait: Duration) -> Result<Option<Delivery>>;
 
     async fn ping(&self) -> Result<()>;
+
+    /// How often a worker must report progress on a job to keep it: `None` when the queue
+    /// never takes a job back on its own.
+    fn heartbeat(&self) -> Option<Duration>;
 }
 
 /// A job handed to one worker. Until it is acked, the queue may hand it to another.
@@ -59,11 +64,13 @@ trait DeliveryHandle: Send + Sync {
 }
 
 /// The embedded queue. Jobs live in memory only: at start the embedded runtime puts every
-/// unfinished task back (see `Store::requeue_unfinished`).
+/// unfinished task back (see `Store::requeue_unfinished`). A task is in it at most once,
+/// queued or running, as JetStream's dedupe window gives the distributed queue.
 #[derive(Clone)]
 pub struct MemoryQueue {
     tx: mpsc::Sender<(TaskJob, u64)>,
     rx: Arc<Mutex<mpsc::Receiver<(TaskJob, u64)>>>,
+    held: Arc<std::sync::Mutex<HashSet<Uuid>>>,
 }
 
 impl MemoryQueue {
@@ -72,6 +79,7 @@ impl MemoryQueue {
         MemoryQueue {
             tx,
             rx: Arc::new(Mutex::new(rx)),
+            held: Arc::default(),
         }
     }
 }
@@ -80,6 +88,20 @@ struct MemoryHandle {
     job: TaskJob,
     delivered: u64,
     tx: mpsc::Sender<(TaskJob, u64)>,
+    held: Arc<std::sync::Mutex<HashSet<Uuid>>>,
+    requeued: std::sync::atomic::AtomicBool,
+}
+
+impl Drop for MemoryHandle {
+    fn drop(&mut self) {
+        if !self.requeued.load(std::sync::atomic::Ordering::SeqCst) {
+            release(&self.held, self.job.task_id());
+        }
+    }
+}
+
+fn release(held: &std::sync::Mutex<HashSet<Uuid>>, task_id: Uuid) {
+    held.lock().expect("queue lock").remove(&task_id);
 }
 
 #[async_trait]
@@ -93,13 +115,19 @@ impl DeliveryHandle for MemoryHandle {
     }
 
     async fn retry_later(&self, delay: Duration) -> Result<()> {
+        self.requeued
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         let tx = self.tx.clone();
+        let held = self.held.clone();
         let job = (self.job.clone(), self.delivered + 1);
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
+            let task_id = job.0.task_id();
             // A full or closed queue drops the job; the task stays in the store unfinished
             // and is queued again at the next start.
-            let _ = tx.try_send(job);
+            if tx.try_send(job).is_err() {
+                release(&held, task_id);
+            }
         });
         Ok(())
     }
@@ -108,14 +136,22 @@ impl DeliveryHandle for MemoryHandle {
 #[async_trait]
 impl TaskQueue for MemoryQueue {
     async fn enqueue(&self, task_id: Uuid) -> Result<()> {
-        self.tx
-            .try_send((TaskJob::V1 { task_id }, 1))
-            .map_err(|_| Error::QueueFull)
+        if !self.held.lock().expect("queue lock").insert(task_id) {
+            return Ok(());
+        }
+        self.tx.try_send((TaskJob::V1 { task_id }, 1)).map_err(|_| {
+            release(&self.held, task_id);
+            Error::QueueFull
+        })
     }
 
     async fn next(&self, wait: Duration) -> Result<Option<Delivery>> {
-        let mut rx = self.rx.lock().await;
-        match tokio::time::timeout(wait, rx.recv()).await {
+        // The wait covers queueing for the receiver too, so no poll outlasts `wait`.
+        let received = tokio::time::timeout(wait, async {
+            let mut rx = self.rx.lock().await;
+            rx.recv().await
+        });
+        match received.await {
             Ok(Some((job, delivered))) => Ok(Some(Delivery {
                 job: job.clone(),
                 delivered,
@@ -123,6 +159,8 @@ impl TaskQueue for MemoryQueue {
                     job,
                     delivered,
                     tx: self.tx.clone(),
+                    held: self.held.clone(),
+                    requeued: false.into(),
                 }),
             })),
             Ok(None) | Err(_) => Ok(None),
@@ -131,6 +169,10 @@ impl TaskQueue for MemoryQueue {
 
     async fn ping(&self) -> Result<()> {
         Ok(())
+    }
+
+    fn heartbeat(&self) -> Option<Duration> {
+        None
     }
 }
 
@@ -153,6 +195,7 @@ impl Default for NatsQueueConfig {
 
 #[derive(Clone)]
 pub struct NatsQueue {
+    heartbeat: Duration,
     js: jetstream::Context,
     consumer: jetstream::consumer::Consumer<pull::Config>,
     subjects: Subjects,
@@ -166,15 +209,18 @@ impl NatsQueue {
         config: NatsQueueConfig,
     ) -> Result<Self> {
         let js = jetstream::new(client);
+        js.create_or_update_stream(jetstream::stream::Config {
+            name: subjects.stream_name("TASKS"),
+            subjects: vec![subjects.tasks()],
+            retention: jetstream::stream::RetentionPolicy::WorkQueue,
+            storage: jetstream::stream::StorageType::File,
+            duplicate_window: config.duplicate_window,
+            ..Default::default()
+        })
+        .await
+        .map_err(Error::nats)?;
         let stream = js
-            .get_or_create_stream(jetstream::stream::Config {
-                name: subjects.stream_name("TASKS"),
-                subjects: vec![subjects.tasks()],
-                retention: jetstream::stream::RetentionPolicy::WorkQueue,
-                storage: jetstream::stream::StorageType::File,
-                duplicate_window: config.duplicate_window,
-                ..Default::default()
-            })
+            .get_stream(subjects.stream_name("TASKS"))
             .await
             .map_err(Error::nats)?;
         let consumer = stream
@@ -192,7 +238,18 @@ impl NatsQueue {
             )
             .await
             .map_err(Error::nats)?;
+        let existing_ack_wait = consumer.cached_info().config.ack_wait;
+        if existing_ack_wait != config.ack_wait {
+            // A durable consumer keeps the settings it was created with; changing them
+            // under running workers is an operator's decision, not a side effect of a start.
+            tracing::warn!(
+                configured = ?config.ack_wait,
+                existing = ?existing_ack_wait,
+                "the workers' queue consumer keeps its existing ack wait; delete the consumer to apply the new one"
+            );
+        }
         Ok(NatsQueue {
+            heartbeat: existing_ack_wait / 3,
             js,
             consumer,
             subjects,
@@ -286,5 +343,81 @@ impl TaskQueue for NatsQueue {
             .await
             .map(|_| ())
             .map_err(Error::nats)
+    }
+
+    fn heartbeat(&self) -> Option<Duration> {
+        Some(self.heartbeat)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_task_is_in_the_memory_queue_once_until_its_delivery_is_done() {
+        let queue = MemoryQueue::new(8);
+        let task_id = Uuid::now_v7();
+        queue.enqueue(task_id).await.unwrap();
+        queue.enqueue(task_id).await.unwrap();
+        let delivery = queue
+            .next(Duration::from_millis(10))
+            .await
+            .unwrap()
+            .unwrap();
+        // Running: a re-dispatch of the same task does not queue a second run.
+        queue.enqueue(task_id).await.unwrap();
+        assert!(
+            queue
+                .next(Duration::from_millis(10))
+                .await
+                .unwrap()
+                .is_none()
+        );
+
+        delivery.retry_later(Duration::ZERO).await.unwrap();
+        drop(delivery);
+        let again = queue
+            .next(Duration::from_millis(200))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((again.job.task_id(), again.delivered), (task_id, 2));
+        again.ack().await.unwrap();
+        drop(again);
+        // Done: the task may be queued again (a later resume).
+        queue.enqueue(task_id).await.unwrap();
+        assert!(
+            queue
+                .next(Duration::from_millis(10))
+                .await
+                .unwrap()
+                .is_some()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_full_memory_queue_refuses_and_forgets_the_job() {
+        let queue = MemoryQueue::new(1);
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        queue.enqueue(a).await.unwrap();
+        assert!(matches!(queue.enqueue(b).await, Err(Error::QueueFull)));
+        let first = queue
+            .next(Duration::from_millis(10))
+            .await
+            .unwrap()
+            .unwrap();
+        drop(first);
+        queue.enqueue(b).await.unwrap();
+        assert_eq!(
+            queue
+                .next(Duration::from_millis(10))
+                .await
+                .unwrap()
+                .unwrap()
+                .job
+                .task_id(),
+            b
+        );
     }
 }

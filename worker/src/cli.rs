@@ -60,7 +60,7 @@ pub struct WorkerArgs {
     /// Tasks this process runs at once.
     #[arg(long, env = "TROUPE_WORKER_TASKS", default_value_t = 8)]
     pub worker_tasks: usize,
-    /// Agents this process runs at once, across its tasks.
+    /// Agents of parallel tasks this process runs at once, across its tasks.
     #[arg(long, env = "TROUPE_WORKER_AGENTS", default_value_t = 16)]
     pub worker_agents: usize,
     /// Runs of one task (first run and resumes) before it is given up with task_error.

@@ -24,13 +24,14 @@ use crate::run::TaskRun;
 pub struct WorkerConfig {
     /// Tasks one worker process runs at once.
     pub task_concurrency: usize,
-    /// Agents one worker process runs at once across its tasks (parallel mode's bound).
+    /// Agents of parallel tasks one worker process runs at once, across its tasks.
     pub agent_concurrency: usize,
     /// Runs of one task (the first and each resume) before it is given up with `task_error`.
     pub max_runs: u64,
     /// How often streamed text is flushed as an `agent_token` event.
     pub token_flush: Duration,
-    /// How often a running task tells the queue it is still being worked on.
+    /// How often a running task tells the queue it is still being worked on; a queue with a
+    /// shorter lease gets it more often.
     pub heartbeat: Duration,
     /// How long one queue poll waits for a job.
     pub poll_wait: Duration,
@@ -243,7 +244,16 @@ impl Worker {
 
     /// Keeps the delivery from being redelivered while its task runs.
     async fn heartbeat(&self, delivery: &Delivery) {
-        let mut tick = tokio::time::interval(self.config.heartbeat);
+        // Never slower than the queue's own lease, whatever the configuration says.
+        let every = match self.backends.queue.heartbeat() {
+            Some(lease) => self
+                .config
+                .heartbeat
+                .min(lease)
+                .max(Duration::from_millis(50)),
+            None => self.config.heartbeat,
+        };
+        let mut tick = tokio::time::interval(every);
         tick.tick().await;
         loop {
             tick.tick().await;

@@ -90,8 +90,6 @@ pub async fn events(
     .into_response())
 }
 
-/// An SSE response over a stream of events; a stream error ends the response, and the
-/// client's reconnect (with Last-Event-ID) picks up where it stopped.
 /// A place among the streams this process serves; taken before any work is done, so a
 /// refused stream changes nothing.
 pub fn stream_permit(state: &AppState) -> ApiResult<OwnedSemaphorePermit> {
@@ -102,6 +100,8 @@ pub fn stream_permit(state: &AppState) -> ApiResult<OwnedSemaphorePermit> {
         .map_err(|_| ApiError::Unavailable)
 }
 
+/// An SSE response over a stream of events; a stream error ends the response, and the
+/// client's reconnect (with Last-Event-ID) picks up where it stopped.
 pub fn sse(
     state: &AppState,
     permit: OwnedSemaphorePermit,

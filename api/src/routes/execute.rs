@@ -52,7 +52,8 @@ pub async fn execute_stream(
     Ok(sse(&state, permit, with_closing).into_response())
 }
 
-/// Waits for the task to end and returns it as `GET /api/tasks/{id}` would.
+/// Waits for the task to end and returns its view (as `GET /api/tasks/{id}`, without a
+/// `streamUrl`: there is nothing left to stream).
 pub async fn execute(
     State(state): State<AppState>,
     user: AuthUser,

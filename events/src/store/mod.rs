@@ -12,7 +12,7 @@ pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 use crate::error::{Error, Result};
-use crate::event::RawEvent;
+use crate::event::{Event, RawEvent};
 use crate::task::{NewTask, TaskRecord, TaskSpec, TaskStatus};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,6 +80,46 @@ pub trait Store: Send + Sync + 'static {
     /// Puts every unfinished task back in the outbox. For a volatile queue, whose jobs
     /// die with the process: at start, whatever was running must be queued again.
     async fn requeue_unfinished(&self) -> Result<u64>;
+}
+
+/// What both backends write for a new task: its time, its spec as JSON, its first event.
+struct SubmitParts {
+    now: DateTime<Utc>,
+    spec: String,
+    first: RawEvent,
+}
+
+impl SubmitParts {
+    fn of(task: &NewTask) -> Self {
+        let first = Event::new(task.id, 1, task.spec.created_event());
+        SubmitParts {
+            now: first.at,
+            spec: serde_json::to_string(&task.spec).expect("a spec always serialises"),
+            first: first.to_raw(),
+        }
+    }
+}
+
+fn created_record(task: &NewTask, now: DateTime<Utc>) -> TaskRecord {
+    TaskRecord {
+        id: task.id,
+        owner_id: task.owner_id,
+        spec: task.spec.clone(),
+        status: TaskStatus::Queued,
+        created_at: now,
+        updated_at: now,
+        last_seq: 1,
+    }
+}
+
+/// An insert that hit the idempotency key: the earlier task, when it was the same request.
+fn earlier_submit(task: &NewTask, found: Option<(TaskRecord, String)>) -> Result<Submitted> {
+    let (existing, request_hash) =
+        found.ok_or_else(|| Error::Corrupt("idempotency conflict without a task".into()))?;
+    if request_hash != task.request_hash {
+        return Err(Error::IdempotencyMismatch);
+    }
+    Ok(Submitted::Existing(existing))
 }
 
 /// The checks both backends make before appending; they keep the log hole-free.

@@ -5,10 +5,11 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use uuid::Uuid;
 
 use super::{
-    Store, Submitted, User, batch_bounds, is_unique_violation, raw_event, status_after, task_record,
+    Store, SubmitParts, Submitted, User, batch_bounds, created_record, earlier_submit,
+    is_unique_violation, raw_event, status_after, task_record,
 };
 use crate::error::{Error, Result};
-use crate::event::{Event, RawEvent};
+use crate::event::RawEvent;
 use crate::task::{NewTask, TaskRecord, TaskStatus};
 
 const TASK_COLUMNS: &str =
@@ -112,15 +113,7 @@ impl Store for PgStore {
     }
 
     async fn create_task(&self, task: &NewTask) -> Result<Submitted> {
-        let now = Utc::now();
-        let spec = serde_json::to_string(&task.spec).expect("a spec always serialises");
-        let first = Event {
-            seq: 1,
-            task_id: task.id,
-            at: now,
-            body: task.spec.created_event(),
-        }
-        .to_raw();
+        let SubmitParts { now, spec, first } = SubmitParts::of(task);
         let mut tx = self.pool.begin().await?;
         let inserted = sqlx::query(
             "INSERT INTO tasks (id, owner_id, spec, status, idempotency_key, request_hash, created_at, updated_at, last_seq)
@@ -141,14 +134,7 @@ impl Store for PgStore {
             let key = task.idempotency_key.as_deref().ok_or_else(|| {
                 Error::Corrupt(format!("task id {} was submitted twice", task.id))
             })?;
-            let (existing, hash) = self
-                .find_by_key(task.owner_id, key)
-                .await?
-                .ok_or_else(|| Error::Corrupt("idempotency conflict without a task".into()))?;
-            if hash != task.request_hash {
-                return Err(Error::IdempotencyMismatch);
-            }
-            return Ok(Submitted::Existing(existing));
+            return earlier_submit(task, self.find_by_key(task.owner_id, key).await?);
         }
         sqlx::query("INSERT INTO task_events (task_id, seq, type, at, data) VALUES ($1, 1, $2, $3, $4::json)")
             .bind(task.id)
@@ -163,15 +149,7 @@ impl Store for PgStore {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(Submitted::Created(TaskRecord {
-            id: task.id,
-            owner_id: task.owner_id,
-            spec: task.spec.clone(),
-            status: TaskStatus::Queued,
-            created_at: now,
-            updated_at: now,
-            last_seq: 1,
-        }))
+        Ok(Submitted::Created(created_record(task, now)))
     }
 
     async fn task(&self, id: Uuid) -> Result<Option<TaskRecord>> {

@@ -11,10 +11,11 @@ use sqlx::{QueryBuilder, Row};
 use uuid::Uuid;
 
 use super::{
-    Store, Submitted, User, batch_bounds, is_unique_violation, raw_event, status_after, task_record,
+    Store, SubmitParts, Submitted, User, batch_bounds, created_record, earlier_submit,
+    is_unique_violation, raw_event, status_after, task_record,
 };
 use crate::error::{Error, Result};
-use crate::event::{Event, RawEvent};
+use crate::event::RawEvent;
 use crate::task::{NewTask, TaskRecord, TaskStatus};
 
 const TASK_COLUMNS: &str = "id, owner_id, spec, status, created_at, updated_at, last_seq";
@@ -135,15 +136,7 @@ impl Store for SqliteStore {
     }
 
     async fn create_task(&self, task: &NewTask) -> Result<Submitted> {
-        let now = Utc::now();
-        let spec = serde_json::to_string(&task.spec).expect("a spec always serialises");
-        let first = Event {
-            seq: 1,
-            task_id: task.id,
-            at: now,
-            body: task.spec.created_event(),
-        }
-        .to_raw();
+        let SubmitParts { now, spec, first } = SubmitParts::of(task);
         let mut tx = self.pool.begin().await?;
         let inserted = sqlx::query(
             "INSERT INTO tasks (id, owner_id, spec, status, idempotency_key, request_hash, created_at, updated_at, last_seq)
@@ -165,14 +158,7 @@ impl Store for SqliteStore {
             let key = task.idempotency_key.as_deref().ok_or_else(|| {
                 Error::Corrupt(format!("task id {} was submitted twice", task.id))
             })?;
-            let (existing, hash) = self
-                .find_by_key(task.owner_id, key)
-                .await?
-                .ok_or_else(|| Error::Corrupt("idempotency conflict without a task".into()))?;
-            if hash != task.request_hash {
-                return Err(Error::IdempotencyMismatch);
-            }
-            return Ok(Submitted::Existing(existing));
+            return earlier_submit(task, self.find_by_key(task.owner_id, key).await?);
         }
         sqlx::query(
             "INSERT INTO task_events (task_id, seq, type, at, data) VALUES (?, 1, ?, ?, ?)",
@@ -189,15 +175,7 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(Submitted::Created(TaskRecord {
-            id: task.id,
-            owner_id: task.owner_id,
-            spec: task.spec.clone(),
-            status: TaskStatus::Queued,
-            created_at: now,
-            updated_at: now,
-            last_seq: 1,
-        }))
+        Ok(Submitted::Created(created_record(task, now)))
     }
 
     async fn task(&self, id: Uuid) -> Result<Option<TaskRecord>> {

@@ -118,6 +118,8 @@ fn topic(prompt: &str) -> String {
     let line = prompt
         .lines()
         .map(|l| l.trim().trim_start_matches(['#', '>', '-', '*']).trim())
+        // The worker's prompt opens with "# Task: <title>": the title is the topic.
+        .map(|l| l.strip_prefix("Task:").map_or(l, str::trim))
         .find(|l| !l.is_empty())
         .unwrap_or("the task");
     match line.char_indices().nth(80) {
