@@ -80,6 +80,18 @@ async fn sequential_run_streams_every_step_in_order(backend: Backend) {
     assert_eq!(complete.data["status"], "success");
     assert!(complete.data["executionTime"].is_u64());
     assert!(events.iter().any(|e| e.event == "agent_token"));
+    // Each agent says what it waits for; the third one builds on the two before it.
+    let progress: Vec<&str> = events
+        .iter()
+        .filter(|e| e.event == "agent_progress")
+        .map(|e| e.data["message"].as_str().unwrap())
+        .collect();
+    assert_eq!(progress.len(), 3);
+    assert_eq!(progress[0], "Asking the simulated provider");
+    assert_eq!(
+        progress[2],
+        "Asking the simulated provider, with the work of Tech Lead, Frontend Engineer"
+    );
     let done = &events.last().unwrap().data;
     assert_eq!(done["outputs"].as_array().unwrap().len(), 3);
     assert!(done["totalExecutionTime"].is_u64());

@@ -62,7 +62,14 @@ impl TaskRun {
                         .filter_map(|(a, o)| o.as_deref().map(|o| (a, o)))
                         .collect();
                     let prompt = self.prompt(&before);
-                    match self.clone().run_agent(i, prompt).await? {
+                    let names: Vec<&str> = before.iter().map(|(a, _)| a.name.as_str()).collect();
+                    let progress = match names.as_slice() {
+                        [] => self.asking(),
+                        names => {
+                            format!("{}, with the work of {}", self.asking(), names.join(", "))
+                        }
+                    };
+                    match self.clone().run_agent(i, prompt, progress).await? {
                         AgentResult::Completed(output) => outputs[i] = Some(output),
                         AgentResult::Failed(error) => {
                             // Later agents build on this one's output: without it, stop.
@@ -81,9 +88,10 @@ impl TaskRun {
                 {
                     let run = self.clone();
                     let prompt = self.prompt(&[]);
+                    let progress = self.asking();
                     running.spawn(async move {
                         let permit = run.agent_slots.clone().acquire_owned().await;
-                        let result = run.run_agent(i, prompt).await;
+                        let result = run.run_agent(i, prompt, progress).await;
                         drop(permit);
                         (i, result)
                     });
@@ -150,10 +158,20 @@ impl TaskRun {
         prompt
     }
 
+    /// What the agent is waiting for, said for a person watching the card.
+    fn asking(&self) -> String {
+        let spec = &self.task.spec;
+        match &spec.model {
+            Some(model) => format!("Asking the {} provider ({model})", spec.provider),
+            None => format!("Asking the {} provider", spec.provider),
+        }
+    }
+
     async fn run_agent(
         self: Arc<Self>,
         index: usize,
         prompt: String,
+        progress: String,
     ) -> Result<AgentResult, Stopped> {
         let agent = &self.task.spec.agents[index];
         let attempt = self.view.agents[index].attempt + 1;
@@ -165,6 +183,12 @@ impl TaskRun {
                 agent_name: agent.name.clone(),
                 agent_description: agent.description.clone(),
                 attempt,
+            })
+            .await?;
+        self.emitter
+            .emit(EventBody::AgentProgress {
+                agent_role: role.clone(),
+                message: progress,
             })
             .await?;
         let outcome = tokio::select! {
