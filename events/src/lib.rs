@@ -13,6 +13,7 @@ pub mod queue;
 pub mod runtime;
 pub mod store;
 pub mod task;
+pub mod trace;
 
 pub use backend::{BackendConfig, Backends};
 pub use bus::{Bus, MemoryBus, NatsBus, Subjects};

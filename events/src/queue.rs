@@ -15,6 +15,7 @@ use uuid::Uuid;
 use crate::bus::Subjects;
 use crate::error::{Error, Result};
 use crate::task::TaskJob;
+use crate::trace::{self, TraceHeaders};
 
 #[async_trait]
 pub trait TaskQueue: Send + Sync + 'static {
@@ -36,6 +37,8 @@ pub struct Delivery {
     pub job: TaskJob,
     /// 1 on the first delivery, more on redeliveries.
     pub delivered: u64,
+    /// The trace context of whoever queued the job.
+    pub trace: TraceHeaders,
     handle: Box<dyn DeliveryHandle>,
 }
 
@@ -63,13 +66,16 @@ trait DeliveryHandle: Send + Sync {
     async fn retry_later(&self, delay: Duration) -> Result<()>;
 }
 
+/// A job in the in-process queue: the job, its delivery count, its trace context.
+type QueuedJob = (TaskJob, u64, TraceHeaders);
+
 /// The embedded queue. Jobs live in memory only: at start the embedded runtime puts every
 /// unfinished task back (see `Store::requeue_unfinished`). A task is in it at most once,
 /// queued or running, as JetStream's dedupe window gives the distributed queue.
 #[derive(Clone)]
 pub struct MemoryQueue {
-    tx: mpsc::Sender<(TaskJob, u64)>,
-    rx: Arc<Mutex<mpsc::Receiver<(TaskJob, u64)>>>,
+    tx: mpsc::Sender<QueuedJob>,
+    rx: Arc<Mutex<mpsc::Receiver<QueuedJob>>>,
     held: Arc<std::sync::Mutex<HashSet<Uuid>>>,
 }
 
@@ -87,7 +93,8 @@ impl MemoryQueue {
 struct MemoryHandle {
     job: TaskJob,
     delivered: u64,
-    tx: mpsc::Sender<(TaskJob, u64)>,
+    trace: TraceHeaders,
+    tx: mpsc::Sender<QueuedJob>,
     held: Arc<std::sync::Mutex<HashSet<Uuid>>>,
     requeued: std::sync::atomic::AtomicBool,
 }
@@ -119,7 +126,7 @@ impl DeliveryHandle for MemoryHandle {
             .store(true, std::sync::atomic::Ordering::SeqCst);
         let tx = self.tx.clone();
         let held = self.held.clone();
-        let job = (self.job.clone(), self.delivered + 1);
+        let job = (self.job.clone(), self.delivered + 1, self.trace.clone());
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
             let task_id = job.0.task_id();
@@ -139,10 +146,12 @@ impl TaskQueue for MemoryQueue {
         if !self.held.lock().expect("queue lock").insert(task_id) {
             return Ok(());
         }
-        self.tx.try_send((TaskJob::V1 { task_id }, 1)).map_err(|_| {
-            release(&self.held, task_id);
-            Error::QueueFull
-        })
+        self.tx
+            .try_send((TaskJob::V1 { task_id }, 1, trace::current()))
+            .map_err(|_| {
+                release(&self.held, task_id);
+                Error::QueueFull
+            })
     }
 
     async fn next(&self, wait: Duration) -> Result<Option<Delivery>> {
@@ -152,12 +161,14 @@ impl TaskQueue for MemoryQueue {
             rx.recv().await
         });
         match received.await {
-            Ok(Some((job, delivered))) => Ok(Some(Delivery {
+            Ok(Some((job, delivered, trace))) => Ok(Some(Delivery {
                 job: job.clone(),
                 delivered,
+                trace: trace.clone(),
                 handle: Box::new(MemoryHandle {
                     job,
                     delivered,
+                    trace,
                     tx: self.tx.clone(),
                     held: self.held.clone(),
                     requeued: false.into(),
@@ -290,13 +301,14 @@ impl DeliveryHandle for NatsHandle {
 impl TaskQueue for NatsQueue {
     async fn enqueue(&self, task_id: Uuid) -> Result<()> {
         let payload = serde_json::to_vec(&TaskJob::V1 { task_id }).expect("a job serialises");
+        let mut message = jetstream::message::PublishMessage::build()
+            .payload(payload.into())
+            .message_id(task_id.to_string());
+        for (name, value) in trace::current() {
+            message = message.header(name.as_str(), value.as_str());
+        }
         self.js
-            .send_publish(
-                self.subjects.tasks(),
-                jetstream::message::PublishMessage::build()
-                    .payload(payload.into())
-                    .message_id(task_id.to_string()),
-            )
+            .send_publish(self.subjects.tasks(), message)
             .await
             .map_err(Error::nats)?
             .await
@@ -321,10 +333,18 @@ impl TaskQueue for NatsQueue {
         let message = message.map_err(Error::nats)?;
         let delivered = message.info().map_err(Error::nats)?.delivered.max(1) as u64;
         let (message, acker) = message.split();
+        let trace: TraceHeaders = ["traceparent", "tracestate"]
+            .into_iter()
+            .filter_map(|name| {
+                let value = message.headers.as_ref()?.get(name)?;
+                Some((name.to_string(), value.as_str().to_string()))
+            })
+            .collect();
         match serde_json::from_slice::<TaskJob>(&message.payload) {
             Ok(job) => Ok(Some(Delivery {
                 job,
                 delivered,
+                trace,
                 handle: Box::new(NatsHandle { acker }),
             })),
             Err(e) => {

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use troupe_events::{Backends, Delivery, Event, EventBody, Store, TaskView};
 use uuid::Uuid;
 
@@ -123,9 +124,19 @@ impl Worker {
         }
     }
 
-    /// Runs one delivered task to its end (or until `stop`) and settles the delivery.
-    #[tracing::instrument(skip_all, fields(task_id = %delivery.job.task_id(), delivered = delivery.delivered))]
+    /// Runs one delivered task to its end (or until `stop`) and settles the delivery. The
+    /// work is traced as a child of the request that queued the task.
     pub async fn process_one(&self, delivery: Delivery, stop: CancellationToken) -> Outcome {
+        let span = tracing::info_span!(
+            "run_task",
+            task_id = %delivery.job.task_id(),
+            delivered = delivery.delivered
+        );
+        troupe_events::trace::link(&span, &delivery.trace);
+        self.settle(delivery, stop).instrument(span).await
+    }
+
+    async fn settle(&self, delivery: Delivery, stop: CancellationToken) -> Outcome {
         let outcome = self.execute(&delivery, stop).await;
         let settled = match &outcome {
             Outcome::Finished { .. } | Outcome::AlreadyFinished | Outcome::Missing => {
