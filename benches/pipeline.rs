@@ -513,6 +513,29 @@ struct Throughput {
 
 /// Every task written by its own writer (append a batch, then publish it), every task
 /// followed by its own bus subscription that checks order and counts.
+fn report_throughput(t: &Throughput) {
+    row(
+        "stored (committed)",
+        format!(
+            "{} events in {:.2} s = {} events/s",
+            group(t.stored as u64),
+            t.stored_in.as_secs_f64(),
+            per_sec(t.stored, t.stored_in)
+        ),
+    );
+    row(
+        "received on the bus",
+        format!(
+            "{} events in {:.2} s = {} events/s",
+            group(t.received as u64),
+            t.received_in.as_secs_f64(),
+            per_sec(t.received, t.received_in)
+        ),
+    );
+    row("append of one batch", quantiles(&t.append));
+    row("publish of one batch", quantiles(&t.publish));
+}
+
 async fn append_and_publish(
     backends: &Backends,
     tasks: &[Uuid],
@@ -623,26 +646,7 @@ async fn throughput(backends: &Backends, sizes: &Sizes) -> anyhow::Result<()> {
             sizes.batch
         ),
     );
-    row(
-        "stored (committed)",
-        format!(
-            "{} events in {:.2} s = {} events/s",
-            group(t.stored as u64),
-            t.stored_in.as_secs_f64(),
-            per_sec(t.stored, t.stored_in)
-        ),
-    );
-    row(
-        "received on the bus",
-        format!(
-            "{} events in {:.2} s = {} events/s",
-            group(t.received as u64),
-            t.received_in.as_secs_f64(),
-            per_sec(t.received, t.received_in)
-        ),
-    );
-    row("append of one batch", quantiles(&t.append));
-    row("publish of one batch", quantiles(&t.publish));
+    report_throughput(&t);
     let lost = t.stored.saturating_sub(t.received);
 
     let s = append_and_publish(backends, single, sizes.single_task_events, sizes.batch).await?;
@@ -654,26 +658,7 @@ async fn throughput(backends: &Backends, sizes: &Sizes) -> anyhow::Result<()> {
             sizes.batch
         ),
     );
-    row(
-        "stored (committed)",
-        format!(
-            "{} events in {:.2} s = {} events/s",
-            group(s.stored as u64),
-            s.stored_in.as_secs_f64(),
-            per_sec(s.stored, s.stored_in)
-        ),
-    );
-    row(
-        "received on the bus",
-        format!(
-            "{} events in {:.2} s = {} events/s",
-            group(s.received as u64),
-            s.received_in.as_secs_f64(),
-            per_sec(s.received, s.received_in)
-        ),
-    );
-    row("append of one batch", quantiles(&s.append));
-    row("publish of one batch", quantiles(&s.publish));
+    report_throughput(&s);
     let lost = lost + s.stored.saturating_sub(s.received);
     // The bus is best effort by design (readers fill gaps from the store), so a loss here is
     // reported rather than failed; on one quiet machine it should be zero.
