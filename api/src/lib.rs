@@ -64,6 +64,12 @@ pub fn router(state: AppState) -> Router {
         .route("/tasks/{id}/events", get(events::events));
     Router::new()
         .nest("/api", api)
+        .route("/", get(ui::index))
+        .route("/login", get(ui::index))
+        .route("/new", get(ui::index))
+        .route("/tasks", get(ui::index))
+        .route("/tasks/{id}", get(ui::index))
+        .route("/ui/{*path}", get(ui::asset))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .fallback(not_found)

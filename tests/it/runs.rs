@@ -415,3 +415,50 @@ async fn agents_catalogue_and_health(backend: Backend) {
         assert_eq!(ready["status"], "ready", "{ready}");
     }
 }
+
+both_backends!(the_web_ui_is_served_by_the_api);
+
+async fn the_web_ui_is_served_by_the_api(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    for path in [
+        "/",
+        "/login",
+        "/new",
+        "/tasks",
+        "/tasks/0190a1b2-0000-7000-8000-000000000000",
+    ] {
+        let r = app
+            .client
+            .get(format!("{}{path}", app.url(0)))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        assert_eq!(r.headers()["content-type"], "text/html; charset=utf-8");
+        assert!(
+            r.headers()["content-security-policy"]
+                .to_str()
+                .unwrap()
+                .contains("default-src 'self'")
+        );
+        assert!(r.text().await.unwrap().contains("/ui/js/main.js"));
+    }
+    let script = app
+        .client
+        .get(format!("{}/ui/js/main.js", app.url(0)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(script.status(), 200);
+    assert_eq!(
+        script.headers()["content-type"],
+        "text/javascript; charset=utf-8"
+    );
+    let missing = app
+        .client
+        .get(format!("{}/ui/../Cargo.toml", app.url(0)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+}

@@ -4,3 +4,4 @@ pub mod events;
 pub mod execute;
 pub mod health;
 pub mod tasks;
+pub mod ui;

@@ -1,0 +1,470 @@
+// Execution viewer: one card per agent, updated live from the task's event stream.
+//
+// On open: GET /api/tasks/{id} (the projection of the log up to lastSeq), then an
+// EventSource on streamUrl with ?after=<lastSeq>. Events with seq <= lastSeq are
+// ignored, so nothing is doubled after a reconnect or a reload.
+
+import { api } from './api.js';
+import { submittedStreams } from './builder.js';
+import { h, setText, uid } from './dom.js';
+import { AGENT_STATUS_LABEL, TASK_STATUS_LABEL, formatDate, formatDuration, plural } from './format.js';
+import { highlight, renderMarkdown } from './markdown.js';
+import { notifyTaskFinished } from './notify.js';
+import { applyEvent, fromView, isTerminal, progressFromLog } from './state.js';
+import { TaskStream } from './sse.js';
+
+const CONNECTION_LABEL = {
+  connecting: 'connecting…',
+  live: 'live',
+  reconnecting: 'reconnecting…',
+  closed: 'finished',
+  replay: 'finished',
+};
+
+export function renderViewer(root, { id }, ctx) {
+  const ac = new AbortController();
+  const cleanups = [];
+  let disposed = false;
+  document.title = 'Task · Troupe';
+
+  const heading = h('h1', {}, 'Loading task…');
+  const page = h('section', { class: 'viewer-page', 'aria-labelledby': 'viewer-heading' }, heading);
+  heading.id = 'viewer-heading';
+  root.append(page);
+
+  (async () => {
+    let view;
+    try {
+      view = await api.getTask(id, { signal: ac.signal });
+    } catch (err) {
+      if (err.name === 'AbortError' || disposed) return;
+      setText(heading, err.code === 'task_not_found' ? 'Task not found' : 'Could not load the task');
+      page.append(h('div', { class: 'form-error', role: 'alert' },
+        err.code === 'task_not_found' ? 'This task does not exist, or it belongs to another account.' : err.message),
+      h('p', {}, h('a', { href: '/tasks' }, 'Back to your tasks'),
+        err.code === 'task_not_found' ? null : [' · ', h('button', { type: 'button', class: 'btn-link', onclick: () => ctx.rerender() }, 'Try again')]));
+      return;
+    }
+    if (disposed) return;
+    const viewer = mountViewer(page, heading, view);
+    cleanups.push(viewer.dispose);
+  })();
+
+  return () => {
+    disposed = true;
+    ac.abort();
+    for (const fn of cleanups) fn();
+  };
+}
+
+function mountViewer(page, heading, view) {
+  const state = fromView(view);
+  const wasTerminalAtOpen = isTerminal(state);
+  const streamUrl = submittedStreams.get(state.taskId) || view.streamUrl;
+  submittedStreams.delete(state.taskId);
+  let connection = wasTerminalAtOpen ? 'replay' : 'connecting';
+  let clockSkew = null; // ms the client clock is ahead of the server's (estimated from live events)
+  let stream = null;
+
+  // ---- header ----------------------------------------------------------------
+  setText(heading, state.title || 'Untitled task');
+  const statusBadge = h('span', { class: 'status-badge', 'data-testid': 'task-status' });
+  const elapsed = h('span', { class: 'elapsed', 'data-testid': 'task-elapsed' });
+  const connectionEl = h('span', { class: 'connection', 'data-testid': 'connection-status', 'aria-live': 'polite' });
+  const progressText = h('span', { class: 'progress-text', 'data-testid': 'task-progress' });
+  const announcer = h('p', { class: 'visually-hidden', 'aria-live': 'polite', 'data-testid': 'announcer' });
+
+  const meta = h('p', { class: 'task-meta' },
+    h('span', {}, state.executionMode === 'parallel' ? 'Parallel' : 'Sequential'),
+    ' · ',
+    providerLabel(state),
+    state.model ? [' · ', h('code', {}, state.model)] : null,
+    state.createdAt ? [' · ', h('time', { datetime: state.createdAt }, `Started ${formatDate(state.createdAt)}`)] : null);
+
+  const statusBar = h('div', { class: 'status-bar' },
+    h('div', { class: 'status-item' }, h('span', { class: 'status-key' }, 'Status'), statusBadge),
+    h('div', { class: 'status-item' }, h('span', { class: 'status-key' }, 'Elapsed'), elapsed),
+    h('div', { class: 'status-item' }, h('span', { class: 'status-key' }, 'Agents'), progressText),
+    h('div', { class: 'status-item' }, h('span', { class: 'status-key' }, 'Connection'), connectionEl));
+
+  const description = state.description
+    ? h('details', { class: 'task-description' },
+      h('summary', {}, 'Task description'),
+      h('div', { class: 'md' }, ...htmlFragment(renderMarkdown(state.description, { headingOffset: 1 }))))
+    : null;
+
+  const summary = h('section', { class: 'summary', hidden: true, 'aria-labelledby': 'summary-heading', 'data-testid': 'task-summary' });
+
+  // ---- cards -------------------------------------------------------------------
+  const grid = h('ol', { class: 'agent-grid-view', 'aria-label': 'Agents' });
+  const cards = new Map();
+  for (const agent of state.agents) addCard(agent);
+
+  function addCard(agent) {
+    const card = createCard(agent, openArtifacts);
+    cards.set(agent.role, card);
+    grid.append(card.root);
+    return card;
+  }
+
+  // ---- dialogs -------------------------------------------------------------------
+  const artifactsDialog = createDialog('artifacts-dialog');
+  const resultsDialog = createDialog('results-dialog');
+
+  page.append(...[meta, statusBar, announcer, description, summary, grid, artifactsDialog.root, resultsDialog.root].filter(Boolean));
+
+  function openArtifacts(role, opener) {
+    const agent = state.agents.find((a) => a.role === role);
+    if (!agent) return;
+    const body = h('div', { class: 'artifact-list' });
+    if (!agent.artifacts.length) body.append(h('p', {}, 'No files.'));
+    const nav = h('ul', { class: 'artifact-index' });
+    agent.artifacts.forEach((art, i) => {
+      const anchor = uid('artifact');
+      nav.append(h('li', {}, h('a', { href: `#${anchor}`, onclick: (e) => { e.preventDefault(); document.getElementById(anchor)?.scrollIntoView({ block: 'start' }); document.getElementById(anchor)?.focus(); } }, art.filename)));
+      const code = h('code', {});
+      code.innerHTML = highlight(art.content || '', art.language || ''); // highlight() escapes
+      const copy = h('button', { type: 'button', class: 'btn btn-small', onclick: async () => {
+        try { await navigator.clipboard.writeText(art.content || ''); setText(copy, 'Copied'); } catch { setText(copy, 'Copy failed'); }
+        setTimeout(() => setText(copy, 'Copy'), 1500);
+      } }, 'Copy');
+      const download = h('a', { class: 'btn btn-small', href: '#', onclick: (e) => {
+        e.preventDefault();
+        const url = URL.createObjectURL(new Blob([art.content || ''], { type: 'text/plain' }));
+        const a = h('a', { href: url, download: art.filename.split('/').pop() || `file-${i + 1}` });
+        document.body.append(a); a.click(); a.remove();
+        setTimeout(() => URL.revokeObjectURL(url), 1000);
+      } }, 'Download');
+      body.append(h('section', { class: 'artifact', id: anchor, tabindex: '-1', 'data-testid': `artifact-${art.filename}` },
+        h('header', { class: 'artifact-head' },
+          h('h3', {}, h('code', {}, art.filename)),
+          art.language ? h('span', { class: 'badge' }, art.language) : null,
+          h('span', { class: 'artifact-actions' }, copy, download)),
+        h('pre', { tabindex: '0' }, code)));
+    });
+    artifactsDialog.open(`Artifacts of ${agent.name}`, [agent.artifacts.length > 1 ? nav : null, body], opener);
+  }
+
+  function openResults(opener) {
+    const body = h('div', { class: 'results' });
+    if (state.status === 'failed' && state.error) {
+      body.append(h('div', { class: 'form-error' }, state.error));
+    }
+    for (const agent of state.agents) {
+      const section = h('section', { class: 'result', 'data-status': agent.status },
+        h('h3', {}, agent.name, ' ', h('span', { class: `badge badge-${agent.status}` }, AGENT_STATUS_LABEL[agent.status] || agent.status),
+          agent.executionTime != null ? h('span', { class: 'result-time' }, formatDuration(agent.executionTime)) : null));
+      if (agent.output) section.append(h('div', { class: 'md' }, ...htmlFragment(renderMarkdown(agent.output, { headingOffset: 3 }))));
+      else if (agent.status === 'pending') section.append(h('p', { class: 'muted' }, 'Did not run.'));
+      if (agent.error) section.append(h('p', { class: 'agent-error' }, agent.error));
+      body.append(section);
+    }
+    resultsDialog.open(`Results: ${state.title}`, [body], opener);
+  }
+
+  // ---- rendering -------------------------------------------------------------------
+  const dirty = new Set();
+  let headerDirty = true;
+  let frame = 0;
+
+  function schedule() {
+    if (frame) return;
+    frame = requestAnimationFrame(flush);
+  }
+
+  function flush() {
+    frame = 0;
+    for (const role of dirty) {
+      const agent = state.agents.find((a) => a.role === role);
+      if (!agent) continue;
+      (cards.get(role) || addCard(agent)).update(agent, serverNow());
+    }
+    dirty.clear();
+    if (headerDirty) renderHeader();
+    headerDirty = false;
+  }
+
+  function serverNow() {
+    return Date.now() - (clockSkew ?? 0);
+  }
+
+  function renderHeader() {
+    const terminal = isTerminal(state);
+    setText(statusBadge, TASK_STATUS_LABEL[state.status] || state.status);
+    statusBadge.dataset.status = state.status;
+    const done = state.agents.filter((a) => a.status === 'completed').length;
+    const failed = state.agents.filter((a) => a.status === 'error').length;
+    const running = state.agents.filter((a) => a.status === 'running').length;
+    setText(progressText, `${done} of ${state.agents.length} completed${failed ? `, ${failed} failed` : ''}${running ? `, ${running} running` : ''}`);
+    tickElapsed();
+    setText(connectionEl, CONNECTION_LABEL[connection] || connection);
+    connectionEl.dataset.state = connection;
+    document.title = `${terminal ? '' : '● '}${TASK_STATUS_LABEL[state.status] || state.status}: ${state.title || 'Task'} · Troupe`;
+    if (terminal) renderSummary();
+  }
+
+  function tickElapsed() {
+    if (state.totalExecutionTime != null && isTerminal(state)) {
+      setText(elapsed, formatDuration(state.totalExecutionTime));
+      elapsed.dataset.ms = String(state.totalExecutionTime);
+    } else if (state.createdAt) {
+      const ms = Math.max(0, serverNow() - Date.parse(state.createdAt));
+      setText(elapsed, formatDuration(Math.floor(ms / 100) * 100));
+    }
+  }
+
+  function renderSummary() {
+    const done = state.agents.filter((a) => a.status === 'completed').length;
+    const failedAgents = state.agents.filter((a) => a.status === 'error');
+    const viewResults = h('button', { type: 'button', class: 'btn btn-primary', 'data-testid': 'view-results', onclick: (e) => openResults(e.currentTarget) }, 'View results');
+    summary.replaceChildren(...[
+      h('h2', { id: 'summary-heading' }, state.status === 'completed' ? 'Task completed' : 'Task failed'),
+      h('p', { 'data-testid': 'summary-text' },
+        state.status === 'completed'
+          ? `All done in ${formatDuration(state.totalExecutionTime)}: ${plural(done, 'agent')} completed.`
+          : `Stopped after ${formatDuration(state.totalExecutionTime)}: ${done} of ${plural(state.agents.length, 'agent')} completed${failedAgents.length ? `, ${failedAgents.map((a) => a.name).join(', ')} failed` : ''}.`),
+      state.status === 'failed' && state.error ? h('p', { class: 'agent-error', 'data-testid': 'task-error' }, state.error) : null,
+      h('div', { class: 'summary-actions' }, viewResults, h('a', { class: 'btn', href: '/new' }, 'New task')),
+    ].filter(Boolean));
+    summary.dataset.status = state.status;
+    summary.hidden = false;
+  }
+
+  // ---- events ------------------------------------------------------------------
+  function onEvent(ev) {
+    const result = applyEvent(state, ev);
+    if (!result) return; // already seen: no doubles
+    if (ev.at && connection === 'live') {
+      const skew = Date.now() - Date.parse(ev.at);
+      if (!Number.isNaN(skew)) clockSkew = clockSkew === null ? skew : Math.min(clockSkew, skew);
+    }
+    for (const role of result.roles) dirty.add(role);
+    headerDirty = true;
+    if (ev.type === 'agent_complete' || ev.type === 'agent_error') {
+      const agent = state.agents.find((a) => a.role === ev.agentRole);
+      if (agent) setText(announcer, `${agent.name} ${ev.type === 'agent_complete' ? 'completed' : 'failed'}.`);
+    }
+    if (result.terminal) onTerminal();
+    schedule();
+  }
+
+  function onTerminal() {
+    window.removeEventListener('beforeunload', beforeUnload);
+    setText(announcer, state.status === 'completed' ? 'Task completed.' : `Task failed: ${state.error || ''}`);
+    if (!wasTerminalAtOpen) {
+      const done = state.agents.filter((a) => a.status === 'completed').length;
+      notifyTaskFinished({
+        taskId: state.taskId,
+        title: state.title,
+        status: state.status,
+        detail: state.status === 'completed'
+          ? `${plural(done, 'agent')} completed in ${formatDuration(state.totalExecutionTime)}.`
+          : state.error || '',
+      });
+    }
+  }
+
+  function onStatus(next) {
+    connection = next === 'closed' && isTerminal(state) ? 'closed' : next;
+    headerDirty = true;
+    schedule();
+  }
+
+  function beforeUnload(event) {
+    if (isTerminal(state)) return undefined;
+    event.preventDefault();
+    event.returnValue = 'The task keeps running on the server. Leave the viewer?';
+    return event.returnValue;
+  }
+
+  // ---- timers ------------------------------------------------------------------
+  const timer = setInterval(() => {
+    if (document.hidden) return;
+    const now = serverNow();
+    for (const agent of state.agents) {
+      if (agent.status === 'running') cards.get(agent.role)?.tick(agent, now);
+    }
+    if (!isTerminal(state)) tickElapsed();
+  }, 200);
+
+  // ---- start -----------------------------------------------------------------
+  for (const agent of state.agents) dirty.add(agent.role);
+  flush();
+
+  const onOnline = () => stream && stream.nudge();
+  window.addEventListener('online', onOnline);
+
+  if (!wasTerminalAtOpen) {
+    window.addEventListener('beforeunload', beforeUnload);
+    stream = new TaskStream({
+      streamUrl,
+      cursor: () => state.lastSeq,
+      onEvent,
+      onStatus,
+      refresh: async () => {
+        const fresh = await api.getTask(state.taskId);
+        return { streamUrl: fresh.streamUrl, terminal: isTerminal(fresh), caughtUp: fresh.lastSeq <= state.lastSeq };
+      },
+    });
+    stream.start();
+    restoreProgress();
+  }
+
+  // The projected view has no progress lines: after a reload, take the waiting
+  // message of running agents that have not written yet from the log.
+  async function restoreProgress() {
+    const waiting = state.agents.filter((a) => a.status === 'running' && !a.output && !a.progress);
+    if (!waiting.length) return;
+    const attempts = new Map(waiting.map((a) => [a.role, a.attempt]));
+    const upTo = view.lastSeq;
+    try {
+      const progress = progressFromLog(await api.taskEvents(state.taskId, upTo));
+      for (const a of waiting) {
+        // Only if nothing newer arrived meanwhile.
+        if (a.status === 'running' && a.attempt === attempts.get(a.role) && !a.output && !a.progress && progress.get(a.role)) {
+          a.progress = progress.get(a.role);
+          dirty.add(a.role);
+        }
+      }
+      schedule();
+    } catch { /* cosmetic: keep "Starting…" */ }
+  }
+
+  return {
+    dispose() {
+      if (stream) stream.stop('closed');
+      clearInterval(timer);
+      if (frame) cancelAnimationFrame(frame);
+      window.removeEventListener('beforeunload', beforeUnload);
+      window.removeEventListener('online', onOnline);
+      artifactsDialog.close();
+      resultsDialog.close();
+    },
+  };
+}
+
+function providerLabel(state) {
+  if (state.provider === 'simulated') {
+    return h('span', { class: 'badge badge-sim', title: 'Simulated: no LLM is called' }, 'Simulated — no LLM is called');
+  }
+  return h('span', {}, state.provider);
+}
+
+/** Turns a safe HTML string (from markdown.js) into nodes. */
+function htmlFragment(html) {
+  const template = document.createElement('template');
+  template.innerHTML = html;
+  return [template.content];
+}
+
+// ---- agent card -------------------------------------------------------------------
+
+function createCard(agent, openArtifacts) {
+  const role = agent.role;
+  const nameId = uid('agent-name');
+  const statusLabel = h('span', { class: 'agent-status', 'data-testid': `agent-status-${role}` });
+  const time = h('span', { class: 'agent-time', 'data-testid': `agent-time-${role}` });
+  const name = h('h2', { class: 'agent-name', id: nameId }, agent.name);
+  const desc = h('p', { class: 'agent-desc' }, agent.description);
+  const progress = h('p', { class: 'agent-progress', 'data-testid': `agent-progress-${role}` });
+  const output = h('div', {
+    class: 'agent-output md', 'data-testid': `agent-output-${role}`, tabindex: '0',
+    role: 'region', 'aria-label': `Output of ${agent.name}`,
+  });
+  const error = h('p', { class: 'agent-error', 'data-testid': `agent-error-${role}`, hidden: true });
+  const attempt = h('span', { class: 'agent-attempt' });
+  const artifacts = h('button', {
+    type: 'button', class: 'btn btn-small artifacts-button', 'data-testid': `artifacts-button-${role}`, hidden: true,
+    'aria-haspopup': 'dialog', onclick: (e) => openArtifacts(role, e.currentTarget),
+  });
+  const root = h('li', { class: 'agent-card', 'data-testid': `agent-card-${role}`, 'data-status': agent.status, 'aria-labelledby': nameId },
+    h('header', { class: 'agent-head' },
+      h('span', { class: 'status-dot', 'aria-hidden': 'true' }),
+      h('div', { class: 'agent-title' }, name, h('code', { class: 'agent-role' }, role)),
+      h('div', { class: 'agent-meta' }, statusLabel, time)),
+    desc,
+    progress,
+    output,
+    error,
+    h('footer', { class: 'agent-foot' }, artifacts, attempt));
+
+  let renderedOutput = null;
+
+  function setTime(a, now) {
+    if (a.status === 'running' && a.startedAt) {
+      const ms = Math.max(0, now - Date.parse(a.startedAt));
+      setText(time, formatDuration(Math.floor(ms / 100) * 100));
+      time.removeAttribute('data-ms');
+      time.setAttribute('aria-label', `Running for ${formatDuration(ms)}`);
+    } else if (a.executionTime != null) {
+      setText(time, formatDuration(a.executionTime));
+      time.dataset.ms = String(a.executionTime);
+      time.setAttribute('aria-label', `Execution time ${formatDuration(a.executionTime)}`);
+    } else {
+      setText(time, '');
+      time.removeAttribute('data-ms');
+      time.removeAttribute('aria-label');
+    }
+  }
+
+  function update(a, now) {
+    root.dataset.status = a.status;
+    setText(name, a.name);
+    setText(desc, a.description);
+    setText(statusLabel, AGENT_STATUS_LABEL[a.status] || a.status);
+    setTime(a, now);
+    const progressMessage = a.status === 'running'
+      ? (a.progress || (a.output ? 'Writing…' : a.attempt > 1 ? `Running again (attempt ${a.attempt})…` : 'Starting…'))
+      : '';
+    setText(progress, progressMessage);
+    progress.hidden = !progressMessage;
+    if (a.output !== renderedOutput) {
+      const nearBottom = output.scrollHeight - output.scrollTop - output.clientHeight < 40;
+      output.innerHTML = renderMarkdown(a.output, { headingOffset: 2 }); // renderMarkdown escapes all source text
+      if (a.status === 'running' && nearBottom) output.scrollTop = output.scrollHeight;
+      renderedOutput = a.output;
+    }
+    output.hidden = !a.output;
+    output.classList.toggle('is-streaming', a.status === 'running');
+    setText(error, a.error || '');
+    error.hidden = !a.error;
+    setText(attempt, a.attempt > 1 ? `Attempt ${a.attempt}` : '');
+    artifacts.hidden = !a.hasArtifacts;
+    setText(artifacts, a.hasArtifacts ? `Artifacts (${a.artifacts.length || '…'})` : '');
+    artifacts.setAttribute('aria-label', `Artifacts of ${a.name}: ${plural(a.artifacts.length, 'file')}`);
+  }
+
+  return { root, update, tick: setTime };
+}
+
+// ---- dialog --------------------------------------------------------------------
+
+function createDialog(testid) {
+  const titleId = uid('dialog-title');
+  const title = h('h2', { id: titleId });
+  const body = h('div', { class: 'dialog-body' });
+  const closeButton = h('button', { type: 'button', class: 'btn btn-small dialog-close', 'data-testid': `${testid}-close`, onclick: () => close() }, 'Close');
+  const root = h('dialog', { class: 'dialog', 'aria-labelledby': titleId, 'data-testid': testid },
+    h('header', { class: 'dialog-head' }, title, closeButton),
+    body);
+  let opener = null;
+  root.addEventListener('close', () => {
+    if (opener && opener.isConnected) opener.focus();
+    opener = null;
+  });
+  root.addEventListener('click', (e) => { if (e.target === root) close(); }); // backdrop
+
+  function open(text, children, from) {
+    opener = from || document.activeElement;
+    setText(title, text);
+    body.replaceChildren(...children.filter(Boolean));
+    if (!root.open) root.showModal();
+    closeButton.focus();
+  }
+
+  function close() {
+    if (root.open) root.close();
+  }
+
+  return { root, open, close };
+}
