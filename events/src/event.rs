@@ -97,6 +97,10 @@ pub enum EventBody {
         error: String,
         #[serde(default)]
         failed_agents: Vec<String>,
+        /// Milliseconds from submit to this event, as on `task_complete`: computed once
+        /// by the writer so that every reader shows the same figure.
+        #[serde(default)]
+        total_execution_time: u64,
     },
 }
 
@@ -227,6 +231,7 @@ mod tests {
             EventBody::TaskError {
                 error: "boom".into(),
                 failed_agents: vec!["qa".into()],
+                total_execution_time: 5,
             },
         );
         assert!(done.to_raw().is_terminal());

@@ -310,10 +310,13 @@ impl TaskView {
                 self.finished_at = Some(event.at);
                 self.total_execution_time = Some(*total_execution_time);
             }
-            EventBody::TaskError { error, .. } => {
+            EventBody::TaskError {
+                error,
+                total_execution_time,
+                ..
+            } => {
                 self.finished_at = Some(event.at);
-                self.total_execution_time =
-                    Some((event.at - self.created_at).num_milliseconds().max(0) as u64);
+                self.total_execution_time = Some(*total_execution_time);
                 self.error = Some(error.clone());
             }
         }

@@ -198,6 +198,7 @@ impl Worker {
                     "gave up after {runs_before} attempts to run the task (workers stopped or failed while running it)"
                 ),
                 failed_agents: vec![],
+                total_execution_time: run::elapsed_since(task.created_at),
             })
         } else {
             let provider = self.providers.get(&task.spec.provider).ok_or_else(|| {

@@ -20,6 +20,11 @@ use crate::providers::{CompletionRequest, SharedProvider};
 /// (or the log): past this, the agent fails.
 pub const MAX_AGENT_OUTPUT: usize = 512 * 1024;
 
+/// Milliseconds from `since` to now: the task's total time as its terminal event says it.
+pub(crate) fn elapsed_since(since: chrono::DateTime<Utc>) -> u64 {
+    (Utc::now() - since).num_milliseconds().max(0) as u64
+}
+
 /// How one agent's run ended.
 pub(crate) enum AgentResult {
     Completed(String),
@@ -109,10 +114,8 @@ impl TaskRun {
                 failures.sort_by_key(|(role, _)| agents.iter().position(|a| &a.role == role));
             }
         }
+        let total = elapsed_since(self.task.created_at);
         if failures.is_empty() {
-            let total = (Utc::now() - self.task.created_at)
-                .num_milliseconds()
-                .max(0) as u64;
             return Ok(EventBody::TaskComplete {
                 total_execution_time: total,
                 outputs: agents
@@ -135,6 +138,7 @@ impl TaskRun {
         Ok(EventBody::TaskError {
             error,
             failed_agents: failures.into_iter().map(|(role, _)| role).collect(),
+            total_execution_time: total,
         })
     }
 

@@ -142,9 +142,7 @@ export function applyEvent(state, ev) {
     case 'task_error':
       state.status = 'failed';
       state.finishedAt = ev.at;
-      state.totalExecutionTime = state.createdAt
-        ? Math.max(0, Date.parse(ev.at) - Date.parse(state.createdAt))
-        : null;
+      state.totalExecutionTime = ev.totalExecutionTime ?? null;
       state.error = ev.error || 'The task failed.';
       state.failedAgents = ev.failedAgents || [];
       break;
