@@ -513,6 +513,35 @@ struct Throughput {
 
 /// Every task written by its own writer (append a batch, then publish it), every task
 /// followed by its own bus subscription that checks order and counts.
+/// A result row: how many events in how long, and the rate.
+fn rate_row(label: &str, count: usize, took: Duration) {
+    row(
+        label,
+        format!(
+            "{} events in {:.3} s = {} events/s",
+            group(count as u64),
+            took.as_secs_f64(),
+            per_sec(count, took)
+        ),
+    );
+}
+
+/// The SSE replay of a finished task, checked to have started.
+async fn open_replay(api: &Api, task_id: Uuid) -> anyhow::Result<reqwest::Response> {
+    let response = api
+        .http
+        .get(api.events_url(task_id))
+        .bearer_auth(&api.token)
+        .send()
+        .await?;
+    ensure!(
+        response.status() == reqwest::StatusCode::OK,
+        "SSE replay answered {}",
+        response.status()
+    );
+    Ok(response)
+}
+
 fn report_throughput(t: &Throughput) {
     row(
         "stored (committed)",
@@ -970,29 +999,11 @@ async fn replay(backends: &Backends, api: &Api, sizes: &Sizes) -> anyhow::Result
         count as u64 == last_seq,
         "paging read {count} events of {last_seq}"
     );
-    row(
-        "(a) Store::events_after, 1,000/page",
-        format!(
-            "{} events in {:.3} s = {} events/s",
-            group(count as u64),
-            paged_in.as_secs_f64(),
-            per_sec(count, paged_in)
-        ),
-    );
+    rate_row("(a) Store::events_after, 1,000/page", count, paged_in);
 
     // (b) the SSE endpoint replaying a finished task to its end.
     let start = Instant::now();
-    let response = api
-        .http
-        .get(api.events_url(task_id))
-        .bearer_auth(&api.token)
-        .send()
-        .await?;
-    ensure!(
-        response.status() == reqwest::StatusCode::OK,
-        "SSE replay answered {}",
-        response.status()
-    );
+    let response = open_replay(api, task_id).await?;
     let mut stream = response.bytes_stream().eventsource();
     let (mut count, mut last) = (0usize, 0u64);
     while let Some(event) = stream.next().await {
@@ -1007,29 +1018,11 @@ async fn replay(backends: &Backends, api: &Api, sizes: &Sizes) -> anyhow::Result
         last == last_seq,
         "SSE replay ended at seq {last} of {last_seq}"
     );
-    row(
-        "(b) SSE replay, eventsource client",
-        format!(
-            "{} events in {:.3} s = {} events/s",
-            group(count as u64),
-            sse_in.as_secs_f64(),
-            per_sec(count, sse_in)
-        ),
-    );
+    rate_row("(b) SSE replay, eventsource client", count, sse_in);
 
     // (b') the same, the client only counting frames: what the server alone sustains.
     let start = Instant::now();
-    let response = api
-        .http
-        .get(api.events_url(task_id))
-        .bearer_auth(&api.token)
-        .send()
-        .await?;
-    ensure!(
-        response.status() == reqwest::StatusCode::OK,
-        "SSE replay answered {}",
-        response.status()
-    );
+    let response = open_replay(api, task_id).await?;
     let mut body = response.bytes_stream();
     let (mut frames, mut bytes, mut newline) = (0usize, 0usize, false);
     while let Some(chunk) = body.next().await {
