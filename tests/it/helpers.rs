@@ -315,6 +315,18 @@ impl TestApp {
         body["taskId"].as_str().unwrap().parse().unwrap()
     }
 
+    /// `GET /api/tasks/{id}/events` on api `instance`, as the user of `token`.
+    pub fn events_request(
+        &self,
+        instance: usize,
+        token: &str,
+        task_id: Uuid,
+    ) -> reqwest::RequestBuilder {
+        self.client
+            .get(format!("{}/api/tasks/{task_id}/events", self.url(instance)))
+            .bearer_auth(token)
+    }
+
     /// Reads the task's SSE stream from api `instance` to its end, or until `limit` events.
     pub async fn read_events(
         &self,
@@ -324,10 +336,7 @@ impl TestApp {
         last_event_id: Option<u64>,
         limit: Option<usize>,
     ) -> Vec<SseEvent> {
-        let mut request = self
-            .client
-            .get(format!("{}/api/tasks/{task_id}/events", self.url(instance)))
-            .bearer_auth(token);
+        let mut request = self.events_request(instance, token, task_id);
         if let Some(id) = last_event_id {
             request = request.header("Last-Event-ID", id.to_string());
         }

@@ -234,12 +234,9 @@ async fn bad_cursors_are_refused(backend: Backend) {
         .await;
     let view = app.wait_finished(&token, task_id).await;
     let last = view["lastSeq"].as_u64().unwrap();
-    let events = format!("{}/api/tasks/{task_id}/events", app.url(0));
     for bad in ["abc", "-1", "1.5", ""] {
         let r = app
-            .client
-            .get(&events)
-            .bearer_auth(&token)
+            .events_request(0, &token, task_id)
             .header("Last-Event-ID", bad)
             .send()
             .await
@@ -247,18 +244,15 @@ async fn bad_cursors_are_refused(backend: Backend) {
         assert_error(r, 400, "invalid_cursor").await;
     }
     let r = app
-        .client
-        .get(&events)
-        .bearer_auth(&token)
+        .events_request(0, &token, task_id)
         .header("Last-Event-ID", (last + 1).to_string())
         .send()
         .await
         .unwrap();
     assert_error(r, 400, "cursor_out_of_range").await;
     let r = app
-        .client
-        .get(format!("{events}?after=x"))
-        .bearer_auth(&token)
+        .events_request(0, &token, task_id)
+        .query(&[("after", "x")])
         .send()
         .await
         .unwrap();
@@ -384,33 +378,14 @@ async fn streams_past_the_limit_are_refused_and_change_nothing(backend: Backend)
     let slow = json!({"description": "d", "selectedAgents": ["qa"], "provider": "simulated",
                       "providerOptions": {"latencyMs": 200, "tokens": 20}});
     let task_id = app.submit(&token, &slow).await;
-    let events = format!("{}/api/tasks/{task_id}/events", app.url(0));
-    let first = app
-        .client
-        .get(&events)
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    let second = app
-        .client
-        .get(&events)
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
+    let first = app.events_request(0, &token, task_id).send().await.unwrap();
+    let second = app.events_request(0, &token, task_id).send().await.unwrap();
     assert_eq!(
         (first.status().as_u16(), second.status().as_u16()),
         (200, 200)
     );
 
-    let third = app
-        .client
-        .get(&events)
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
+    let third = app.events_request(0, &token, task_id).send().await.unwrap();
     assert_error(third, 503, "unavailable").await;
     let streamed_submit = app.post("/api/agents/execute/stream", &token, &slow).await;
     assert_error(streamed_submit, 503, "unavailable").await;
@@ -424,13 +399,7 @@ async fn streams_past_the_limit_are_refused_and_change_nothing(backend: Backend)
     // The freed place is taken back once the server notices the client left.
     let mut reopened = None;
     for _ in 0..50 {
-        let r = app
-            .client
-            .get(&events)
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap();
+        let r = app.events_request(0, &token, task_id).send().await.unwrap();
         if r.status() == 200 {
             reopened = Some(r);
             break;

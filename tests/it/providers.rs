@@ -99,9 +99,7 @@ async fn an_openai_compatible_server_drives_the_agents(backend: Backend) {
     assert!(second_prompt.contains("Say hello"));
     // The key went to the provider and nowhere else.
     let export = app
-        .client
-        .get(format!("{}/api/tasks/{task_id}/events", app.url(0)))
-        .bearer_auth(&token)
+        .events_request(0, &token, task_id)
         .header("accept", "application/x-ndjson")
         .send()
         .await

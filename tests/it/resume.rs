@@ -143,13 +143,7 @@ async fn interrupted_task_resumes_and_keeps_completed_agents(backend: Backend) {
         )
         .await;
     // A browser is watching when the interruption comes.
-    let watching = app
-        .client
-        .get(format!("{}/api/tasks/{task_id}/events", app.url(0)))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
+    let watching = app.events_request(0, &token, task_id).send().await.unwrap();
     let watcher = tokio::spawn(collect_sse(watching, None));
     second_agent_under_way(&app, &token, task_id).await;
     match backend {

@@ -139,9 +139,7 @@ async fn sequential_run_streams_every_step_in_order(backend: Backend) {
 
     // A reconnect after the terminal event gets 204: an EventSource stops there.
     let again = app
-        .client
-        .get(format!("{}/api/tasks/{task_id}/events", app.url(1)))
-        .bearer_auth(&token)
+        .events_request(1, &token, task_id)
         .header("Last-Event-ID", events.len().to_string())
         .send()
         .await
@@ -301,9 +299,7 @@ async fn ndjson_export_is_the_whole_log(backend: Backend) {
     let streamed = app.read_events(0, &token, task_id, None, None).await;
 
     let r = app
-        .client
-        .get(format!("{}/api/tasks/{task_id}/events", app.url(1)))
-        .bearer_auth(&token)
+        .events_request(1, &token, task_id)
         .header("accept", "application/x-ndjson")
         .send()
         .await
