@@ -450,9 +450,10 @@ async fn the_web_ui_is_served_by_the_api(backend: Backend) {
         script.headers()["content-type"],
         "text/javascript; charset=utf-8"
     );
+    // An encoded "..": reaches the asset route as a path outside the UI folder.
     let missing = app
         .client
-        .get(format!("{}/ui/../Cargo.toml", app.url(0)))
+        .get(format!("{}/ui/%2e%2e/Cargo.toml", app.url(0)))
         .send()
         .await
         .unwrap();
