@@ -61,7 +61,15 @@ pub fn router(state: AppState) -> Router {
         .route("/agents/execute/stream", post(execute::execute_stream))
         .route("/tasks", post(tasks::create).get(tasks::list))
         .route("/tasks/{id}", get(tasks::get))
-        .route("/tasks/{id}/events", get(events::events));
+        .route("/tasks/{id}/events", get(events::events))
+        .route("/tasks/{id}/cancel", post(control::cancel))
+        .route(
+            "/tasks/{id}/agents/{role}/cancel",
+            post(control::cancel_agent),
+        )
+        .route("/tasks/{id}/pause", post(control::pause))
+        .route("/tasks/{id}/resume", post(control::resume))
+        .route("/tasks/{id}/retry", post(control::retry));
     Router::new()
         .nest("/api", api)
         .route("/", get(ui::index))

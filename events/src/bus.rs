@@ -29,6 +29,13 @@ pub trait Bus: Send + Sync + 'static {
     /// Live events of one task from now on. Best effort: gaps are possible.
     async fn subscribe(&self, task_id: Uuid) -> Result<BoxStream<'static, RawEvent>>;
 
+    /// Tells the worker running the task that users asked something of it; what they
+    /// asked is in the store (see `Store::controls`). Best effort: workers also poll.
+    async fn nudge(&self, task_id: Uuid) -> Result<()>;
+
+    /// Nudges for one task from now on.
+    async fn nudges(&self, task_id: Uuid) -> Result<BoxStream<'static, ()>>;
+
     async fn ping(&self) -> Result<()>;
 }
 
@@ -58,6 +65,10 @@ impl Subjects {
         format!("{}.events.{task_id}.>", self.prefix)
     }
 
+    pub fn control(&self, task_id: Uuid) -> String {
+        format!("{}.control.{task_id}", self.prefix)
+    }
+
     pub fn all_events(&self) -> String {
         format!("{}.events.>", self.prefix)
     }
@@ -83,24 +94,79 @@ impl Subjects {
     }
 }
 
-/// The embedded bus: a bounded broadcast channel per followed task.
+/// Broadcast channels by task, each removed when its last subscriber goes, so an idle bus
+/// holds nothing.
+struct Channels<T> {
+    senders: Arc<Mutex<HashMap<Uuid, broadcast::Sender<T>>>>,
+    capacity: usize,
+}
+
+impl<T: Clone + Send + 'static> Channels<T> {
+    fn new(capacity: usize) -> Self {
+        Channels {
+            senders: Arc::default(),
+            capacity,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.senders.lock().expect("bus lock").len()
+    }
+
+    fn send(&self, task_id: Uuid, message: T) {
+        if let Some(tx) = self.senders.lock().expect("bus lock").get(&task_id) {
+            // No receiver is not an error: nobody is following this task right now.
+            let _ = tx.send(message);
+        }
+    }
+
+    fn subscribe(&self, task_id: Uuid) -> BoxStream<'static, T> {
+        let rx = self
+            .senders
+            .lock()
+            .expect("bus lock")
+            .entry(task_id)
+            .or_insert_with(|| broadcast::channel(self.capacity).0)
+            .subscribe();
+        MemorySubscription {
+            stream: Some(BroadcastStream::new(rx)),
+            task_id,
+            senders: self.senders.clone(),
+        }
+        .boxed()
+    }
+
+    /// Ends every subscription of the task, as a broken connection would.
+    fn close(&self, task_id: Uuid) {
+        self.senders.lock().expect("bus lock").remove(&task_id);
+    }
+}
+
+/// The embedded bus: a bounded broadcast channel per followed task, and one per task
+/// whose worker listens for nudges.
 #[derive(Clone)]
 pub struct MemoryBus {
-    channels: Arc<Mutex<HashMap<Uuid, broadcast::Sender<RawEvent>>>>,
-    capacity: usize,
+    events: Arc<Channels<RawEvent>>,
+    nudges: Arc<Channels<()>>,
 }
 
 impl MemoryBus {
     pub fn new(capacity: usize) -> Self {
         MemoryBus {
-            channels: Arc::default(),
-            capacity,
+            events: Arc::new(Channels::new(capacity)),
+            nudges: Arc::new(Channels::new(16)),
         }
     }
 
     /// How many tasks have a live channel; for tests that check nothing leaks.
     pub fn channel_count(&self) -> usize {
-        self.channels.lock().expect("bus lock").len()
+        self.events.len() + self.nudges.len()
+    }
+
+    /// Ends every live subscription to the task's events, as a connection lost for good
+    /// would; followers must notice and carry on from the store.
+    pub fn end_subscriptions(&self, task_id: Uuid) {
+        self.events.close(task_id);
     }
 }
 
@@ -110,39 +176,38 @@ impl Default for MemoryBus {
     }
 }
 
-/// Removes the task's channel when its last subscriber goes, so an idle bus holds nothing.
-struct MemorySubscription {
-    stream: Option<BroadcastStream<RawEvent>>,
+struct MemorySubscription<T: Clone + Send + 'static> {
+    stream: Option<BroadcastStream<T>>,
     task_id: Uuid,
-    channels: Arc<Mutex<HashMap<Uuid, broadcast::Sender<RawEvent>>>>,
+    senders: Arc<Mutex<HashMap<Uuid, broadcast::Sender<T>>>>,
 }
 
-impl Drop for MemorySubscription {
+impl<T: Clone + Send + 'static> Drop for MemorySubscription<T> {
     fn drop(&mut self) {
         drop(self.stream.take());
-        let mut channels = self.channels.lock().expect("bus lock");
-        if channels
+        let mut senders = self.senders.lock().expect("bus lock");
+        if senders
             .get(&self.task_id)
             .is_some_and(|tx| tx.receiver_count() == 0)
         {
-            channels.remove(&self.task_id);
+            senders.remove(&self.task_id);
         }
     }
 }
 
-impl futures::Stream for MemorySubscription {
-    type Item = RawEvent;
+impl<T: Clone + Send + 'static> futures::Stream for MemorySubscription<T> {
+    type Item = T;
 
     fn poll_next(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<RawEvent>> {
+    ) -> std::task::Poll<Option<T>> {
         let Some(stream) = self.stream.as_mut() else {
             return std::task::Poll::Ready(None);
         };
         loop {
             match futures::ready!(stream.poll_next_unpin(cx)) {
-                Some(Ok(event)) => return std::task::Poll::Ready(Some(event)),
+                Some(Ok(message)) => return std::task::Poll::Ready(Some(message)),
                 // Lagging behind is a gap like any other: the follower fills it from the store.
                 Some(Err(_lagged)) => continue,
                 None => return std::task::Poll::Ready(None),
@@ -154,30 +219,23 @@ impl futures::Stream for MemorySubscription {
 #[async_trait]
 impl Bus for MemoryBus {
     async fn publish(&self, events: &[RawEvent]) -> Result<()> {
-        let channels = self.channels.lock().expect("bus lock");
         for event in events {
-            if let Some(tx) = channels.get(&event.task_id) {
-                // No receiver is not an error: nobody is following this task right now.
-                let _ = tx.send(event.clone());
-            }
+            self.events.send(event.task_id, event.clone());
         }
         Ok(())
     }
 
     async fn subscribe(&self, task_id: Uuid) -> Result<BoxStream<'static, RawEvent>> {
-        let rx = self
-            .channels
-            .lock()
-            .expect("bus lock")
-            .entry(task_id)
-            .or_insert_with(|| broadcast::channel(self.capacity).0)
-            .subscribe();
-        Ok(MemorySubscription {
-            stream: Some(BroadcastStream::new(rx)),
-            task_id,
-            channels: self.channels.clone(),
-        }
-        .boxed())
+        Ok(self.events.subscribe(task_id))
+    }
+
+    async fn nudge(&self, task_id: Uuid) -> Result<()> {
+        self.nudges.send(task_id, ());
+        Ok(())
+    }
+
+    async fn nudges(&self, task_id: Uuid) -> Result<BoxStream<'static, ()>> {
+        Ok(self.nudges.subscribe(task_id))
     }
 
     async fn ping(&self) -> Result<()> {
@@ -263,6 +321,23 @@ impl Bus for NatsBus {
         Ok(subscriber
             .filter_map(move |msg| async move { raw_from_message(task_id, &msg) })
             .boxed())
+    }
+
+    async fn nudge(&self, task_id: Uuid) -> Result<()> {
+        self.client
+            .publish(self.subjects.control(task_id), bytes::Bytes::new())
+            .await
+            .map_err(Error::nats)
+    }
+
+    async fn nudges(&self, task_id: Uuid) -> Result<BoxStream<'static, ()>> {
+        let subscriber = self
+            .client
+            .subscribe(self.subjects.control(task_id))
+            .await
+            .map_err(Error::nats)?;
+        self.client.flush().await.map_err(Error::nats)?;
+        Ok(subscriber.map(|_| ()).boxed())
     }
 
     async fn ping(&self) -> Result<()> {

@@ -7,16 +7,15 @@ use std::time::Duration;
 
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 use crate::error::Result;
 use crate::queue::TaskQueue;
-use crate::store::Store;
+use crate::store::{Dispatch, Store};
 
 /// Queues the task and clears its outbox row.
-pub async fn dispatch(store: &dyn Store, queue: &dyn TaskQueue, task_id: Uuid) -> Result<()> {
-    queue.enqueue(task_id).await?;
-    store.mark_dispatched(task_id).await
+pub async fn dispatch(store: &dyn Store, queue: &dyn TaskQueue, dispatch: Dispatch) -> Result<()> {
+    queue.enqueue(dispatch).await?;
+    store.mark_dispatched(dispatch).await
 }
 
 /// Re-dispatches outbox rows older than `grace` every `every`, until `shutdown`.
@@ -40,8 +39,9 @@ pub async fn run_dispatcher(
                 continue;
             }
         };
-        for task_id in pending {
-            match dispatch(store.as_ref(), queue.as_ref(), task_id).await {
+        for pending in pending {
+            let task_id = pending.task_id;
+            match dispatch(store.as_ref(), queue.as_ref(), pending).await {
                 Ok(()) => tracing::info!(%task_id, "dispatched a task from the outbox"),
                 Err(e) => {
                     tracing::warn!(%task_id, error = %e, "dispatching from the outbox failed");

@@ -26,6 +26,23 @@ pub enum Error {
 }
 
 impl Error {
+    /// The store or the bus could not be reached: nothing is wrong with the task itself,
+    /// so trying again later is right however long it takes.
+    pub fn is_outage(&self) -> bool {
+        match self {
+            Error::Database(e) => matches!(
+                e,
+                sqlx::Error::Io(_)
+                    | sqlx::Error::Tls(_)
+                    | sqlx::Error::PoolTimedOut
+                    | sqlx::Error::PoolClosed
+                    | sqlx::Error::WorkerCrashed
+            ),
+            Error::Nats(_) => true,
+            _ => false,
+        }
+    }
+
     pub(crate) fn nats(e: impl std::fmt::Display) -> Self {
         Error::Nats(e.to_string())
     }

@@ -68,8 +68,15 @@ pub enum EventBody {
     },
     #[serde(rename_all = "camelCase")]
     AgentProgress { agent_role: String, message: String },
+    /// `attempt` lets a viewer drop the text of an earlier attempt; 0 in logs written
+    /// before tokens carried it, read as "the agent's current attempt".
     #[serde(rename_all = "camelCase")]
-    AgentToken { agent_role: String, delta: String },
+    AgentToken {
+        agent_role: String,
+        delta: String,
+        #[serde(default)]
+        attempt: u32,
+    },
     #[serde(rename_all = "camelCase")]
     AgentComplete {
         agent_role: String,
@@ -87,6 +94,16 @@ pub enum EventBody {
         execution_time: u64,
         error: String,
     },
+    /// A user stopped the agent (or its whole task); `output` is the text it had produced.
+    #[serde(rename_all = "camelCase")]
+    AgentCancelled {
+        agent_role: String,
+        attempt: u32,
+        execution_time: u64,
+        reason: String,
+        #[serde(default)]
+        output: String,
+    },
     #[serde(rename_all = "camelCase")]
     TaskComplete {
         total_execution_time: u64,
@@ -102,6 +119,27 @@ pub enum EventBody {
         #[serde(default)]
         total_execution_time: u64,
     },
+    #[serde(rename_all = "camelCase")]
+    TaskCancelled {
+        reason: String,
+        #[serde(default)]
+        total_execution_time: u64,
+    },
+    /// No new agent starts until `task_unpaused`; the task holds no worker meanwhile.
+    #[serde(rename_all = "camelCase")]
+    TaskPaused { reason: String },
+    #[serde(rename_all = "camelCase")]
+    TaskUnpaused { reason: String },
+    /// A finished task runs `agents` again, as new attempts appended to the same log.
+    #[serde(rename_all = "camelCase")]
+    TaskRetried { agents: Vec<String>, reason: String },
+    /// The worker handed the task back at shutdown: an interruption, not a failed run.
+    #[serde(rename_all = "camelCase")]
+    TaskReleased { reason: String },
+    /// A type this version does not know, written by a newer one during a rolling deploy.
+    /// Readers pass it through and otherwise ignore it; it is never written.
+    #[serde(other)]
+    Unknown,
 }
 
 impl EventBody {
@@ -117,12 +155,20 @@ impl EventBody {
             EventBody::AgentError { .. } => "agent_error",
             EventBody::TaskComplete { .. } => "task_complete",
             EventBody::TaskError { .. } => "task_error",
+            EventBody::TaskCancelled { .. } => "task_cancelled",
+            EventBody::TaskPaused { .. } => "task_paused",
+            EventBody::TaskUnpaused { .. } => "task_unpaused",
+            EventBody::TaskRetried { .. } => "task_retried",
+            EventBody::TaskReleased { .. } => "task_released",
+            EventBody::AgentCancelled { .. } => "agent_cancelled",
+            EventBody::Unknown => "unknown",
         }
     }
 }
 
-/// Types after which nothing more is ever appended to a task's log.
-pub const TERMINAL_KINDS: [&str; 2] = ["task_complete", "task_error"];
+/// Types that end a run: a stream ends after one, and no worker appends after it. Only an
+/// explicit retry (`task_retried`) continues such a log.
+pub const TERMINAL_KINDS: [&str; 3] = ["task_complete", "task_error", "task_cancelled"];
 
 pub fn is_terminal_kind(kind: &str) -> bool {
     TERMINAL_KINDS.contains(&kind)
@@ -235,5 +281,35 @@ mod tests {
             },
         );
         assert!(done.to_raw().is_terminal());
+    }
+
+    #[test]
+    fn an_unknown_type_and_unknown_fields_still_parse() {
+        let task_id = Uuid::now_v7();
+        let newer = format!(
+            r#"{{"seq":3,"taskId":"{task_id}","at":"2026-11-25T10:00:00Z","type":"agent_thought","agentRole":"qa","depth":2}}"#
+        );
+        let event: Event = serde_json::from_str(&newer).unwrap();
+        assert_eq!(event.body, EventBody::Unknown);
+        assert_eq!(event.seq, 3);
+
+        let with_extra = format!(
+            r#"{{"seq":4,"taskId":"{task_id}","at":"2026-11-25T10:00:00Z","type":"agent_progress","agentRole":"qa","message":"hi","colour":"blue"}}"#
+        );
+        let event: Event = serde_json::from_str(&with_extra).unwrap();
+        assert_eq!(event.body.kind(), "agent_progress");
+    }
+
+    #[test]
+    fn a_token_written_before_attempts_reads_as_attempt_zero() {
+        let task_id = Uuid::now_v7();
+        let old = format!(
+            r#"{{"seq":5,"taskId":"{task_id}","at":"2026-11-25T10:00:00Z","type":"agent_token","agentRole":"qa","delta":"x"}}"#
+        );
+        let event: Event = serde_json::from_str(&old).unwrap();
+        assert!(matches!(
+            event.body,
+            EventBody::AgentToken { attempt: 0, .. }
+        ));
     }
 }

@@ -135,15 +135,15 @@ impl Feeds {
             feeds: Arc::downgrade(inner),
         });
         live.insert(task_id, Arc::downgrade(&feed));
-        tokio::spawn(pump(
-            inner.store.clone(),
-            subscription,
+        let context = PumpContext {
+            store: inner.store.clone(),
+            bus: inner.bus.clone(),
             tx,
             stop,
             task_id,
-            start,
-            inner.config.idle_check,
-        ));
+            idle_check: inner.config.idle_check,
+        };
+        tokio::spawn(pump(context, subscription, start));
         Ok(feed)
     }
 
@@ -158,26 +158,49 @@ impl Feeds {
 }
 
 /// Moves a task's bus messages into its broadcast channel until the last follower leaves.
+/// The store is checked after `idle_check` without a live message, so that nothing is
+/// missed when a publish was lost or the subscription itself has ended; a subscription
+/// that ended is renewed at those checks.
 async fn pump(
-    store: Arc<dyn Store>,
-    mut subscription: futures::stream::BoxStream<'static, RawEvent>,
-    tx: broadcast::Sender<RawEvent>,
-    stop: CancellationToken,
-    task_id: Uuid,
+    feed: PumpContext,
+    subscription: futures::stream::BoxStream<'static, RawEvent>,
     mut last_seen: u64,
-    idle_check: Duration,
 ) {
+    let PumpContext {
+        store,
+        bus,
+        tx,
+        stop,
+        task_id,
+        idle_check,
+    } = feed;
+    let mut subscription = Some(subscription);
+    let mut idle_at = tokio::time::Instant::now() + idle_check;
     loop {
+        let live = async {
+            match subscription.as_mut() {
+                Some(s) => s.next().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = stop.cancelled() => return,
-            message = subscription.next() => match message {
+            message = live => match message {
                 Some(event) => {
                     last_seen = last_seen.max(event.seq);
+                    idle_at = tokio::time::Instant::now() + idle_check;
                     let _ = tx.send(event);
                 }
-                None => return,
+                None => {
+                    tracing::warn!(%task_id, "the live subscription of a followed task ended; following from the store until it is renewed");
+                    subscription = None;
+                }
             },
-            _ = tokio::time::sleep(idle_check) => {
+            _ = tokio::time::sleep_until(idle_at) => {
+                if subscription.is_none() {
+                    subscription = renew(bus.as_ref(), task_id).await;
+                }
+                idle_at = tokio::time::Instant::now() + idle_check;
                 match store.events_after(task_id, last_seen, 100).await {
                     Ok(events) => for event in events {
                         last_seen = event.seq;
@@ -186,6 +209,32 @@ async fn pump(
                     Err(e) => tracing::warn!(%task_id, error = %e, "idle check of a followed task failed"),
                 }
             }
+        }
+    }
+}
+
+/// What a feed's pump needs besides its subscription.
+struct PumpContext {
+    store: Arc<dyn Store>,
+    bus: Arc<dyn Bus>,
+    tx: broadcast::Sender<RawEvent>,
+    stop: CancellationToken,
+    task_id: Uuid,
+    idle_check: Duration,
+}
+
+async fn renew(
+    bus: &dyn Bus,
+    task_id: Uuid,
+) -> Option<futures::stream::BoxStream<'static, RawEvent>> {
+    match bus.subscribe(task_id).await {
+        Ok(subscription) => {
+            tracing::info!(%task_id, "the live subscription of a followed task is renewed");
+            Some(subscription)
+        }
+        Err(e) => {
+            tracing::warn!(%task_id, error = %e, "renewing a live subscription failed");
+            None
         }
     }
 }

@@ -22,7 +22,8 @@ pub use error::{Error, Result};
 pub use event::{Artifact, Event, EventBody, RawEvent};
 pub use follow::{FeedConfig, Feeds};
 pub use queue::{Delivery, MemoryQueue, NatsQueue, TaskQueue};
-pub use store::{PgStore, SqliteStore, Store, Submitted, User};
+pub use store::{Dispatch, PgStore, SqliteStore, Store, Submitted, Transition, Transitioned, User};
 pub use task::{
-    AgentDef, ExecutionMode, NewTask, TaskJob, TaskRecord, TaskSpec, TaskStatus, TaskView,
+    AgentDef, ControlRequest, Controls, ExecutionMode, NewTask, RunLedger, TaskJob, TaskRecord,
+    TaskSpec, TaskStatus, TaskView,
 };

@@ -14,13 +14,15 @@ use uuid::Uuid;
 
 use crate::bus::Subjects;
 use crate::error::{Error, Result};
+use crate::store::Dispatch;
 use crate::task::TaskJob;
 use crate::trace::{self, TraceHeaders};
 
 #[async_trait]
 pub trait TaskQueue: Send + Sync + 'static {
-    /// Queues a task. Enqueuing the same task twice within the dedupe window is harmless.
-    async fn enqueue(&self, task_id: Uuid) -> Result<()>;
+    /// Queues a task. Queuing the same dispatch twice within the dedupe window is
+    /// harmless; a later dispatch of the same task (a retry) is a new job.
+    async fn enqueue(&self, dispatch: Dispatch) -> Result<()>;
 
     /// The next job, or `None` when nothing arrived within `wait`.
     async fn next(&self, wait: Duration) -> Result<Option<Delivery>>;
@@ -142,7 +144,8 @@ impl DeliveryHandle for MemoryHandle {
 
 #[async_trait]
 impl TaskQueue for MemoryQueue {
-    async fn enqueue(&self, task_id: Uuid) -> Result<()> {
+    async fn enqueue(&self, dispatch: Dispatch) -> Result<()> {
+        let task_id = dispatch.task_id;
         if !self.held.lock().expect("queue lock").insert(task_id) {
             return Ok(());
         }
@@ -299,11 +302,14 @@ impl DeliveryHandle for NatsHandle {
 
 #[async_trait]
 impl TaskQueue for NatsQueue {
-    async fn enqueue(&self, task_id: Uuid) -> Result<()> {
+    async fn enqueue(&self, dispatch: Dispatch) -> Result<()> {
+        let Dispatch { task_id, seq } = dispatch;
         let payload = serde_json::to_vec(&TaskJob::V1 { task_id }).expect("a job serialises");
+        // The seq tells a retry's job from the submit's, which the duplicate window would
+        // otherwise drop as a re-publish.
         let mut message = jetstream::message::PublishMessage::build()
             .payload(payload.into())
-            .message_id(task_id.to_string());
+            .message_id(format!("{task_id}:{seq}"));
         for (name, value) in trace::current() {
             message = message.header(name.as_str(), value.as_str());
         }
@@ -374,19 +380,23 @@ impl TaskQueue for NatsQueue {
 mod tests {
     use super::*;
 
+    fn job(task_id: Uuid) -> Dispatch {
+        Dispatch { task_id, seq: 1 }
+    }
+
     #[tokio::test]
     async fn a_task_is_in_the_memory_queue_once_until_its_delivery_is_done() {
         let queue = MemoryQueue::new(8);
         let task_id = Uuid::now_v7();
-        queue.enqueue(task_id).await.unwrap();
-        queue.enqueue(task_id).await.unwrap();
+        queue.enqueue(job(task_id)).await.unwrap();
+        queue.enqueue(job(task_id)).await.unwrap();
         let delivery = queue
             .next(Duration::from_millis(10))
             .await
             .unwrap()
             .unwrap();
         // Running: a re-dispatch of the same task does not queue a second run.
-        queue.enqueue(task_id).await.unwrap();
+        queue.enqueue(job(task_id)).await.unwrap();
         assert!(
             queue
                 .next(Duration::from_millis(10))
@@ -406,7 +416,7 @@ mod tests {
         again.ack().await.unwrap();
         drop(again);
         // Done: the task may be queued again (a later resume).
-        queue.enqueue(task_id).await.unwrap();
+        queue.enqueue(job(task_id)).await.unwrap();
         assert!(
             queue
                 .next(Duration::from_millis(10))
@@ -420,15 +430,15 @@ mod tests {
     async fn a_full_memory_queue_refuses_and_forgets_the_job() {
         let queue = MemoryQueue::new(1);
         let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
-        queue.enqueue(a).await.unwrap();
-        assert!(matches!(queue.enqueue(b).await, Err(Error::QueueFull)));
+        queue.enqueue(job(a)).await.unwrap();
+        assert!(matches!(queue.enqueue(job(b)).await, Err(Error::QueueFull)));
         let first = queue
             .next(Duration::from_millis(10))
             .await
             .unwrap()
             .unwrap();
         drop(first);
-        queue.enqueue(b).await.unwrap();
+        queue.enqueue(job(b)).await.unwrap();
         assert_eq!(
             queue
                 .next(Duration::from_millis(10))

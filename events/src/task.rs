@@ -64,32 +64,45 @@ impl TaskSpec {
 pub enum TaskStatus {
     Queued,
     Running,
+    Paused,
     Completed,
     Failed,
+    Cancelled,
 }
 
 impl TaskStatus {
+    pub const ALL: [TaskStatus; 6] = [
+        TaskStatus::Queued,
+        TaskStatus::Running,
+        TaskStatus::Paused,
+        TaskStatus::Completed,
+        TaskStatus::Failed,
+        TaskStatus::Cancelled,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             TaskStatus::Queued => "queued",
             TaskStatus::Running => "running",
+            TaskStatus::Paused => "paused",
             TaskStatus::Completed => "completed",
             TaskStatus::Failed => "failed",
+            TaskStatus::Cancelled => "cancelled",
         }
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "queued" => TaskStatus::Queued,
-            "running" => TaskStatus::Running,
-            "completed" => TaskStatus::Completed,
-            "failed" => TaskStatus::Failed,
-            _ => return None,
-        })
+        TaskStatus::ALL
+            .into_iter()
+            .find(|status| status.as_str() == s)
     }
 
+    /// The run has ended; only a retry continues the log.
     pub fn is_terminal(self) -> bool {
-        matches!(self, TaskStatus::Completed | TaskStatus::Failed)
+        matches!(
+            self,
+            TaskStatus::Completed | TaskStatus::Failed | TaskStatus::Cancelled
+        )
     }
 
     /// The status a task has once an event of `kind` is in its log, if that event changes it.
@@ -97,10 +110,37 @@ impl TaskStatus {
         match kind {
             "task_complete" => Some(TaskStatus::Completed),
             "task_error" => Some(TaskStatus::Failed),
+            "task_cancelled" => Some(TaskStatus::Cancelled),
+            "task_paused" => Some(TaskStatus::Paused),
             "agent_start" | "task_resumed" => Some(TaskStatus::Running),
+            "task_unpaused" | "task_retried" | "task_released" => Some(TaskStatus::Queued),
             _ => None,
         }
     }
+}
+
+/// What users asked of a task that only its worker can carry out; kept on the task row so
+/// that a request survives a lost message and a worker taking over.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Controls {
+    pub cancel: bool,
+    pub pause: bool,
+    /// `(role, attempt)` of agents to stop. Keyed by attempt so that a request for an
+    /// attempt that has ended never stops a later retry.
+    pub cancel_agents: Vec<(String, u32)>,
+}
+
+/// A request the api records for the task's worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControlRequest {
+    Cancel,
+    Pause,
+    /// Withdraws a pause the worker has not carried out yet.
+    Unpause,
+    CancelAgent {
+        role: String,
+        attempt: u32,
+    },
 }
 
 /// A submit as the api hands it to the store.
@@ -128,6 +168,9 @@ pub struct TaskRecord {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub last_seq: u64,
+    /// A cancel or pause the api recorded and the worker has not carried out yet.
+    pub cancel_requested: bool,
+    pub pause_requested: bool,
 }
 
 /// What the queue carries. Versioned so that workers of two releases can share a queue.
@@ -153,6 +196,14 @@ pub enum AgentState {
     Running,
     Completed,
     Error,
+    Cancelled,
+}
+
+impl AgentState {
+    /// Ended without an answer: what a retry runs again.
+    pub fn is_retryable(self) -> bool {
+        matches!(self, AgentState::Error | AgentState::Cancelled)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -172,6 +223,56 @@ pub struct AgentView {
     pub artifacts: Vec<Artifact>,
 }
 
+/// How the task's runs went, as far as its log tells. A run starts with the first
+/// `agent_start` or a `task_resumed`, and ends cleanly with a terminal event, a pause or a
+/// release (a worker handing the task back at shutdown). A run that never said how it
+/// ended was cut short by a crash or a failure: those alone use up the task's budget.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunLedger {
+    /// A run has started and not said how it ended.
+    pub open: bool,
+    /// Runs since the last retry or unpause that ended without saying so.
+    pub crashed: u64,
+    /// The last run was handed back at shutdown.
+    pub released: bool,
+}
+
+impl RunLedger {
+    fn apply(&mut self, kind: &str) {
+        match kind {
+            "agent_start" if !self.open => self.open = true,
+            "task_resumed" => {
+                if self.open {
+                    self.crashed += 1;
+                }
+                self.open = true;
+                self.released = false;
+            }
+            "task_released" => {
+                self.open = false;
+                self.released = true;
+            }
+            "task_retried" | "task_unpaused" => *self = RunLedger::default(),
+            kind if kind == "task_paused" || crate::event::is_terminal_kind(kind) => {
+                self.open = false;
+                self.released = false;
+            }
+            _ => {}
+        }
+    }
+
+    /// Runs that crashed or failed, counting one still open when a worker picks the task up:
+    /// nobody else holds it, so that run ended without a word.
+    pub fn crashed_at_pickup(&self) -> u64 {
+        self.crashed + u64::from(self.open)
+    }
+
+    /// The task was interrupted mid-run (crash or hand-back): a new run says it resumes.
+    pub fn interrupted(&self) -> bool {
+        self.open || self.released
+    }
+}
+
 /// A task as a reader sees it, rebuilt from its events alone.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -187,15 +288,20 @@ pub struct TaskView {
     pub finished_at: Option<DateTime<Utc>>,
     pub total_execution_time: Option<u64>,
     pub error: Option<String>,
+    /// Why the task is paused or was cancelled.
+    pub reason: Option<String>,
     pub agents: Vec<AgentView>,
     pub last_seq: u64,
+    #[serde(skip)]
+    pub runs: RunLedger,
+    #[serde(skip)]
+    index: HashMap<String, usize>,
 }
 
 impl TaskView {
-    /// Folds the log over the spec. The spec supplies what the events do not repeat
-    /// (description, agents not yet started); everything that changes comes from events.
-    pub fn project(task_id: Uuid, spec: &TaskSpec, events: &[Event]) -> Self {
-        let mut view = TaskView {
+    /// The view before any event: what the spec alone says.
+    pub fn new(task_id: Uuid, spec: &TaskSpec) -> Self {
+        TaskView {
             task_id,
             title: spec.title.clone(),
             description: spec.description.clone(),
@@ -203,72 +309,62 @@ impl TaskView {
             execution_mode: spec.execution_mode,
             provider: spec.provider.clone(),
             model: spec.model.clone(),
-            created_at: events.first().map(|e| e.at).unwrap_or_else(Utc::now),
+            created_at: Utc::now(),
             finished_at: None,
             total_execution_time: None,
             error: None,
-            agents: spec
+            reason: None,
+            agents: spec.agents.iter().map(AgentView::pending).collect(),
+            last_seq: 0,
+            runs: RunLedger::default(),
+            index: spec
                 .agents
                 .iter()
-                .map(|a| AgentView {
-                    role: a.role.clone(),
-                    name: a.name.clone(),
-                    description: a.description.clone(),
-                    status: AgentState::Pending,
-                    attempt: 0,
-                    started_at: None,
-                    finished_at: None,
-                    execution_time: None,
-                    output: String::new(),
-                    error: None,
-                    has_artifacts: false,
-                    artifacts: vec![],
-                })
+                .enumerate()
+                .map(|(i, a)| (a.role.clone(), i))
                 .collect(),
-            last_seq: 0,
-        };
-        let index: HashMap<String, usize> = spec
-            .agents
-            .iter()
-            .enumerate()
-            .map(|(i, a)| (a.role.clone(), i))
-            .collect();
+        }
+    }
+
+    /// Folds the log over the spec. The spec supplies what the events do not repeat
+    /// (description, agents not yet started); everything that changes comes from events.
+    pub fn project(task_id: Uuid, spec: &TaskSpec, events: &[Event]) -> Self {
+        let mut view = TaskView::new(task_id, spec);
         for event in events {
-            view.apply(&index, event);
+            view.apply(event);
         }
         view
     }
 
-    fn apply(&mut self, index: &HashMap<String, usize>, event: &Event) {
+    /// One more event, in seq order. Readers fold a log page by page through this, so no
+    /// reader holds a whole log in memory.
+    pub fn apply(&mut self, event: &Event) {
+        let kind = event.body.kind();
         self.last_seq = event.seq;
-        if let Some(status) = TaskStatus::after_kind(event.body.kind()) {
+        self.runs.apply(kind);
+        if let Some(status) = TaskStatus::after_kind(kind) {
             self.status = status;
         }
-        let agent = |role: &str, agents: &mut Vec<AgentView>| -> Option<usize> {
-            index.get(role).copied().filter(|i| *i < agents.len())
-        };
         match &event.body {
             EventBody::TaskCreated { .. } => self.created_at = event.at,
-            EventBody::TaskResumed { .. } | EventBody::AgentProgress { .. } => {}
             EventBody::AgentStart {
                 agent_role,
                 attempt,
                 ..
             } => {
-                if let Some(i) = agent(agent_role, &mut self.agents) {
-                    let a = &mut self.agents[i];
-                    a.status = AgentState::Running;
-                    a.attempt = *attempt;
-                    a.started_at = Some(event.at);
-                    a.finished_at = None;
-                    a.execution_time = None;
-                    a.output.clear();
-                    a.error = None;
+                if let Some(a) = self.agent(agent_role) {
+                    a.start(*attempt, event.at);
                 }
             }
-            EventBody::AgentToken { agent_role, delta } => {
-                if let Some(i) = agent(agent_role, &mut self.agents) {
-                    self.agents[i].output.push_str(delta);
+            EventBody::AgentToken {
+                agent_role,
+                delta,
+                attempt,
+            } => {
+                if let Some(a) = self.agent(agent_role)
+                    && (*attempt == 0 || *attempt == a.attempt)
+                {
+                    a.output.push_str(delta);
                 }
             }
             EventBody::AgentComplete {
@@ -279,11 +375,8 @@ impl TaskView {
                 artifacts,
                 ..
             } => {
-                if let Some(i) = agent(agent_role, &mut self.agents) {
-                    let a = &mut self.agents[i];
-                    a.status = AgentState::Completed;
-                    a.finished_at = Some(event.at);
-                    a.execution_time = Some(*execution_time);
+                if let Some(a) = self.agent(agent_role) {
+                    a.finish(AgentState::Completed, event.at, *execution_time);
                     a.output = output.clone();
                     a.has_artifacts = *has_artifacts;
                     a.artifacts = artifacts.clone();
@@ -295,31 +388,122 @@ impl TaskView {
                 error,
                 ..
             } => {
-                if let Some(i) = agent(agent_role, &mut self.agents) {
-                    let a = &mut self.agents[i];
-                    a.status = AgentState::Error;
-                    a.finished_at = Some(event.at);
-                    a.execution_time = Some(*execution_time);
+                if let Some(a) = self.agent(agent_role) {
+                    a.finish(AgentState::Error, event.at, *execution_time);
                     a.error = Some(error.clone());
+                }
+            }
+            EventBody::AgentCancelled {
+                agent_role,
+                execution_time,
+                output,
+                ..
+            } => {
+                if let Some(a) = self.agent(agent_role) {
+                    a.finish(AgentState::Cancelled, event.at, *execution_time);
+                    a.output = output.clone();
                 }
             }
             EventBody::TaskComplete {
                 total_execution_time,
                 ..
-            } => {
-                self.finished_at = Some(event.at);
-                self.total_execution_time = Some(*total_execution_time);
-            }
+            } => self.finish(event.at, *total_execution_time),
             EventBody::TaskError {
                 error,
                 total_execution_time,
                 ..
             } => {
-                self.finished_at = Some(event.at);
-                self.total_execution_time = Some(*total_execution_time);
+                self.finish(event.at, *total_execution_time);
                 self.error = Some(error.clone());
             }
+            EventBody::TaskCancelled {
+                reason,
+                total_execution_time,
+            } => {
+                self.finish(event.at, *total_execution_time);
+                self.reason = Some(reason.clone());
+                // Cancelled while no worker ran it (queued after a hand-back): an agent the
+                // interruption left "running" will not finish.
+                for a in &mut self.agents {
+                    if a.status == AgentState::Running {
+                        a.status = AgentState::Cancelled;
+                    }
+                }
+            }
+            EventBody::TaskPaused { reason } => self.reason = Some(reason.clone()),
+            EventBody::TaskUnpaused { .. } => self.reason = None,
+            EventBody::TaskRetried { agents, .. } => self.reopen(agents),
+            EventBody::TaskResumed { .. }
+            | EventBody::TaskReleased { .. }
+            | EventBody::AgentProgress { .. }
+            | EventBody::Unknown => {}
         }
+    }
+
+    fn agent(&mut self, role: &str) -> Option<&mut AgentView> {
+        let i = *self.index.get(role)?;
+        self.agents.get_mut(i)
+    }
+
+    fn finish(&mut self, at: DateTime<Utc>, total: u64) {
+        self.finished_at = Some(at);
+        self.total_execution_time = Some(total);
+    }
+
+    fn reopen(&mut self, agents: &[String]) {
+        self.finished_at = None;
+        self.total_execution_time = None;
+        self.error = None;
+        self.reason = None;
+        for role in agents {
+            if let Some(a) = self.agent(role) {
+                a.reset();
+            }
+        }
+    }
+}
+
+impl AgentView {
+    fn pending(agent: &AgentDef) -> Self {
+        AgentView {
+            role: agent.role.clone(),
+            name: agent.name.clone(),
+            description: agent.description.clone(),
+            status: AgentState::Pending,
+            attempt: 0,
+            started_at: None,
+            finished_at: None,
+            execution_time: None,
+            output: String::new(),
+            error: None,
+            has_artifacts: false,
+            artifacts: vec![],
+        }
+    }
+
+    fn start(&mut self, attempt: u32, at: DateTime<Utc>) {
+        self.reset();
+        self.status = AgentState::Running;
+        self.attempt = attempt;
+        self.started_at = Some(at);
+    }
+
+    fn finish(&mut self, state: AgentState, at: DateTime<Utc>, execution_time: u64) {
+        self.status = state;
+        self.finished_at = Some(at);
+        self.execution_time = Some(execution_time);
+    }
+
+    /// Back to waiting for its next attempt; the attempt count is kept.
+    fn reset(&mut self) {
+        self.status = AgentState::Pending;
+        self.started_at = None;
+        self.finished_at = None;
+        self.execution_time = None;
+        self.output.clear();
+        self.error = None;
+        self.has_artifacts = false;
+        self.artifacts.clear();
     }
 }
 
@@ -375,6 +559,7 @@ mod tests {
                 EventBody::AgentToken {
                     agent_role: "tech-lead".into(),
                     delta: "hel".into(),
+                    attempt: 1,
                 },
             ),
             Event::new(
@@ -383,6 +568,7 @@ mod tests {
                 EventBody::AgentToken {
                     agent_role: "tech-lead".into(),
                     delta: "lo".into(),
+                    attempt: 1,
                 },
             ),
         ];

@@ -7,8 +7,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use troupe_events::task::{AgentDef, TaskSpec};
 use troupe_events::{
-    Bus, Error, Event, EventBody, ExecutionMode, FeedConfig, Feeds, MemoryBus, NatsBus, NewTask,
-    PgStore, RawEvent, SqliteStore, Store, Subjects,
+    Bus, Dispatch, Error, Event, EventBody, ExecutionMode, FeedConfig, Feeds, MemoryBus, NatsBus,
+    NewTask, PgStore, RawEvent, SqliteStore, Store, Subjects,
 };
 use uuid::Uuid;
 
@@ -143,6 +143,7 @@ fn token(task_id: Uuid, seq: u64) -> RawEvent {
         EventBody::AgentToken {
             agent_role: "qa".into(),
             delta: format!("t{seq}"),
+            attempt: 1,
         },
     )
     .to_raw()
@@ -220,8 +221,11 @@ async fn unfinished_tasks_go_back_to_the_outbox(backend: Backend) {
     let log = log(backend).await;
     let running = new_task(&log).await;
     let done = new_task(&log).await;
-    for id in [running, done] {
-        log.store.mark_dispatched(id).await.unwrap();
+    for task_id in [running, done] {
+        log.store
+            .mark_dispatched(Dispatch { task_id, seq: 1 })
+            .await
+            .unwrap();
     }
     log.store.append(done, &[complete(done, 2)]).await.unwrap();
     let far_future = chrono::Utc::now() + chrono::Duration::days(1);
@@ -236,7 +240,10 @@ async fn unfinished_tasks_go_back_to_the_outbox(backend: Backend) {
     assert_eq!(log.store.requeue_unfinished().await.unwrap(), 1);
     assert_eq!(
         log.store.undispatched(far_future, 10).await.unwrap(),
-        vec![running]
+        vec![Dispatch {
+            task_id: running,
+            seq: 1
+        }]
     );
 }
 

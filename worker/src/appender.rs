@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use troupe_events::{Bus, Event, EventBody, RawEvent, Store};
 use uuid::Uuid;
 
@@ -26,6 +27,8 @@ pub enum AppendError {
         task_id: Uuid,
         source: troupe_events::Error,
     },
+    #[error("the appender of task {0} stopped unexpectedly")]
+    Crashed(Uuid),
 }
 
 #[derive(Clone)]
@@ -46,25 +49,37 @@ impl Emitter {
 pub struct Stopped;
 
 pub struct Appender {
+    task_id: Uuid,
     join: JoinHandle<Result<u64, AppendError>>,
 }
 
 impl Appender {
+    /// `halt` is cancelled the moment the appender stops for good (the task was lost or
+    /// the store keeps failing), so that agents stop their provider calls at once.
     pub fn start(
         store: Arc<dyn Store>,
         bus: Arc<dyn Bus>,
         task_id: Uuid,
         last_seq: u64,
+        halt: CancellationToken,
     ) -> (Appender, Emitter) {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let join = tokio::spawn(run(store, bus, task_id, last_seq, rx));
-        (Appender { join }, Emitter { tx })
+        let join = tokio::spawn(async move {
+            let result = run(store, bus, task_id, last_seq, rx).await;
+            if result.is_err() {
+                halt.cancel();
+            }
+            result
+        });
+        (Appender { task_id, join }, Emitter { tx })
     }
 
     /// Waits until everything emitted is stored, once every [`Emitter`] is dropped.
     /// Returns the last seq written.
     pub async fn finish(self) -> Result<u64, AppendError> {
-        self.join.await.expect("the appender does not panic")
+        self.join
+            .await
+            .unwrap_or(Err(AppendError::Crashed(self.task_id)))
     }
 }
 

@@ -63,9 +63,14 @@ pub struct WorkerArgs {
     /// Agents of parallel tasks this process runs at once, across its tasks.
     #[arg(long, env = "TROUPE_WORKER_AGENTS", default_value_t = 16)]
     pub worker_agents: usize,
-    /// Runs of one task (first run and resumes) before it is given up with task_error.
+    /// Runs of one task that may end in a crash or failure (a hand-back at shutdown does
+    /// not count) before it is given up with task_error.
     #[arg(long, env = "TROUPE_MAX_TASK_RUNS", default_value_t = 5)]
     pub max_task_runs: u64,
+    /// Deliveries of a job that keeps failing (unreadable log, persistent store error)
+    /// before its task is given up with task_error. Store outages do not count.
+    #[arg(long, env = "TROUPE_MAX_DELIVERIES", default_value_t = 10)]
+    pub max_deliveries: u64,
     /// Milliseconds between agent_token events while an agent streams.
     #[arg(long, env = "TROUPE_TOKEN_FLUSH_MS", default_value_t = 200)]
     pub token_flush_ms: u64,
@@ -77,6 +82,7 @@ impl WorkerArgs {
             task_concurrency: self.worker_tasks.max(1),
             agent_concurrency: self.worker_agents.max(1),
             max_runs: self.max_task_runs.max(1),
+            max_deliveries: self.max_deliveries.max(1),
             token_flush: Duration::from_millis(self.token_flush_ms.max(10)),
             ..WorkerConfig::default()
         }

@@ -8,18 +8,20 @@ pub mod providers;
 mod appender;
 mod run;
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::{FutureExt, StreamExt};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
-use troupe_events::{Backends, Delivery, Event, EventBody, Store, TaskView};
+use troupe_events::{Backends, Delivery, Event, EventBody, TaskRecord, TaskStatus, TaskView};
 use uuid::Uuid;
 
-use crate::appender::{AppendError, Appender};
-use crate::providers::Providers;
-use crate::run::TaskRun;
+use crate::appender::{AppendError, Appender, Emitter, Stopped};
+use crate::providers::{Providers, SharedProvider};
+use crate::run::{Control, TaskRun};
 
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -27,13 +29,20 @@ pub struct WorkerConfig {
     pub task_concurrency: usize,
     /// Agents of parallel tasks one worker process runs at once, across its tasks.
     pub agent_concurrency: usize,
-    /// Runs of one task (the first and each resume) before it is given up with `task_error`.
+    /// Runs of one task that may crash or fail (a hand-back at shutdown does not count)
+    /// before it is given up with `task_error`.
     pub max_runs: u64,
+    /// Deliveries of a job that keeps failing (its log unreadable, a store error that is
+    /// not an outage) before its task is given up with `task_error`.
+    pub max_deliveries: u64,
     /// How often streamed text is flushed as an `agent_token` event.
     pub token_flush: Duration,
     /// How often a running task tells the queue it is still being worked on; a queue with a
     /// shorter lease gets it more often.
     pub heartbeat: Duration,
+    /// How often a running task reads users' requests (cancel, pause) from the store, in
+    /// case their nudge on the bus was lost.
+    pub control_poll: Duration,
     /// How long one queue poll waits for a job.
     pub poll_wait: Duration,
 }
@@ -44,8 +53,10 @@ impl Default for WorkerConfig {
             task_concurrency: 8,
             agent_concurrency: 16,
             max_runs: 5,
+            max_deliveries: 10,
             token_flush: Duration::from_millis(200),
             heartbeat: Duration::from_secs(10),
+            control_poll: Duration::from_secs(2),
             poll_wait: Duration::from_secs(5),
         }
     }
@@ -56,16 +67,35 @@ impl Default for WorkerConfig {
 pub enum Outcome {
     /// The terminal event is stored and the job acked.
     Finished { failed: bool },
-    /// The task had already ended (a redelivery after the ack was lost).
+    /// A pause took effect: `task_paused` is stored and the job acked; an unpause queues
+    /// the task again.
+    Paused,
+    /// The task had already ended or is paused (a duplicate or late job): acked.
     AlreadyFinished,
     /// No such task in the store: the job is dropped.
     Missing,
-    /// Another worker wrote to the task; this one stepped back without acking.
+    /// Another writer (a worker holding another job of the task, or the api cancelling
+    /// it) appended first: this copy stopped at once and its job is acked, so that it never
+    /// comes back to take the task from its owner.
     Lost,
-    /// The worker is stopping: the job goes back to the queue to be resumed.
+    /// The worker is stopping: `task_released` is stored and the job goes back to the
+    /// queue, to be resumed without counting as a failed run.
     Interrupted,
-    /// The store failed; the job is retried later.
-    Retry,
+    /// Something failed (the store, the log, a bug); the job is retried later, within
+    /// `max_deliveries` unless the store is merely unreachable.
+    Retry { reason: String, outage: bool },
+    /// The job kept failing: `task_error` says why (when it could be stored) and the job is
+    /// acked.
+    GaveUp,
+}
+
+impl Outcome {
+    fn retry(context: &str, error: &troupe_events::Error) -> Self {
+        Outcome::Retry {
+            reason: format!("{context}: {error}"),
+            outage: error.is_outage(),
+        }
+    }
 }
 
 pub struct Worker {
@@ -125,7 +155,8 @@ impl Worker {
     }
 
     /// Runs one delivered task to its end (or until `stop`) and settles the delivery. The
-    /// work is traced as a child of the request that queued the task.
+    /// work is traced as a child of the request that queued the task. A panic anywhere in
+    /// the task becomes a failed delivery; the slot carries on.
     pub async fn process_one(&self, delivery: Delivery, stop: CancellationToken) -> Outcome {
         let span = tracing::info_span!(
             "run_task",
@@ -133,19 +164,38 @@ impl Worker {
             delivered = delivery.delivered
         );
         troupe_events::trace::link(&span, &delivery.trace);
-        self.settle(delivery, stop).instrument(span).await
+        async {
+            let outcome = AssertUnwindSafe(self.execute(&delivery, stop))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|panic| Outcome::Retry {
+                    reason: run::crash_message(panic.as_ref()),
+                    outage: false,
+                });
+            self.settle(&delivery, outcome).await
+        }
+        .instrument(span)
+        .await
     }
 
-    async fn settle(&self, delivery: Delivery, stop: CancellationToken) -> Outcome {
-        let outcome = self.execute(&delivery, stop).await;
-        let settled = match &outcome {
-            Outcome::Finished { .. } | Outcome::AlreadyFinished | Outcome::Missing => {
-                delivery.ack().await
+    async fn settle(&self, delivery: &Delivery, outcome: Outcome) -> Outcome {
+        let task_id = delivery.job.task_id();
+        let outcome = match outcome {
+            Outcome::Retry { reason, outage }
+                if !outage && delivery.delivered >= self.config.max_deliveries =>
+            {
+                self.give_up(task_id, delivery.delivered, &reason).await;
+                Outcome::GaveUp
             }
+            other => other,
+        };
+        let settled = match &outcome {
             Outcome::Interrupted => delivery.retry_later(Duration::ZERO).await,
-            Outcome::Retry => delivery.retry_later(Duration::from_secs(5)).await,
-            // The other worker settles it.
-            Outcome::Lost => Ok(()),
+            Outcome::Retry { reason, .. } => {
+                tracing::warn!(%reason, "the task will be tried again");
+                delivery.retry_later(retry_delay(delivery.delivered)).await
+            }
+            _ => delivery.ack().await,
         };
         if let Err(e) = settled {
             tracing::warn!(error = %e, "settling a delivery failed; the queue will redeliver it");
@@ -154,103 +204,181 @@ impl Worker {
         outcome
     }
 
-    async fn execute(&self, delivery: &Delivery, stop: CancellationToken) -> Outcome {
-        let task_id = delivery.job.task_id();
-        let store = self.backends.store.clone();
+    /// Ends a task whose job keeps failing, saying why, if the store takes it.
+    async fn give_up(&self, task_id: Uuid, delivered: u64, reason: &str) {
+        let store = self.backends.store.as_ref();
         let task = match store.task(task_id).await {
-            Ok(Some(task)) => task,
-            Ok(None) => return Outcome::Missing,
+            Ok(Some(task)) if !task.status.is_terminal() => task,
+            Ok(_) => return,
             Err(e) => {
-                tracing::warn!(error = %e, "reading the task failed");
-                return Outcome::Retry;
+                tracing::error!(%task_id, error = %e, "giving up a task whose job keeps failing; its task_error could not be written");
+                return;
             }
         };
-        if task.status.is_terminal() {
-            return Outcome::AlreadyFinished;
-        }
-        let events = match read_log(store.as_ref(), task_id).await {
-            Ok(events) => events,
-            Err(e) => {
-                tracing::warn!(error = %e, "reading the task's log failed");
-                return Outcome::Retry;
-            }
-        };
-        let last_seq = events.last().map_or(0, |e| e.seq);
-        let view = TaskView::project(task_id, &task.spec, &events);
-        let (appender, emitter) =
-            Appender::start(store.clone(), self.backends.bus.clone(), task_id, last_seq);
-        let heartbeat = self.heartbeat(delivery);
-
-        // Runs are counted from the log, not from deliveries: a job handed back by a worker
-        // that was stopping never ran, and must not use up the task's attempts.
-        let runs_before = if events.len() > 1 {
-            1 + events
-                .iter()
-                .filter(|e| matches!(e.body, EventBody::TaskResumed { .. }))
-                .count() as u64
-        } else {
-            0
-        };
-        let resumed = runs_before > 0;
-        let terminal = if runs_before >= self.config.max_runs {
-            Ok(EventBody::TaskError {
-                error: format!(
-                    "gave up after {runs_before} attempts to run the task (workers stopped or failed while running it)"
-                ),
+        let error = Event::new(
+            task_id,
+            task.last_seq + 1,
+            EventBody::TaskError {
+                error: format!("gave up after {delivered} failed deliveries: {reason}"),
                 failed_agents: vec![],
                 total_execution_time: run::elapsed_since(task.created_at),
-            })
-        } else {
-            let provider = self.providers.get(&task.spec.provider).ok_or_else(|| {
-                format!(
-                    "provider {} is not configured on this worker",
-                    task.spec.provider
-                )
-            });
-            let run = Arc::new(TaskRun {
-                task,
-                view,
-                provider,
-                emitter: emitter.clone(),
-                agent_slots: self.agent_slots.clone(),
-                token_flush: self.config.token_flush,
-                stop: stop.clone(),
-            });
-            let started = if resumed {
-                emitter
-                    .emit(EventBody::TaskResumed {
-                        delivery: delivery.delivered,
-                        reason: "the task was picked up again after an interruption; completed agents are kept".into(),
-                    })
-                    .await
-            } else {
-                Ok(())
-            };
-            match started {
-                Ok(()) => tokio::select! {
-                    _ = heartbeat => unreachable!("the heartbeat never ends"),
-                    terminal = run.run() => terminal,
-                },
-                Err(stopped) => Err(stopped),
+            },
+        )
+        .to_raw();
+        match store.append(task_id, std::slice::from_ref(&error)).await {
+            Ok(()) => {
+                let _ = self.backends.bus.publish(&[error]).await;
+                tracing::error!(%task_id, %reason, "gave up a task whose job keeps failing");
             }
-        };
-        let finished = match terminal {
-            Ok(body) => {
-                let failed = matches!(body, EventBody::TaskError { .. });
-                let _ = emitter.emit(body).await;
-                Some(failed)
+            Err(e) => {
+                tracing::error!(%task_id, error = %e, "giving up a task whose job keeps failing; its task_error could not be written")
             }
-            Err(_) => None,
+        }
+    }
+
+    async fn execute(&self, delivery: &Delivery, stop: CancellationToken) -> Outcome {
+        let task_id = delivery.job.task_id();
+        let (task, view) = match self.load(task_id).await {
+            Ok(Some(loaded)) => loaded,
+            Ok(None) => return Outcome::Missing,
+            Err(e) => return Outcome::retry("reading the task's log", &e),
         };
+        if task.status.is_terminal() || task.status == TaskStatus::Paused {
+            return Outcome::AlreadyFinished;
+        }
+        let control = Arc::new(Control::default());
+        match self.backends.store.controls(task_id).await {
+            Ok(controls) => control.apply(&controls),
+            Err(e) => return Outcome::retry("reading the task's controls", &e),
+        }
+        let halt = stop.child_token();
+        let (appender, emitter) = Appender::start(
+            self.backends.store.clone(),
+            self.backends.bus.clone(),
+            task_id,
+            view.last_seq,
+            halt.clone(),
+        );
+        let run = TaskRun {
+            provider: self.provider_for(&task),
+            task,
+            view,
+            emitter: emitter.clone(),
+            agent_slots: self.agent_slots.clone(),
+            token_flush: self.config.token_flush,
+            stop: halt,
+            control,
+        };
+        let closing = self.run_to_close(delivery, Arc::new(run)).await;
+        let closed = self.close(&emitter, closing, &stop).await;
         drop(emitter);
-        match (appender.finish().await, finished) {
-            (Ok(_), Some(failed)) => Outcome::Finished { failed },
+        match (appender.finish().await, closed) {
+            (Ok(_), Some(Closed::Terminal { failed })) => Outcome::Finished { failed },
+            (Ok(_), Some(Closed::Paused)) => Outcome::Paused,
             (Ok(_), None) => Outcome::Interrupted,
             (Err(AppendError::Lost(_)), _) => Outcome::Lost,
-            (Err(e @ AppendError::Store { .. }), _) => {
-                tracing::error!(error = %e, "the task's events could not be stored");
-                Outcome::Retry
+            (Err(e), _) => Outcome::Retry {
+                reason: e.to_string(),
+                outage: matches!(&e, AppendError::Store { source, .. } if source.is_outage()),
+            },
+        }
+    }
+
+    /// The task row and its view, folded from the log a page at a time.
+    async fn load(&self, task_id: Uuid) -> troupe_events::Result<Option<(TaskRecord, TaskView)>> {
+        let store = self.backends.store.as_ref();
+        let Some(task) = store.task(task_id).await? else {
+            return Ok(None);
+        };
+        let mut view = TaskView::new(task_id, &task.spec);
+        loop {
+            let page = store.events_after(task_id, view.last_seq, 1000).await?;
+            let full = page.len() == 1000;
+            for raw in page {
+                view.apply(&raw.parse().map_err(|e| {
+                    troupe_events::Error::Corrupt(format!(
+                        "event {} of task {task_id} cannot be read: {e}",
+                        raw.seq
+                    ))
+                })?);
             }
+            if !full {
+                return Ok(Some((task, view)));
+            }
+        }
+    }
+
+    fn provider_for(&self, task: &TaskRecord) -> Result<SharedProvider, String> {
+        self.providers.get(&task.spec.provider).ok_or_else(|| {
+            format!(
+                "provider {} is not configured on this worker",
+                task.spec.provider
+            )
+        })
+    }
+
+    /// The event that closes this run: the agents' outcome, or a give-up when the task has
+    /// crashed too often. Heartbeats and users' requests are served meanwhile.
+    async fn run_to_close(
+        &self,
+        delivery: &Delivery,
+        run: Arc<TaskRun>,
+    ) -> Result<EventBody, Stopped> {
+        let crashed = run.view.runs.crashed_at_pickup();
+        if crashed >= self.config.max_runs && !run.control.is_cancelled() {
+            return Ok(EventBody::TaskError {
+                error: format!(
+                    "gave up after {crashed} runs of the task ended in a crash or failure"
+                ),
+                failed_agents: vec![],
+                total_execution_time: run::elapsed_since(run.task.created_at),
+            });
+        }
+        if run.view.runs.interrupted() && !run.control.is_cancelled() {
+            run.emitter
+                .emit(EventBody::TaskResumed {
+                    delivery: delivery.delivered,
+                    reason: "the task was picked up again after an interruption; completed agents are kept".into(),
+                })
+                .await?;
+        }
+        let task_id = run.task.id;
+        tokio::select! {
+            _ = self.heartbeat(delivery) => unreachable!("the heartbeat never ends"),
+            _ = self.watch_controls(task_id, &run.control) => unreachable!("the watch never ends"),
+            closing = run.clone().run() => closing,
+        }
+    }
+
+    /// Writes the closing event, or at shutdown `task_released`, so that the next run
+    /// knows this one was interrupted rather than crashed.
+    async fn close(
+        &self,
+        emitter: &Emitter,
+        closing: Result<EventBody, Stopped>,
+        shutdown: &CancellationToken,
+    ) -> Option<Closed> {
+        match closing {
+            Ok(body) => {
+                let closed = match &body {
+                    EventBody::TaskPaused { .. } => Closed::Paused,
+                    other => Closed::Terminal {
+                        failed: !matches!(other, EventBody::TaskComplete { .. }),
+                    },
+                };
+                emitter.emit(body).await.ok().map(|()| closed)
+            }
+            Err(Stopped) if shutdown.is_cancelled() => {
+                let _ = emitter
+                    .emit(EventBody::TaskReleased {
+                        reason:
+                            "the worker running it is shutting down; another worker continues it"
+                                .into(),
+                    })
+                    .await;
+                None
+            }
+            Err(Stopped) => None,
         }
     }
 
@@ -274,24 +402,41 @@ impl Worker {
             }
         }
     }
-}
 
-/// The whole log of a task, parsed.
-async fn read_log(store: &dyn Store, task_id: Uuid) -> troupe_events::Result<Vec<Event>> {
-    let mut events = Vec::new();
-    loop {
-        let after = events.last().map_or(0, |e: &Event| e.seq);
-        let page = store.events_after(task_id, after, 1000).await?;
-        let full = page.len() == 1000;
-        for raw in page {
-            events.push(raw.parse().map_err(|e| {
-                troupe_events::Error::Corrupt(format!("event {} of task {task_id}: {e}", raw.seq))
-            })?);
-        }
-        if !full {
-            return Ok(events);
+    /// Carries users' requests to the running task: read from the store on every nudge
+    /// from the api, and every `control_poll` in case a nudge was lost.
+    async fn watch_controls(&self, task_id: Uuid, control: &Control) {
+        let quiet = || futures::stream::pending().boxed();
+        let mut nudges = match self.backends.bus.nudges(task_id).await {
+            Ok(nudges) => nudges,
+            Err(e) => {
+                tracing::warn!(error = %e, "listening for control nudges failed; polling only");
+                quiet()
+            }
+        };
+        let mut poll = tokio::time::interval(self.config.control_poll);
+        loop {
+            tokio::select! {
+                nudge = nudges.next() => if nudge.is_none() { nudges = quiet() },
+                _ = poll.tick() => {}
+            }
+            match self.backends.store.controls(task_id).await {
+                Ok(controls) => control.apply(&controls),
+                Err(e) => tracing::warn!(error = %e, "reading the task's controls failed"),
+            }
         }
     }
+}
+
+/// How a run that ended on its own closed the log.
+enum Closed {
+    Terminal { failed: bool },
+    Paused,
+}
+
+/// Waits before a failed job comes back: 1 s, doubling to 30 s.
+fn retry_delay(delivered: u64) -> Duration {
+    Duration::from_secs(1 << delivered.saturating_sub(1).min(5)).min(Duration::from_secs(30))
 }
 
 /// A token cancelled on ctrl-c or SIGTERM: the root of every process's shutdown.
@@ -315,8 +460,13 @@ pub fn shutdown_signal() -> CancellationToken {
             _ = ctrl_c => {}
             _ = terminate => {}
         }
-        tracing::info!("shutting down");
+        tracing::info!("shutting down; press ctrl-c again to stop at once");
         cancel.cancel();
+        // A second ctrl-c is an operator who will not wait for the grace period.
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("stopping at once");
+            std::process::exit(130);
+        }
     });
     token
 }

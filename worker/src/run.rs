@@ -1,16 +1,20 @@
-//! Running one task: read its log, resume where it stopped, run the agents that have not
-//! completed (in order, or side by side), and end the log with a terminal event.
+//! Running one task: resume where its log stopped, run the agents that still need to run
+//! (in order, or side by side) while honouring users' cancels and pauses, and say how the
+//! run ended with one closing event.
 
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use troupe_events::event::{AgentOutput, ErrorStatus, SuccessStatus};
-use troupe_events::task::AgentState;
-use troupe_events::{AgentDef, EventBody, ExecutionMode, TaskRecord, TaskView};
+use troupe_events::task::{AgentState, AgentView};
+use troupe_events::{AgentDef, Controls, EventBody, ExecutionMode, TaskRecord, TaskView};
 
 use crate::appender::{Emitter, Stopped};
 use crate::artifacts::extract_artifacts;
@@ -20,15 +24,100 @@ use crate::providers::{CompletionRequest, SharedProvider};
 /// (or the log): past this, the agent fails.
 pub const MAX_AGENT_OUTPUT: usize = 512 * 1024;
 
+pub(crate) const CANCELLED_BY_USER: &str = "cancelled by a user";
+
 /// Milliseconds from `since` to now: the task's total time as its terminal event says it.
 pub(crate) fn elapsed_since(since: chrono::DateTime<Utc>) -> u64 {
     (Utc::now() - since).num_milliseconds().max(0) as u64
 }
 
-/// How one agent's run ended.
-pub(crate) enum AgentResult {
+/// Where one agent stands in this run.
+#[derive(Debug, Clone)]
+pub(crate) enum AgentEnd {
+    /// Still to run (or held back by a pause).
+    Waiting,
     Completed(String),
     Failed(String),
+    Cancelled,
+}
+
+impl AgentEnd {
+    /// What the log says of an agent before this run: a crash-interrupted agent runs again,
+    /// one that failed or was cancelled stays so until a retry.
+    fn from_view(agent: &AgentView) -> Self {
+        match agent.status {
+            AgentState::Completed => AgentEnd::Completed(agent.output.clone()),
+            AgentState::Error => {
+                AgentEnd::Failed(agent.error.clone().unwrap_or_else(|| "failed".into()))
+            }
+            AgentState::Cancelled => AgentEnd::Cancelled,
+            AgentState::Pending | AgentState::Running => AgentEnd::Waiting,
+        }
+    }
+}
+
+/// Users' requests as the running task sees them. Fed from the store by the worker's
+/// control watch; read by the run before each agent starts.
+#[derive(Default)]
+pub(crate) struct Control {
+    /// The whole task is cancelled: every agent stops.
+    cancel: CancellationToken,
+    paused: AtomicBool,
+    /// Running agents by role: their attempt and the token that stops them.
+    running: Mutex<HashMap<String, (u32, CancellationToken)>>,
+    /// Agent cancels seen so far, kept so that one arriving before its agent starts applies.
+    agent_cancels: Mutex<HashSet<(String, u32)>>,
+}
+
+impl Control {
+    pub fn apply(&self, controls: &Controls) {
+        if controls.cancel {
+            self.cancel.cancel();
+        }
+        self.paused.store(controls.pause, Ordering::SeqCst);
+        let running = self.running.lock().expect("control lock");
+        let mut seen = self.agent_cancels.lock().expect("control lock");
+        for (role, attempt) in &controls.cancel_agents {
+            if let Some((running_attempt, token)) = running.get(role)
+                && running_attempt == attempt
+            {
+                token.cancel();
+            }
+            seen.insert((role.clone(), *attempt));
+        }
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::SeqCst)
+    }
+
+    /// The token that stops this attempt of the agent, already cancelled if asked for.
+    fn agent_started(&self, role: &str, attempt: u32) -> CancellationToken {
+        let token = self.cancel.child_token();
+        if self.agent_cancel_requested(role, attempt) {
+            token.cancel();
+        }
+        self.running
+            .lock()
+            .expect("control lock")
+            .insert(role.to_string(), (attempt, token.clone()));
+        token
+    }
+
+    fn agent_ended(&self, role: &str) {
+        self.running.lock().expect("control lock").remove(role);
+    }
+
+    fn agent_cancel_requested(&self, role: &str, attempt: u32) -> bool {
+        self.agent_cancels
+            .lock()
+            .expect("control lock")
+            .contains(&(role.to_string(), attempt))
+    }
 }
 
 /// Everything a task's agents share while it runs.
@@ -39,107 +128,179 @@ pub(crate) struct TaskRun {
     pub emitter: Emitter,
     pub agent_slots: Arc<Semaphore>,
     pub token_flush: Duration,
+    /// Shutdown, or the appender has stopped: end without a closing event.
     pub stop: CancellationToken,
+    pub control: Arc<Control>,
 }
 
 impl TaskRun {
-    /// Runs the agents that still need to run and returns the terminal event.
-    /// `Err(Stopped)`: the appender stopped or the worker is shutting down; no terminal
-    /// event must be written.
+    /// Runs the agents that still need to run and returns the event that closes the run:
+    /// terminal, or `task_paused`. `Err(Stopped)`: the appender stopped or the worker is
+    /// shutting down; no closing event must be written.
     pub async fn run(self: Arc<Self>) -> Result<EventBody, Stopped> {
-        let agents = &self.task.spec.agents;
-        let mut outputs: Vec<Option<String>> = self
-            .view
-            .agents
-            .iter()
-            .map(|a| (a.status == AgentState::Completed).then(|| a.output.clone()))
-            .collect();
-        let mut failures: Vec<(String, String)> = Vec::new();
+        let mut ends: Vec<AgentEnd> = self.view.agents.iter().map(AgentEnd::from_view).collect();
+        self.cancel_interrupted_agents(&mut ends).await?;
         match self.task.spec.execution_mode {
-            ExecutionMode::Sequential => {
-                for (i, agent) in agents.iter().enumerate() {
-                    if outputs[i].is_some() {
-                        continue;
-                    }
-                    let before: Vec<(&AgentDef, &str)> = agents[..i]
-                        .iter()
-                        .zip(&outputs[..i])
-                        .filter_map(|(a, o)| o.as_deref().map(|o| (a, o)))
-                        .collect();
-                    let prompt = self.prompt(&before);
-                    let names: Vec<&str> = before.iter().map(|(a, _)| a.name.as_str()).collect();
-                    let progress = match names.as_slice() {
-                        [] => self.asking(),
-                        names => {
-                            format!("{}, with the work of {}", self.asking(), names.join(", "))
-                        }
-                    };
-                    match self.clone().run_agent(i, prompt, progress).await? {
-                        AgentResult::Completed(output) => outputs[i] = Some(output),
-                        AgentResult::Failed(error) => {
-                            // Later agents build on this one's output: without it, stop.
-                            failures.push((agent.role.clone(), error));
-                            break;
-                        }
-                    }
-                }
-            }
-            ExecutionMode::Parallel => {
-                let mut running = tokio::task::JoinSet::new();
-                for (i, _) in agents
-                    .iter()
-                    .enumerate()
-                    .filter(|(i, _)| outputs[*i].is_none())
-                {
-                    let run = self.clone();
-                    let prompt = self.prompt(&[]);
-                    let progress = self.asking();
-                    running.spawn(async move {
-                        let permit = run.agent_slots.clone().acquire_owned().await;
-                        let result = run.run_agent(i, prompt, progress).await;
-                        drop(permit);
-                        (i, result)
-                    });
-                }
-                while let Some(joined) = running.join_next().await {
-                    let (i, result) = joined.expect("agent runs do not panic");
-                    match result? {
-                        AgentResult::Completed(output) => outputs[i] = Some(output),
-                        AgentResult::Failed(error) => {
-                            failures.push((agents[i].role.clone(), error))
-                        }
-                    }
-                }
-                // Report failures in the team's order, not in the order they happened.
-                failures.sort_by_key(|(role, _)| agents.iter().position(|a| &a.role == role));
+            ExecutionMode::Sequential => self.clone().run_in_order(&mut ends).await?,
+            ExecutionMode::Parallel => self.clone().run_side_by_side(&mut ends).await?,
+        }
+        Ok(self.conclude(ends))
+    }
+
+    /// Agents a crash interrupted whose attempt a user had cancelled end as cancelled
+    /// rather than run again.
+    async fn cancel_interrupted_agents(&self, ends: &mut [AgentEnd]) -> Result<(), Stopped> {
+        for (i, agent) in self.view.agents.iter().enumerate() {
+            let cancelled = agent.status == AgentState::Running
+                && (self.control.is_cancelled()
+                    || self
+                        .control
+                        .agent_cancel_requested(&agent.role, agent.attempt));
+            if cancelled {
+                self.emitter
+                    .emit(EventBody::AgentCancelled {
+                        agent_role: agent.role.clone(),
+                        attempt: agent.attempt,
+                        execution_time: agent.started_at.map_or(0, elapsed_since),
+                        reason: CANCELLED_BY_USER.into(),
+                        output: agent.output.clone(),
+                    })
+                    .await?;
+                ends[i] = AgentEnd::Cancelled;
             }
         }
-        let total = elapsed_since(self.task.created_at);
-        if failures.is_empty() {
-            return Ok(EventBody::TaskComplete {
-                total_execution_time: total,
-                outputs: agents
-                    .iter()
-                    .zip(outputs)
-                    .map(|(a, o)| AgentOutput {
-                        agent_role: a.role.clone(),
-                        agent_name: a.name.clone(),
-                        output: o.unwrap_or_default(),
-                    })
-                    .collect(),
+        Ok(())
+    }
+
+    /// Each agent gets the outputs of those before it; a failed or cancelled agent breaks
+    /// the chain, and a cancel or pause stops it before the next agent starts.
+    async fn run_in_order(self: Arc<Self>, ends: &mut [AgentEnd]) -> Result<(), Stopped> {
+        for i in 0..ends.len() {
+            match &ends[i] {
+                AgentEnd::Completed(_) => continue,
+                AgentEnd::Failed(_) | AgentEnd::Cancelled => break,
+                AgentEnd::Waiting => {}
+            }
+            if self.control.is_cancelled() || self.control.is_paused() {
+                break;
+            }
+            let agents = &self.task.spec.agents;
+            let before: Vec<(&AgentDef, &str)> = agents[..i]
+                .iter()
+                .zip(&ends[..i])
+                .filter_map(|(a, end)| match end {
+                    AgentEnd::Completed(output) => Some((a, output.as_str())),
+                    _ => None,
+                })
+                .collect();
+            let prompt = self.prompt(&before);
+            let names: Vec<&str> = before.iter().map(|(a, _)| a.name.as_str()).collect();
+            let progress = match names.as_slice() {
+                [] => self.asking(),
+                names => format!("{}, with the work of {}", self.asking(), names.join(", ")),
+            };
+            ends[i] = self.clone().run_agent(i, prompt, progress).await?;
+        }
+        Ok(())
+    }
+
+    /// Every waiting agent at once on the task alone, within the worker's agent slots.
+    async fn run_side_by_side(self: Arc<Self>, ends: &mut [AgentEnd]) -> Result<(), Stopped> {
+        let mut running = tokio::task::JoinSet::new();
+        for (i, _) in ends
+            .iter()
+            .enumerate()
+            .filter(|(_, end)| matches!(end, AgentEnd::Waiting))
+        {
+            let run = self.clone();
+            running.spawn(async move {
+                let permit = tokio::select! {
+                    permit = run.agent_slots.clone().acquire_owned() => permit,
+                    _ = run.control.cancel.cancelled() => return (i, Ok(AgentEnd::Waiting)),
+                };
+                if run.control.is_cancelled() || run.control.is_paused() {
+                    return (i, Ok(AgentEnd::Waiting));
+                }
+                let prompt = run.prompt(&[]);
+                let progress = run.asking();
+                let end = run.run_agent(i, prompt, progress).await;
+                drop(permit);
+                (i, end)
             });
         }
-        let names: Vec<&str> = failures.iter().map(|(role, _)| role.as_str()).collect();
-        let error = if failures.len() == 1 {
-            format!("agent {} failed: {}", failures[0].0, failures[0].1)
-        } else {
-            format!("{} agents failed: {}", failures.len(), names.join(", "))
-        };
-        Ok(EventBody::TaskError {
-            error,
-            failed_agents: failures.into_iter().map(|(role, _)| role).collect(),
+        while let Some(joined) = running.join_next().await {
+            // run_agent contains its own panics; a join error means the runtime is going.
+            let (i, end) = joined.map_err(|_| Stopped)?;
+            ends[i] = end?;
+        }
+        Ok(())
+    }
+
+    /// The event that closes the run, from where every agent stands.
+    fn conclude(&self, ends: Vec<AgentEnd>) -> EventBody {
+        let agents = &self.task.spec.agents;
+        let total = elapsed_since(self.task.created_at);
+        if self.control.is_cancelled() {
+            return EventBody::TaskCancelled {
+                reason: CANCELLED_BY_USER.into(),
+                total_execution_time: total,
+            };
+        }
+        let failures: Vec<(&str, &str)> = agents
+            .iter()
+            .zip(&ends)
+            .filter_map(|(a, end)| match end {
+                AgentEnd::Failed(error) => Some((a.role.as_str(), error.as_str())),
+                _ => None,
+            })
+            .collect();
+        if !failures.is_empty() {
+            let error = match failures.as_slice() {
+                [(role, error)] => format!("agent {role} failed: {error}"),
+                many => format!(
+                    "{} agents failed: {}",
+                    many.len(),
+                    many.iter().map(|(r, _)| *r).collect::<Vec<_>>().join(", ")
+                ),
+            };
+            return EventBody::TaskError {
+                error,
+                failed_agents: failures.iter().map(|(r, _)| r.to_string()).collect(),
+                total_execution_time: total,
+            };
+        }
+        let cancelled: Vec<&str> = agents
+            .iter()
+            .zip(&ends)
+            .filter(|(_, end)| matches!(end, AgentEnd::Cancelled))
+            .map(|(a, _)| a.role.as_str())
+            .collect();
+        if !cancelled.is_empty() {
+            return EventBody::TaskCancelled {
+                reason: format!("{} cancelled by a user", cancelled.join(", ")),
+                total_execution_time: total,
+            };
+        }
+        if ends.iter().any(|end| matches!(end, AgentEnd::Waiting)) {
+            return EventBody::TaskPaused {
+                reason: "paused by a user; running agents finished, no new agent starts".into(),
+            };
+        }
+        EventBody::TaskComplete {
             total_execution_time: total,
-        })
+            outputs: agents
+                .iter()
+                .zip(ends)
+                .map(|(a, end)| AgentOutput {
+                    agent_role: a.role.clone(),
+                    agent_name: a.name.clone(),
+                    output: match end {
+                        AgentEnd::Completed(output) => output,
+                        _ => String::new(),
+                    },
+                })
+                .collect(),
+        }
     }
 
     /// The user message: the task, and in a sequential run the team's work so far.
@@ -171,19 +332,19 @@ impl TaskRun {
         }
     }
 
+    /// One attempt of one agent, from `agent_start` to its closing event. A panic inside
+    /// fails the agent instead of the worker.
     async fn run_agent(
         self: Arc<Self>,
         index: usize,
         prompt: String,
         progress: String,
-    ) -> Result<AgentResult, Stopped> {
+    ) -> Result<AgentEnd, Stopped> {
         let agent = &self.task.spec.agents[index];
         let attempt = self.view.agents[index].attempt + 1;
-        let role = agent.role.clone();
-        let started = Instant::now();
         self.emitter
             .emit(EventBody::AgentStart {
-                agent_role: role.clone(),
+                agent_role: agent.role.clone(),
                 agent_name: agent.name.clone(),
                 agent_description: agent.description.clone(),
                 attempt,
@@ -191,17 +352,23 @@ impl TaskRun {
             .await?;
         self.emitter
             .emit(EventBody::AgentProgress {
-                agent_role: role.clone(),
+                agent_role: agent.role.clone(),
                 message: progress,
             })
             .await?;
-        let outcome = tokio::select! {
-            _ = self.stop.cancelled() => return Err(Stopped),
-            outcome = self.call_provider(agent, prompt) => outcome?,
-        };
+        let cancel = self.control.agent_started(&agent.role, attempt);
+        let started = Instant::now();
+        let mut output = String::new();
+        let answer = AssertUnwindSafe(self.answer(agent, attempt, prompt, &cancel, &mut output))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| Answer::Failed(crash_message(panic.as_ref())));
+        self.control.agent_ended(&agent.role);
         let execution_time = started.elapsed().as_millis() as u64;
-        let (event, result) = match outcome {
-            Ok(output) => {
+        let role = agent.role.clone();
+        let (event, end) = match answer {
+            Answer::Stopped => return Err(Stopped),
+            Answer::Completed => {
                 let artifacts = extract_artifacts(&output);
                 (
                     EventBody::AgentComplete {
@@ -212,33 +379,72 @@ impl TaskRun {
                         output: output.clone(),
                         artifacts,
                     },
-                    AgentResult::Completed(output),
+                    AgentEnd::Completed(output),
                 )
             }
-            Err(error) => (
+            Answer::Failed(error) => (
                 EventBody::AgentError {
                     agent_role: role,
                     status: ErrorStatus::Error,
                     execution_time,
                     error: error.clone(),
                 },
-                AgentResult::Failed(error),
+                AgentEnd::Failed(error),
+            ),
+            Answer::Cancelled => (
+                EventBody::AgentCancelled {
+                    agent_role: role,
+                    attempt,
+                    execution_time,
+                    reason: CANCELLED_BY_USER.into(),
+                    output,
+                },
+                AgentEnd::Cancelled,
             ),
         };
         self.emitter.emit(event).await?;
-        Ok(result)
+        Ok(end)
     }
 
-    /// Streams the completion into coalesced `agent_token` events. The outer error stops
-    /// the task; the inner one is the agent's failure, said for a person.
-    async fn call_provider(
+    /// The provider's answer, streamed into `output` and coalesced `agent_token` events,
+    /// until it ends, fails, is cancelled or the run stops. Dropping the provider's stream
+    /// on a cancel aborts the request at once.
+    async fn answer(
+        &self,
+        agent: &AgentDef,
+        attempt: u32,
+        prompt: String,
+        cancel: &CancellationToken,
+        output: &mut String,
+    ) -> Answer {
+        let mut tokens = Tokens {
+            emitter: &self.emitter,
+            role: &agent.role,
+            attempt,
+            pending: String::new(),
+        };
+        let streamed = tokio::select! {
+            _ = self.stop.cancelled() => return Answer::Stopped,
+            _ = cancel.cancelled() => Ok(Answer::Cancelled),
+            answer = self.stream_answer(agent, prompt, output, &mut tokens) => answer,
+        };
+        // What was received before a cancel is part of the log too.
+        match (streamed, tokens.flush().await) {
+            (Err(Stopped), _) | (_, Err(Stopped)) => Answer::Stopped,
+            (Ok(answer), Ok(())) => answer,
+        }
+    }
+
+    async fn stream_answer(
         &self,
         agent: &AgentDef,
         prompt: String,
-    ) -> Result<Result<String, String>, Stopped> {
+        output: &mut String,
+        tokens: &mut Tokens<'_>,
+    ) -> Result<Answer, Stopped> {
         let provider = match &self.provider {
             Ok(provider) => provider,
-            Err(message) => return Ok(Err(message.clone())),
+            Err(message) => return Ok(Answer::Failed(message.clone())),
         };
         let request = CompletionRequest {
             agent_role: agent.role.clone(),
@@ -249,50 +455,72 @@ impl TaskRun {
         };
         let mut stream = match provider.stream(&request).await {
             Ok(stream) => stream,
-            Err(e) => return Ok(Err(e.message)),
+            Err(e) => return Ok(Answer::Failed(e.message)),
         };
-        let mut output = String::new();
-        let mut pending = String::new();
         let mut flush = tokio::time::interval(self.token_flush);
         flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let failure = loop {
+        loop {
             tokio::select! {
                 delta = stream.next() => match delta {
                     Some(Ok(text)) => {
                         if output.len() + text.len() > MAX_AGENT_OUTPUT {
-                            break Some(format!(
+                            return Ok(Answer::Failed(format!(
                                 "the agent's answer grew past {} KiB and was stopped",
                                 MAX_AGENT_OUTPUT / 1024
-                            ));
+                            )));
                         }
                         output.push_str(&text);
-                        pending.push_str(&text);
-                        if pending.len() >= 4096 {
-                            self.emit_tokens(&agent.role, &mut pending).await?;
+                        tokens.pending.push_str(&text);
+                        if tokens.pending.len() >= 4096 {
+                            tokens.flush().await?;
                         }
                     }
-                    Some(Err(e)) => break Some(e.message),
-                    None => break None,
+                    Some(Err(e)) => return Ok(Answer::Failed(e.message)),
+                    None => return Ok(Answer::Completed),
                 },
-                _ = flush.tick() => self.emit_tokens(&agent.role, &mut pending).await?,
+                _ = flush.tick() => tokens.flush().await?,
             }
-        };
-        self.emit_tokens(&agent.role, &mut pending).await?;
-        Ok(match failure {
-            Some(message) => Err(message),
-            None => Ok(output),
-        })
+        }
     }
+}
 
-    async fn emit_tokens(&self, role: &str, pending: &mut String) -> Result<(), Stopped> {
-        if pending.is_empty() {
+/// How the provider call of one attempt ended.
+enum Answer {
+    Completed,
+    Failed(String),
+    Cancelled,
+    Stopped,
+}
+
+/// Streamed text not yet written as an `agent_token`.
+struct Tokens<'a> {
+    emitter: &'a Emitter,
+    role: &'a str,
+    attempt: u32,
+    pending: String,
+}
+
+impl Tokens<'_> {
+    async fn flush(&mut self) -> Result<(), Stopped> {
+        if self.pending.is_empty() {
             return Ok(());
         }
         self.emitter
             .emit(EventBody::AgentToken {
-                agent_role: role.to_string(),
-                delta: std::mem::take(pending),
+                agent_role: self.role.to_string(),
+                delta: std::mem::take(&mut self.pending),
+                attempt: self.attempt,
             })
             .await
     }
+}
+
+/// A panic's message, said for the person reading the agent's card.
+pub(crate) fn crash_message(panic: &(dyn std::any::Any + Send)) -> String {
+    let detail = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".into());
+    format!("the agent stopped unexpectedly (a bug in Troupe: {detail})")
 }

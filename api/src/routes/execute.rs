@@ -63,9 +63,22 @@ pub async fn execute(
     // Waiting follows the task's events like a stream does, so it counts as one.
     let _permit = stream_permit(&state)?;
     let task_id = submit(&state, user, &headers, body).await?.task().id;
-    let mut events = std::pin::pin!(state.feeds.follow(task_id, 0).await?);
+    // Shutdown must not wait for the task: it goes on elsewhere, and the client learns
+    // where to find it.
+    let closing = state.closing.clone().cancelled_owned();
+    let mut events = std::pin::pin!(state.feeds.follow(task_id, 0).await?.take_until(closing));
+    let mut ended = false;
     while let Some(event) = events.next().await {
-        event?;
+        ended = event?.is_terminal();
+    }
+    if !ended {
+        return Err(ApiError::Rejected {
+            status: axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            code: "shutting_down",
+            message: format!(
+                "this server is shutting down; task {task_id} goes on: read it at /api/tasks/{task_id}"
+            ),
+        });
     }
     let task = state
         .backends

@@ -1,5 +1,6 @@
 pub mod auth;
 pub mod catalogue;
+pub mod control;
 pub mod events;
 pub mod execute;
 pub mod health;

@@ -230,7 +230,10 @@ pub async fn submit(
         if let Err(e) = troupe_events::dispatch::dispatch(
             backends.store.as_ref(),
             backends.queue.as_ref(),
-            record.id,
+            troupe_events::Dispatch {
+                task_id: record.id,
+                seq: 1,
+            },
         )
         .await
         {
@@ -331,25 +334,23 @@ pub async fn owned_task(state: &AppState, user_id: Uuid, task_id: Uuid) -> ApiRe
     }
 }
 
-/// The task as projected from its whole log.
+/// The task as projected from its whole log, folded a page at a time so that a long log
+/// never sits in memory whole.
 pub async fn view(state: &AppState, task: &TaskRecord) -> ApiResult<TaskView> {
     let store = &state.backends.store;
-    let mut events = Vec::new();
-    let mut after = 0;
+    let mut view = TaskView::new(task.id, &task.spec);
     loop {
-        let page = store.events_after(task.id, after, 1000).await?;
+        let page = store.events_after(task.id, view.last_seq, 1000).await?;
         let full = page.len() == 1000;
         for raw in page {
-            after = raw.seq;
-            events.push(raw.parse().map_err(|e| {
+            view.apply(&raw.parse().map_err(|e| {
                 anyhow::anyhow!("event {} of task {} does not parse: {e}", raw.seq, task.id)
             })?);
         }
         if !full {
-            break;
+            return Ok(view);
         }
     }
-    Ok(TaskView::project(task.id, &task.spec, &events))
 }
 
 pub async fn get(
@@ -361,5 +362,7 @@ pub async fn get(
     let view = view(&state, &task).await?;
     let mut body = serde_json::to_value(&view).map_err(anyhow::Error::from)?;
     body["streamUrl"] = json!(stream_url(&state, user, task_id));
+    body["cancelRequested"] = json!(task.cancel_requested);
+    body["pauseRequested"] = json!(task.pause_requested);
     Ok(axum::Json(body))
 }

@@ -12,8 +12,8 @@ pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 use crate::error::{Error, Result};
-use crate::event::{Event, RawEvent};
-use crate::task::{NewTask, TaskRecord, TaskSpec, TaskStatus};
+use crate::event::{Event, EventBody, RawEvent};
+use crate::task::{ControlRequest, Controls, NewTask, TaskRecord, TaskSpec, TaskStatus};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct User {
@@ -65,21 +65,83 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<TaskRecord>>;
 
     /// Appends events whose seqs continue the log exactly (last + 1, last + 2, …) in one
-    /// transaction. Fails with [`Error::SeqConflict`] when the log has moved on or has
-    /// ended: the caller is not (or no longer) the task's writer.
+    /// transaction. Fails with [`Error::SeqConflict`] when the log has moved on, has ended
+    /// or is paused: the caller is not (or no longer) the task's writer.
     async fn append(&self, task_id: Uuid, events: &[RawEvent]) -> Result<()>;
+
+    /// A change the api makes to a task no worker is running (cancel a queued task, pause,
+    /// unpause, retry): one event appended at the log's end, when the task's status is one
+    /// of `transition.from`, and the task queued again if `transition.requeue`; all in one
+    /// transaction, clearing the pending cancel and pause requests. A worker that appends
+    /// meanwhile conflicts with it: one of the two wins the log.
+    async fn transition(&self, task_id: Uuid, transition: &Transition) -> Result<Transitioned>;
+
+    /// Records a request the task's worker carries out. `false` when the task's status does
+    /// not take it (finished or paused); the caller reads the task to say why.
+    async fn request_control(&self, task_id: Uuid, request: &ControlRequest) -> Result<bool>;
+
+    /// What users have asked of the task that its worker has not done yet.
+    async fn controls(&self, task_id: Uuid) -> Result<Controls>;
 
     /// Up to `limit` events with `seq > after`, in order.
     async fn events_after(&self, task_id: Uuid, after: u64, limit: u32) -> Result<Vec<RawEvent>>;
 
-    /// Tasks whose outbox row is older than `older_than`: committed but maybe never queued.
-    async fn undispatched(&self, older_than: DateTime<Utc>, limit: u32) -> Result<Vec<Uuid>>;
+    /// Outbox rows older than `older_than` (task and the seq that queued it): committed
+    /// but maybe never queued.
+    async fn undispatched(&self, older_than: DateTime<Utc>, limit: u32) -> Result<Vec<Dispatch>>;
 
-    async fn mark_dispatched(&self, task_id: Uuid) -> Result<()>;
+    /// Clears the outbox row, unless a newer one (a later retry) replaced it.
+    async fn mark_dispatched(&self, dispatch: Dispatch) -> Result<()>;
 
     /// Puts every unfinished task back in the outbox. For a volatile queue, whose jobs
     /// die with the process: at start, whatever was running must be queued again.
     async fn requeue_unfinished(&self) -> Result<u64>;
+}
+
+/// One queueing of a task: the task and the seq of the event that made it runnable
+/// (1 for a submit; a retry's or unpause's own seq), which also names the queue message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dispatch {
+    pub task_id: Uuid,
+    pub seq: u64,
+}
+
+/// See [`Store::transition`].
+#[derive(Debug, Clone)]
+pub struct Transition {
+    pub from: Vec<TaskStatus>,
+    pub body: EventBody,
+    pub requeue: bool,
+}
+
+impl Transition {
+    /// The status the event gives the task.
+    fn to(&self) -> Result<TaskStatus> {
+        TaskStatus::after_kind(self.body.kind()).ok_or_else(|| {
+            Error::Corrupt(format!(
+                "{} does not change a task's status",
+                self.body.kind()
+            ))
+        })
+    }
+
+    /// `status IN (…)` of the allowed statuses; they are our own constants, never input.
+    fn allowed_statuses_sql(&self) -> String {
+        let quoted: Vec<String> = self
+            .from
+            .iter()
+            .map(|s| format!("'{}'", s.as_str()))
+            .collect();
+        format!("status IN ({})", quoted.join(", "))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Transitioned {
+    /// The event is stored at `seq`.
+    Applied { seq: u64, status: TaskStatus },
+    /// The task's status was not one the transition starts from.
+    Refused(TaskStatus),
 }
 
 /// What both backends write for a new task: its time, its spec as JSON, its first event.
@@ -109,6 +171,8 @@ fn created_record(task: &NewTask, now: DateTime<Utc>) -> TaskRecord {
         created_at: now,
         updated_at: now,
         last_seq: 1,
+        cancel_requested: false,
+        pause_requested: false,
     }
 }
 
@@ -145,15 +209,31 @@ fn status_after(events: &[RawEvent]) -> Option<TaskStatus> {
         .find_map(|e| TaskStatus::after_kind(&e.kind))
 }
 
-fn task_record(
+/// A task row as both backends read it.
+struct TaskRow<'r> {
     id: Uuid,
     owner_id: Uuid,
-    spec: &str,
-    status: &str,
+    spec: &'r str,
+    status: &'r str,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
     last_seq: i64,
-) -> Result<TaskRecord> {
+    cancel_requested: bool,
+    pause_requested: bool,
+}
+
+fn task_record(row: TaskRow<'_>) -> Result<TaskRecord> {
+    let TaskRow {
+        id,
+        owner_id,
+        spec,
+        status,
+        created_at,
+        updated_at,
+        last_seq,
+        cancel_requested,
+        pause_requested,
+    } = row;
     let spec: TaskSpec =
         serde_json::from_str(spec).map_err(|e| Error::Corrupt(format!("task {id} spec: {e}")))?;
     let status = TaskStatus::parse(status)
@@ -166,8 +246,38 @@ fn task_record(
         created_at,
         updated_at,
         last_seq: last_seq as u64,
+        cancel_requested,
+        pause_requested,
     })
 }
+
+/// A transition that matched no row: the task is missing, or says why in its status.
+fn refused(task: Option<TaskRecord>, task_id: Uuid) -> Result<Transitioned> {
+    task.map(|t| Transitioned::Refused(t.status))
+        .ok_or(Error::TaskNotFound(task_id))
+}
+
+/// The statement that records `request`, with numbered placeholders written `{mark}n`
+/// (`$` for PostgreSQL, `?` for SQLite): 1 the task id, 2 and 3 an agent's role and
+/// attempt, 4 the time. It matches no row when the task is finished or paused.
+fn control_sql(request: &ControlRequest, mark: char) -> String {
+    let set = |assignment: &str| {
+        format!("UPDATE tasks SET {assignment} WHERE id = {mark}1 AND {WRITABLE}")
+    };
+    match request {
+        ControlRequest::Cancel => set("cancel_requested = TRUE"),
+        ControlRequest::Pause => set("pause_requested = TRUE"),
+        ControlRequest::Unpause => set("pause_requested = FALSE"),
+        ControlRequest::CancelAgent { .. } => format!(
+            "INSERT INTO task_agent_cancels (task_id, agent_role, attempt, created_at)
+             SELECT id, {mark}2, {mark}3, {mark}4 FROM tasks WHERE id = {mark}1 AND {WRITABLE}
+             ON CONFLICT DO NOTHING"
+        ),
+    }
+}
+
+/// The statuses in which a worker may append: the task is neither finished nor paused.
+const WRITABLE: &str = "status IN ('queued', 'running')";
 
 fn raw_event(task_id: Uuid, seq: i64, kind: String, at: DateTime<Utc>, data: String) -> RawEvent {
     RawEvent {

@@ -11,14 +11,16 @@ use sqlx::{QueryBuilder, Row};
 use uuid::Uuid;
 
 use super::{
-    Store, SubmitParts, Submitted, User, batch_bounds, created_record, earlier_submit,
-    is_unique_violation, raw_event, status_after, task_record,
+    Dispatch, Store, SubmitParts, Submitted, TaskRow, Transition, Transitioned, User, WRITABLE,
+    batch_bounds, control_sql, created_record, earlier_submit, is_unique_violation, raw_event,
+    refused, status_after, task_record,
 };
 use crate::error::{Error, Result};
-use crate::event::RawEvent;
-use crate::task::{NewTask, TaskRecord, TaskStatus};
+use crate::event::{Event, RawEvent};
+use crate::task::{ControlRequest, Controls, NewTask, TaskRecord, TaskStatus};
 
-const TASK_COLUMNS: &str = "id, owner_id, spec, status, created_at, updated_at, last_seq";
+const TASK_COLUMNS: &str = "id, owner_id, spec, status, created_at, updated_at, last_seq, \
+     cancel_requested, pause_requested";
 
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -71,15 +73,17 @@ impl SqliteStore {
 }
 
 fn task_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<TaskRecord> {
-    task_record(
-        r.try_get("id")?,
-        r.try_get("owner_id")?,
-        r.try_get::<&str, _>("spec")?,
-        r.try_get::<&str, _>("status")?,
-        r.try_get("created_at")?,
-        r.try_get("updated_at")?,
-        r.try_get("last_seq")?,
-    )
+    task_record(TaskRow {
+        id: r.try_get("id")?,
+        owner_id: r.try_get("owner_id")?,
+        spec: r.try_get("spec")?,
+        status: r.try_get("status")?,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+        last_seq: r.try_get("last_seq")?,
+        cancel_requested: r.try_get("cancel_requested")?,
+        pause_requested: r.try_get("pause_requested")?,
+    })
 }
 
 #[async_trait]
@@ -212,10 +216,10 @@ impl Store for SqliteStore {
         let status = status_after(events).map(TaskStatus::as_str);
         let mut tx = self.pool.begin().await?;
         // Same fence as PostgreSQL: the log must end where the writer thinks, and be open.
-        let moved = sqlx::query(
+        let moved = sqlx::query(&format!(
             "UPDATE tasks SET last_seq = ?3, status = COALESCE(?4, status), updated_at = ?5
-             WHERE id = ?1 AND last_seq = ?2 AND status NOT IN ('completed', 'failed')",
-        )
+             WHERE id = ?1 AND last_seq = ?2 AND {WRITABLE}"
+        ))
         .bind(task_id)
         .bind(expected as i64)
         .bind(new_last as i64)
@@ -270,20 +274,106 @@ impl Store for SqliteStore {
             .collect()
     }
 
-    async fn undispatched(&self, older_than: DateTime<Utc>, limit: u32) -> Result<Vec<Uuid>> {
-        let ids = sqlx::query_scalar(
-            "SELECT task_id FROM task_outbox WHERE created_at < ? ORDER BY created_at LIMIT ?",
+    async fn transition(&self, task_id: Uuid, transition: &Transition) -> Result<Transitioned> {
+        let to = transition.to()?;
+        let now = Utc::now();
+        let mut tx = self.pool.begin().await?;
+        let seq: Option<i64> = sqlx::query_scalar(&format!(
+            "UPDATE tasks SET last_seq = last_seq + 1, status = ?2, updated_at = ?3,
+                    cancel_requested = 0, pause_requested = 0
+             WHERE id = ?1 AND {} RETURNING last_seq",
+            transition.allowed_statuses_sql()
+        ))
+        .bind(task_id)
+        .bind(to.as_str())
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(seq) = seq else {
+            tx.rollback().await?;
+            return refused(self.task(task_id).await?, task_id);
+        };
+        let event = Event::new(task_id, seq as u64, transition.body.clone()).to_raw();
+        sqlx::query(
+            "INSERT INTO task_events (task_id, seq, type, at, data) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(task_id)
+        .bind(seq)
+        .bind(&event.kind)
+        .bind(event.at)
+        .bind(event.json_str())
+        .execute(&mut *tx)
+        .await?;
+        if transition.requeue {
+            sqlx::query(
+                "INSERT INTO task_outbox (task_id, created_at, seq) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (task_id) DO UPDATE SET created_at = ?2, seq = ?3",
+            )
+            .bind(task_id)
+            .bind(event.at)
+            .bind(seq)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(Transitioned::Applied {
+            seq: seq as u64,
+            status: to,
+        })
+    }
+
+    async fn request_control(&self, task_id: Uuid, request: &ControlRequest) -> Result<bool> {
+        let sql = control_sql(request, '?');
+        let mut query = sqlx::query(&sql).bind(task_id);
+        if let ControlRequest::CancelAgent { role, attempt } = request {
+            query = query
+                .bind(role.as_str())
+                .bind(i64::from(*attempt))
+                .bind(Utc::now());
+        }
+        Ok(query.execute(&self.pool).await?.rows_affected() > 0)
+    }
+
+    async fn controls(&self, task_id: Uuid) -> Result<Controls> {
+        let flags: Option<(bool, bool)> =
+            sqlx::query_as("SELECT cancel_requested, pause_requested FROM tasks WHERE id = ?")
+                .bind(task_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        let (cancel, pause) = flags.ok_or(Error::TaskNotFound(task_id))?;
+        let agents: Vec<(String, i64)> =
+            sqlx::query_as("SELECT agent_role, attempt FROM task_agent_cancels WHERE task_id = ?")
+                .bind(task_id)
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(Controls {
+            cancel,
+            pause,
+            cancel_agents: agents.into_iter().map(|(r, a)| (r, a as u32)).collect(),
+        })
+    }
+
+    async fn undispatched(&self, older_than: DateTime<Utc>, limit: u32) -> Result<Vec<Dispatch>> {
+        let rows: Vec<(Uuid, i64)> = sqlx::query_as(
+            "SELECT task_id, seq FROM task_outbox WHERE created_at < ? ORDER BY created_at LIMIT ?",
         )
         .bind(older_than)
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        Ok(ids)
+        Ok(rows
+            .into_iter()
+            .map(|(task_id, seq)| Dispatch {
+                task_id,
+                seq: seq as u64,
+            })
+            .collect())
     }
 
-    async fn mark_dispatched(&self, task_id: Uuid) -> Result<()> {
-        sqlx::query("DELETE FROM task_outbox WHERE task_id = ?")
-            .bind(task_id)
+    async fn mark_dispatched(&self, dispatch: Dispatch) -> Result<()> {
+        sqlx::query("DELETE FROM task_outbox WHERE task_id = ? AND seq = ?")
+            .bind(dispatch.task_id)
+            .bind(dispatch.seq as i64)
             .execute(&self.pool)
             .await?;
         Ok(())
@@ -292,8 +382,8 @@ impl Store for SqliteStore {
     async fn requeue_unfinished(&self) -> Result<u64> {
         let epoch = DateTime::<Utc>::UNIX_EPOCH;
         let n = sqlx::query(
-            "INSERT INTO task_outbox (task_id, created_at)
-             SELECT id, ? FROM tasks WHERE status IN ('queued', 'running')
+            "INSERT INTO task_outbox (task_id, created_at, seq)
+             SELECT id, ?, last_seq FROM tasks WHERE status IN ('queued', 'running')
              ON CONFLICT DO NOTHING",
         )
         .bind(epoch)

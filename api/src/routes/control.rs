@@ -1,0 +1,440 @@
+//! Users' control over a task: cancel it or one of its agents, pause and resume it, retry
+//! what failed. A task no worker runs (queued, paused, finished) is changed here at once,
+//! with one event appended under the log's fence; a running task's worker is asked through
+//! the store and nudged on the bus, and writes the outcome itself.
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use troupe_events::task::AgentState;
+use troupe_events::{
+    ControlRequest, Dispatch, EventBody, TaskRecord, TaskStatus, Transition, Transitioned,
+};
+use uuid::Uuid;
+
+use crate::auth::AuthUser;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::Path;
+use crate::routes::tasks::{owned_task, stream_url, view};
+use crate::state::AppState;
+
+type Answer = ApiResult<(StatusCode, axum::Json<Value>)>;
+
+/// A status can change between reading it and acting on it (a worker picks the task up, a
+/// pause takes effect); each action reads again and retries this many times.
+const RACES: usize = 3;
+
+const BY_USER: &str = "cancelled by a user";
+
+fn finished(task: &TaskRecord) -> ApiError {
+    ApiError::Conflict {
+        code: "task_finished",
+        message: format!(
+            "task {} has already ended ({})",
+            task.id,
+            task.status.as_str()
+        ),
+    }
+}
+
+fn answer(status: StatusCode, body: Value) -> Answer {
+    Ok((status, axum::Json(body)))
+}
+
+/// Asks the task's worker to look at its controls now rather than at its next poll.
+async fn nudge(state: &AppState, task_id: Uuid) {
+    if let Err(e) = state.backends.bus.nudge(task_id).await {
+        tracing::warn!(%task_id, error = %e, "nudging the task's worker failed; it polls");
+    }
+}
+
+async fn reread(state: &AppState, user: AuthUser, task_id: Uuid) -> ApiResult<TaskRecord> {
+    owned_task(state, user.id, task_id).await
+}
+
+/// `POST /api/tasks/{id}/cancel`
+pub async fn cancel(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(task_id): Path<Uuid>,
+) -> Answer {
+    let mut task = owned_task(&state, user.id, task_id).await?;
+    for _ in 0..RACES {
+        match task.status {
+            status if status.is_terminal() => return Err(finished(&task)),
+            TaskStatus::Queued | TaskStatus::Paused => {
+                let body = EventBody::TaskCancelled {
+                    reason: BY_USER.into(),
+                    total_execution_time: elapsed_ms(&task),
+                };
+                let transition = Transition {
+                    from: vec![TaskStatus::Queued, TaskStatus::Paused],
+                    body,
+                    requeue: false,
+                };
+                if applied(&state, task_id, &transition).await? {
+                    return answer(
+                        StatusCode::OK,
+                        json!({"taskId": task_id, "status": TaskStatus::Cancelled}),
+                    );
+                }
+            }
+            _ => {
+                if request(&state, task_id, &ControlRequest::Cancel).await? {
+                    return answer(
+                        StatusCode::ACCEPTED,
+                        json!({"taskId": task_id, "status": TaskStatus::Running, "cancelRequested": true}),
+                    );
+                }
+            }
+        }
+        task = reread(&state, user, task_id).await?;
+    }
+    Err(busy())
+}
+
+/// `POST /api/tasks/{id}/agents/{role}/cancel`
+pub async fn cancel_agent(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path((task_id, role)): Path<(Uuid, String)>,
+) -> Answer {
+    let task = owned_task(&state, user.id, task_id).await?;
+    if task.status.is_terminal() {
+        return Err(finished(&task));
+    }
+    let view = view(&state, &task).await?;
+    let agent = view
+        .agents
+        .iter()
+        .find(|a| a.role == role)
+        .ok_or_else(|| ApiError::Rejected {
+            status: StatusCode::NOT_FOUND,
+            code: "agent_not_found",
+            message: format!("task {task_id} has no agent {:?}", truncate(&role)),
+        })?;
+    let not_running = || ApiError::Conflict {
+        code: "agent_not_running",
+        message: format!(
+            "agent {role} is not running; only a running agent can be cancelled (cancel the task to stop the rest)"
+        ),
+    };
+    if agent.status != AgentState::Running {
+        return Err(not_running());
+    }
+    let request = ControlRequest::CancelAgent {
+        role: role.clone(),
+        attempt: agent.attempt,
+    };
+    if !request_control(&state, task_id, &request).await? {
+        let task = reread(&state, user, task_id).await?;
+        return Err(if task.status.is_terminal() {
+            finished(&task)
+        } else {
+            not_running()
+        });
+    }
+    nudge(&state, task_id).await;
+    answer(
+        StatusCode::ACCEPTED,
+        json!({"taskId": task_id, "agentRole": role, "attempt": agent.attempt, "cancelRequested": true}),
+    )
+}
+
+/// `POST /api/tasks/{id}/pause`
+pub async fn pause(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(task_id): Path<Uuid>,
+) -> Answer {
+    let mut task = owned_task(&state, user.id, task_id).await?;
+    for _ in 0..RACES {
+        match task.status {
+            status if status.is_terminal() => return Err(finished(&task)),
+            TaskStatus::Paused => {
+                return answer(
+                    StatusCode::OK,
+                    json!({"taskId": task_id, "status": TaskStatus::Paused}),
+                );
+            }
+            TaskStatus::Queued => {
+                let transition = Transition {
+                    from: vec![TaskStatus::Queued],
+                    body: EventBody::TaskPaused {
+                        reason: "paused by a user before it started".into(),
+                    },
+                    requeue: false,
+                };
+                if applied(&state, task_id, &transition).await? {
+                    return answer(
+                        StatusCode::OK,
+                        json!({"taskId": task_id, "status": TaskStatus::Paused}),
+                    );
+                }
+            }
+            _ => {
+                if request(&state, task_id, &ControlRequest::Pause).await? {
+                    return answer(
+                        StatusCode::ACCEPTED,
+                        json!({"taskId": task_id, "status": TaskStatus::Running, "pauseRequested": true}),
+                    );
+                }
+            }
+        }
+        task = reread(&state, user, task_id).await?;
+    }
+    Err(busy())
+}
+
+/// `POST /api/tasks/{id}/resume`
+pub async fn resume(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(task_id): Path<Uuid>,
+) -> Answer {
+    let mut task = owned_task(&state, user.id, task_id).await?;
+    for _ in 0..RACES {
+        match task.status {
+            TaskStatus::Paused => {
+                let transition = Transition {
+                    from: vec![TaskStatus::Paused],
+                    body: EventBody::TaskUnpaused {
+                        reason: "resumed by a user".into(),
+                    },
+                    requeue: true,
+                };
+                if let Some(seq) = transitioned(&state, task_id, &transition).await? {
+                    queue(&state, Dispatch { task_id, seq }).await;
+                    return answer(
+                        StatusCode::OK,
+                        json!({"taskId": task_id, "status": TaskStatus::Queued}),
+                    );
+                }
+            }
+            TaskStatus::Queued | TaskStatus::Running if task.pause_requested => {
+                // The pause has not taken effect yet: withdrawing it is the whole resume.
+                if request_control(&state, task_id, &ControlRequest::Unpause).await? {
+                    nudge(&state, task_id).await;
+                    return answer(
+                        StatusCode::OK,
+                        json!({"taskId": task_id, "status": task.status}),
+                    );
+                }
+            }
+            _ => {
+                return Err(ApiError::Conflict {
+                    code: "task_not_paused",
+                    message: format!("task {task_id} is not paused ({})", task.status.as_str()),
+                });
+            }
+        }
+        task = reread(&state, user, task_id).await?;
+    }
+    Err(busy())
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetryRequest {
+    agents: Option<Vec<String>>,
+}
+
+/// `POST /api/tasks/{id}/retry`, optionally `{"agents": [roles]}`: runs the failed or
+/// cancelled agents of a finished task again, as new attempts in the same log.
+pub async fn retry(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(task_id): Path<Uuid>,
+    body: Bytes,
+) -> Answer {
+    let request = retry_request(&body)?;
+    let task = owned_task(&state, user.id, task_id).await?;
+    if !matches!(task.status, TaskStatus::Failed | TaskStatus::Cancelled) {
+        return Err(not_retryable(&task));
+    }
+    let view = view(&state, &task).await?;
+    let agents = match request.agents {
+        Some(roles) => named_retries(&view, roles)?,
+        None => view
+            .agents
+            .iter()
+            .filter(|a| a.status.is_retryable())
+            .map(|a| a.role.clone())
+            .collect(),
+    };
+    if agents.is_empty() {
+        return Err(ApiError::Conflict {
+            code: "nothing_to_retry",
+            message: "no agent of this task failed or was cancelled".into(),
+        });
+    }
+    let transition = Transition {
+        from: vec![TaskStatus::Failed, TaskStatus::Cancelled],
+        body: EventBody::TaskRetried {
+            agents: agents.clone(),
+            reason: "retried by a user".into(),
+        },
+        requeue: true,
+    };
+    let Some(seq) = transitioned(&state, task_id, &transition).await? else {
+        return Err(not_retryable(&reread(&state, user, task_id).await?));
+    };
+    queue(&state, Dispatch { task_id, seq }).await;
+    answer(
+        StatusCode::ACCEPTED,
+        json!({
+            "taskId": task_id,
+            "status": TaskStatus::Queued,
+            "agents": agents,
+            "streamUrl": stream_url(&state, user, task_id),
+        }),
+    )
+}
+
+fn retry_request(body: &[u8]) -> ApiResult<RetryRequest> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(RetryRequest::default());
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::invalid(
+            "invalid_body",
+            format!("the body must be empty or {{\"agents\": [roles]}}: {e}"),
+        )
+    })
+}
+
+/// The roles a user named, each checked: in the task, and ended without an answer.
+fn named_retries(view: &troupe_events::TaskView, roles: Vec<String>) -> ApiResult<Vec<String>> {
+    let mut agents: Vec<String> = Vec::with_capacity(roles.len());
+    for role in roles {
+        let agent = view.agents.iter().find(|a| a.role == role).ok_or_else(|| {
+            ApiError::invalid(
+                "unknown_agent",
+                format!("task {} has no agent {:?}", view.task_id, truncate(&role)),
+            )
+        })?;
+        match agent.status {
+            AgentState::Completed => {
+                return Err(ApiError::Conflict {
+                    code: "agent_succeeded",
+                    message: format!(
+                        "agent {role} completed; only failed or cancelled agents are retried"
+                    ),
+                });
+            }
+            state if !state.is_retryable() => {
+                return Err(ApiError::Conflict {
+                    code: "agent_not_retryable",
+                    message: format!(
+                        "agent {role} has not run yet; it runs when the task is retried"
+                    ),
+                });
+            }
+            _ if agents.contains(&role) => {}
+            _ => agents.push(role),
+        }
+    }
+    Ok(agents)
+}
+
+fn not_retryable(task: &TaskRecord) -> ApiError {
+    match task.status {
+        TaskStatus::Completed => ApiError::Conflict {
+            code: "nothing_to_retry",
+            message: "every agent of this task completed".into(),
+        },
+        status => ApiError::Conflict {
+            code: "task_not_finished",
+            message: format!(
+                "task {} is {}; only a failed or cancelled task can be retried",
+                task.id,
+                status.as_str()
+            ),
+        },
+    }
+}
+
+async fn applied(state: &AppState, task_id: Uuid, transition: &Transition) -> ApiResult<bool> {
+    Ok(transitioned(state, task_id, transition).await?.is_some())
+}
+
+/// The transition's seq, or `None` when the task's status had moved on; its event is
+/// published like any other, so that followers see it at once.
+async fn transitioned(
+    state: &AppState,
+    task_id: Uuid,
+    transition: &Transition,
+) -> ApiResult<Option<u64>> {
+    let store = &state.backends.store;
+    match store.transition(task_id, transition).await? {
+        Transitioned::Applied { seq, .. } => {
+            match store.events_after(task_id, seq - 1, 1).await {
+                Ok(events) => {
+                    if let Err(e) = state.backends.bus.publish(&events).await {
+                        tracing::warn!(%task_id, error = %e, "publishing a control event failed; followers read it from the store");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(%task_id, error = %e, "reading back a control event failed")
+                }
+            }
+            tracing::info!(%task_id, seq, event = transition.body.kind(), "task changed by a user");
+            Ok(Some(seq))
+        }
+        Transitioned::Refused(_) => Ok(None),
+    }
+}
+
+/// Records a request for the worker and nudges it; `false` when the status refused it.
+async fn request(state: &AppState, task_id: Uuid, request: &ControlRequest) -> ApiResult<bool> {
+    let recorded = request_control(state, task_id, request).await?;
+    if recorded {
+        nudge(state, task_id).await;
+    }
+    Ok(recorded)
+}
+
+async fn request_control(
+    state: &AppState,
+    task_id: Uuid,
+    request: &ControlRequest,
+) -> ApiResult<bool> {
+    Ok(state
+        .backends
+        .store
+        .request_control(task_id, request)
+        .await?)
+}
+
+/// Queues a retried or resumed task now; the outbox has it should this fail.
+async fn queue(state: &AppState, dispatch: Dispatch) {
+    let backends = &state.backends;
+    if let Err(e) = troupe_events::dispatch::dispatch(
+        backends.store.as_ref(),
+        backends.queue.as_ref(),
+        dispatch,
+    )
+    .await
+    {
+        tracing::warn!(task_id = %dispatch.task_id, error = %e, "queueing the task failed; the outbox will retry");
+    }
+}
+
+fn busy() -> ApiError {
+    ApiError::Conflict {
+        code: "task_busy",
+        message: "the task changed while this request was handled; try again".into(),
+    }
+}
+
+fn elapsed_ms(task: &TaskRecord) -> u64 {
+    (chrono::Utc::now() - task.created_at)
+        .num_milliseconds()
+        .max(0) as u64
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(64).collect()
+}
