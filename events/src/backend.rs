@@ -43,6 +43,51 @@ impl Default for BackendConfig {
     }
 }
 
+/// Refuses half-distributed setups: a shared database with an in-process queue would let
+/// each process re-queue and run the others' tasks, and a shared bus with a local
+/// database would carry tasks no other process can read.
+pub fn check_mode(config: &BackendConfig) -> Result<()> {
+    match (&config.database_url, &config.nats_url) {
+        (Some(_), None) => Err(Error::Config(
+            "DATABASE_URL is set but NATS_URL is not: set both to share tasks between \
+             processes, or neither to run embedded"
+                .into(),
+        )),
+        (None, Some(_)) => Err(Error::Config(
+            "NATS_URL is set but DATABASE_URL is not: set both to share tasks between \
+             processes, or neither to run embedded"
+                .into(),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Makes this process the only one on the embedded data directory: two processes on one
+/// SQLite file would each re-queue and run the other's tasks. The lock lasts as long as
+/// the returned file is open; the OS releases it if the process dies.
+pub fn lock_data_dir(data_dir: &std::path::Path) -> Result<std::fs::File> {
+    let path = data_dir.join("troupe.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::Config(format!("cannot open {}: {e}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Config(format!(
+            "another troupe is already running on the data directory {} (it holds {}); \
+             stop it, or give this one its own --data-dir",
+            data_dir.display(),
+            path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::Config(format!(
+            "cannot lock {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
 /// Connects to the configured store and applies its migrations; what `migrate` runs.
 pub async fn connect_store(config: &BackendConfig) -> Result<(Arc<dyn Store>, String)> {
     let (store, description): (Arc<dyn Store>, String) = match &config.database_url {
@@ -64,9 +109,11 @@ pub async fn connect_store(config: &BackendConfig) -> Result<(Arc<dyn Store>, St
                     config.data_dir.display()
                 ))
             })?;
+            let lock = lock_data_dir(&config.data_dir)?;
             let path = config.data_dir.join("troupe.db");
             let description = format!("SQLite at {}", path.display());
-            (Arc::new(SqliteStore::open(&path).await?), description)
+            let store = SqliteStore::open(&path).await?.holding(lock);
+            (Arc::new(store), description)
         }
     };
     store.migrate().await?;
@@ -87,6 +134,7 @@ impl Backends {
     /// Connects and migrates the store. With a volatile queue, call [`Backends::recover`]
     /// once the worker is ready.
     pub async fn connect(config: &BackendConfig) -> Result<Self> {
+        check_mode(config)?;
         let (store, store_desc) = connect_store(config).await?;
         let (bus, queue, volatile_queue, bus_desc): (
             Arc<dyn Bus>,
@@ -143,5 +191,45 @@ impl Backends {
         } else {
             Ok(0)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_process_on_one_data_dir_is_refused_until_the_first_goes() {
+        let dir = std::env::temp_dir().join(format!("troupe-lock-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let first = lock_data_dir(&dir).unwrap();
+        let second = lock_data_dir(&dir).unwrap_err().to_string();
+        assert!(
+            second.contains("another troupe is already running"),
+            "{second}"
+        );
+        drop(first);
+        assert!(lock_data_dir(&dir).is_ok(), "the lock goes with its holder");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn half_distributed_settings_are_refused() {
+        let only_db = BackendConfig {
+            database_url: Some("postgres://x/y".into()),
+            ..BackendConfig::default()
+        };
+        assert!(
+            check_mode(&only_db)
+                .unwrap_err()
+                .to_string()
+                .contains("NATS_URL is not")
+        );
+        let only_nats = BackendConfig {
+            nats_url: Some("nats://x".into()),
+            ..BackendConfig::default()
+        };
+        assert!(check_mode(&only_nats).is_err());
+        assert!(check_mode(&BackendConfig::default()).is_ok());
     }
 }

@@ -23,6 +23,8 @@ pub enum Error {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("NATS error: {0}")]
     Nats(String),
+    #[error("{0}")]
+    Config(String),
 }
 
 impl Error {

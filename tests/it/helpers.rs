@@ -358,7 +358,8 @@ impl TestApp {
                 .json()
                 .await
                 .unwrap();
-            if view["status"] == "completed" || view["status"] == "failed" {
+            if ["completed", "failed", "cancelled"].contains(&view["status"].as_str().unwrap_or(""))
+            {
                 return view;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -200,6 +200,9 @@ impl TaskRun {
                 names => format!("{}, with the work of {}", self.asking(), names.join(", ")),
             };
             ends[i] = self.clone().run_agent(i, prompt, progress).await?;
+            if !matches!(ends[i], AgentEnd::Completed(_)) {
+                break;
+            }
         }
         Ok(())
     }
@@ -448,6 +451,7 @@ impl TaskRun {
         };
         let request = CompletionRequest {
             agent_role: agent.role.clone(),
+            attempt: tokens.attempt,
             system: agent.prompt.clone(),
             prompt,
             model: self.task.spec.model.clone(),

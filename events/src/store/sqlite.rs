@@ -1,5 +1,6 @@
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -25,6 +26,8 @@ const TASK_COLUMNS: &str = "id, owner_id, spec, status, created_at, updated_at, 
 #[derive(Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// The data directory's lock, held as long as the store lives.
+    _lock: Option<Arc<std::fs::File>>,
 }
 
 impl SqliteStore {
@@ -42,7 +45,7 @@ impl SqliteStore {
             .max_connections(8)
             .connect_with(options)
             .await?;
-        Ok(SqliteStore { pool })
+        Ok(SqliteStore { pool, _lock: None })
     }
 
     /// A database that lives as long as the process: one connection, never recycled,
@@ -56,7 +59,17 @@ impl SqliteStore {
             .max_lifetime(None)
             .connect_with(options)
             .await?;
-        Ok(SqliteStore { pool })
+        Ok(SqliteStore { pool, _lock: None })
+    }
+
+    /// Keeps `lock` (see `backend::lock_data_dir`) for as long as this store lives.
+    pub fn holding(mut self, lock: std::fs::File) -> Self {
+        self._lock = Some(Arc::new(lock));
+        self
+    }
+
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
     }
 
     async fn find_by_key(&self, owner_id: Uuid, key: &str) -> Result<Option<(TaskRecord, String)>> {

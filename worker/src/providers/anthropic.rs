@@ -138,6 +138,7 @@ mod tests {
     fn request(options: Value) -> CompletionRequest {
         CompletionRequest {
             agent_role: "qa".into(),
+            attempt: 1,
             system: "You test.".into(),
             prompt: "Build a todo app".into(),
             model: None,

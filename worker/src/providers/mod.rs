@@ -27,6 +27,8 @@ pub use simulated::SimulatedProvider;
 #[derive(Debug, Clone)]
 pub struct CompletionRequest {
     pub agent_role: String,
+    /// 1 for the agent's first attempt, n after a resume or a retry.
+    pub attempt: u32,
     pub system: String,
     pub prompt: String,
     /// `None`: the provider's configured default model.

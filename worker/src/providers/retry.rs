@@ -179,6 +179,7 @@ mod tests {
     fn request() -> CompletionRequest {
         CompletionRequest {
             agent_role: "qa".into(),
+            attempt: 1,
             system: String::new(),
             prompt: "p".into(),
             model: None,

@@ -9,8 +9,9 @@ use futures::StreamExt;
 use super::{CompletionRequest, Provider, ProviderError, TextStream, options};
 
 /// Options it reads from `providerOptions`: `tokens` (chunks to stream, 1..=2000, default
-/// 24), `latencyMs` (pause between chunks, 0..=10000, default 40) and `failAgents` (roles
-/// whose answer breaks off halfway, to try error handling).
+/// 24), `latencyMs` (pause between chunks, 0..=10000, default 40), `failAgents` (roles
+/// whose answer breaks off halfway, to try error handling) and `failAttempts` (how many
+/// attempts of those roles fail, default all: 1 lets a retry succeed).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SimulatedProvider;
 
@@ -32,10 +33,12 @@ impl Settings {
         let latency_ms = options::integer(&request.options, "latencyMs")?
             .unwrap_or(DEFAULT_LATENCY_MS)
             .clamp(0, 10_000) as u64;
+        let failing_attempts = options::positive_integer(&request.options, "failAttempts")?;
         let fail = options::string_list(&request.options, "failAgents")?
             .unwrap_or_default()
             .iter()
-            .any(|role| role == &request.agent_role);
+            .any(|role| role == &request.agent_role)
+            && failing_attempts.is_none_or(|n| u64::from(request.attempt) <= n);
         Ok(Settings {
             chunks,
             latency: Duration::from_millis(latency_ms),
@@ -357,6 +360,7 @@ mod tests {
     fn request(role: &str, options: Value) -> CompletionRequest {
         CompletionRequest {
             agent_role: role.into(),
+            attempt: 1,
             system: "You are helpful.".into(),
             prompt: "# Build a todo app\n\nWith accounts.".into(),
             model: None,
@@ -519,6 +523,17 @@ mod tests {
 
         let others = request("tech-lead", json!({"tokens": 10, "failAgents": ["qa"]}));
         assert_eq!(run(&others).await.1, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fail_attempts_lets_a_later_attempt_succeed() {
+        let mut r = request(
+            "qa",
+            json!({"tokens": 4, "latencyMs": 0, "failAgents": ["qa"], "failAttempts": 1}),
+        );
+        assert!(run(&r).await.1.is_some(), "the first attempt fails");
+        r.attempt = 2;
+        assert_eq!(run(&r).await.1, None, "the retry succeeds");
     }
 
     #[tokio::test]
