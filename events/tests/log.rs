@@ -344,3 +344,45 @@ async fn followers_of_one_task_share_one_subscription(backend: Backend) {
         assert_eq!(bus.channel_count(), 0);
     }
 }
+
+/// A subscription that ends (a connection lost for good) must not leave followers waiting:
+/// they carry on from the store, and live again once the feed renews it.
+#[tokio::test]
+async fn followers_outlive_a_dead_bus_subscription() {
+    let log = log(Backend::Embedded).await;
+    let memory_bus = log.memory_bus.clone().unwrap();
+    let task_id = new_task(&log).await;
+    let feeds = Feeds::new(
+        log.store.clone(),
+        log.bus.clone(),
+        FeedConfig {
+            buffer: 64,
+            page: 100,
+            idle_check: Duration::from_millis(100),
+        },
+    );
+    let follower = feeds.follow(task_id, 0).await.unwrap();
+    let reader = tokio::spawn(async move {
+        let follower = std::pin::pin!(follower);
+        follower.map(|e| e.unwrap().seq).collect::<Vec<_>>().await
+    });
+    let first = tokens(task_id, 2..=5);
+    log.store.append(task_id, &first).await.unwrap();
+    log.bus.publish(&first).await.unwrap();
+
+    memory_bus.end_subscriptions(task_id);
+    let while_dead = tokens(task_id, 6..=9);
+    log.store.append(task_id, &while_dead).await.unwrap();
+    log.bus.publish(&while_dead).await.unwrap();
+    // Renewed at the next store check; these travel live again.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = [tokens(task_id, 10..=12), vec![complete(task_id, 13)]].concat();
+    log.store.append(task_id, &after).await.unwrap();
+    log.bus.publish(&after).await.unwrap();
+
+    let seqs = tokio::time::timeout(Duration::from_secs(10), reader)
+        .await
+        .expect("the follower is not left waiting")
+        .unwrap();
+    assert_eq!(seqs, (1..=13).collect::<Vec<_>>());
+}

@@ -263,6 +263,36 @@ impl TestApp {
         panic!("the app did not become ready");
     }
 
+    /// A connection of its own to the app's store, to put in the log what another
+    /// version or a fault would have written.
+    pub async fn store(&self) -> std::sync::Arc<dyn troupe_events::Store> {
+        match &self.cleanup {
+            Cleanup::DataDir(_) => std::sync::Arc::new(
+                troupe_events::SqliteStore::open(&self.data_dir.join("troupe.db"))
+                    .await
+                    .unwrap(),
+            ),
+            Cleanup::Remote { schema, prefix } => {
+                Backends::connect(&distributed_config(schema, prefix, &self.tweaks))
+                    .await
+                    .unwrap()
+                    .store
+            }
+        }
+    }
+
+    /// Stops every process of the app as ctrl-c would, and waits (bounded) until they
+    /// have all exited.
+    pub async fn stop(&mut self) {
+        self.shutdown.cancel();
+        for handle in self.handles.drain(..) {
+            tokio::time::timeout(Duration::from_secs(10), handle)
+                .await
+                .expect("shutdown finishes within its grace period")
+                .unwrap();
+        }
+    }
+
     /// The api instance `i` (wrapping), so a test can move between instances.
     pub fn url(&self, i: usize) -> &str {
         &self.urls[i % self.urls.len()]

@@ -2,6 +2,7 @@
 //! and distributed (PostgreSQL, NATS JetStream, two api instances and a worker).
 
 mod control;
+mod faults;
 mod helpers;
 mod input;
 mod providers;

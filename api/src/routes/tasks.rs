@@ -339,15 +339,22 @@ pub async fn owned_task(state: &AppState, user_id: Uuid, task_id: Uuid) -> ApiRe
 pub async fn view(state: &AppState, task: &TaskRecord) -> ApiResult<TaskView> {
     let store = &state.backends.store;
     let mut view = TaskView::new(task.id, &task.spec);
+    let mut after = 0;
     loop {
-        let page = store.events_after(task.id, view.last_seq, 1000).await?;
+        let page = store.events_after(task.id, after, 1000).await?;
         let full = page.len() == 1000;
         for raw in page {
-            view.apply(&raw.parse().map_err(|e| {
-                anyhow::anyhow!("event {} of task {} does not parse: {e}", raw.seq, task.id)
-            })?);
+            after = raw.seq;
+            match raw.parse() {
+                Ok(event) => view.apply(&event),
+                // A reader shows what it can: the event is still served as it is stored.
+                Err(e) => {
+                    tracing::warn!(task_id = %task.id, seq = raw.seq, error = %e, "an event of the task cannot be read; the view skips it")
+                }
+            }
         }
         if !full {
+            view.last_seq = view.last_seq.max(after);
             return Ok(view);
         }
     }
