@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use troupe_events::task::TaskSpec;
-use troupe_events::{ExecutionMode, NewTask, Submitted, TaskRecord, TaskView};
+use troupe_events::{ExecutionMode, NewTask, Submitted, TaskRecord, TaskStatus, TaskView};
 use uuid::Uuid;
 
 use crate::auth::AuthUser;
@@ -370,6 +370,7 @@ pub async fn get(
     let mut body = serde_json::to_value(&view).map_err(anyhow::Error::from)?;
     body["streamUrl"] = json!(stream_url(&state, user, task_id));
     body["cancelRequested"] = json!(task.cancel_requested);
-    body["pauseRequested"] = json!(task.pause_requested);
+    // Once the pause has taken effect it is no longer a request.
+    body["pauseRequested"] = json!(task.pause_requested && view.status != TaskStatus::Paused);
     Ok(axum::Json(body))
 }
