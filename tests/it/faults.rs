@@ -171,3 +171,115 @@ async fn shutdown_does_not_wait_for_a_waiting_execute(backend: Backend) {
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "shutting_down");
 }
+
+both_backends!(
+    a_worker_that_loses_the_fence_stops_and_never_comes_back,
+    a_task_committed_but_never_queued_runs_exactly_once,
+);
+
+async fn a_worker_that_loses_the_fence_stops_and_never_comes_back(backend: Backend) {
+    let tweaks = Tweaks {
+        ack_wait: Duration::from_secs(1),
+        ..Tweaks::default()
+    };
+    let app = TestApp::spawn_with(backend, tweaks).await;
+    let token = app.user().await;
+    let task_id = app.submit(&token, &long_task()).await;
+    app.wait_view(&token, task_id, "the task streams", |v| {
+        v["agents"][0]["status"] == "running"
+            && !v["agents"][0]["output"].as_str().unwrap().is_empty()
+    })
+    .await;
+
+    // Another writer takes the log, as a worker holding a duplicate job would; it may
+    // have to try again while the running worker is still appending.
+    let store = app.store().await;
+    let mut seq = 0;
+    for _ in 0..100 {
+        seq = store.task(task_id).await.unwrap().unwrap().last_seq + 1;
+        let takeover = json!({"seq": seq, "taskId": task_id, "at": "2026-11-25T10:00:00Z",
+                              "type": "task_resumed", "delivery": 9, "reason": "another writer"});
+        let event = RawEvent {
+            task_id,
+            seq,
+            kind: "task_resumed".into(),
+            at: chrono::Utc::now(),
+            json: serde_json::to_vec(&takeover).unwrap().into(),
+        };
+        match store.append(task_id, &[event]).await {
+            Ok(()) => break,
+            Err(troupe_events::Error::SeqConflict { .. }) => continue,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    // The stale copy stops at its next append, and its job never comes back to write:
+    // three ack waits later the log still ends with the other writer's event.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let log = app.log(&token, task_id).await;
+    assert_eq!(
+        log.last().unwrap()["seq"].as_u64().unwrap(),
+        seq,
+        "{:?}",
+        log.last()
+    );
+    assert_eq!(log.last().unwrap()["reason"], "another writer");
+}
+
+async fn a_task_committed_but_never_queued_runs_exactly_once(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let token = app.user().await;
+    let owner = app.store().await;
+    let user_id = {
+        let view: Value = app
+            .get("/api/tasks?limit=1", &token)
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert!(view["tasks"].as_array().unwrap().is_empty());
+        // The api's transaction, then a crash before its enqueue: only the outbox knows.
+        let spec_source = app
+            .submit(
+                &token,
+                &json!({"description": "probe", "selectedAgents": ["qa"],
+            "provider": "simulated", "providerOptions": {"latencyMs": 1, "tokens": 2}}),
+            )
+            .await;
+        owner.task(spec_source).await.unwrap().unwrap()
+    };
+    let task_id = Uuid::now_v7();
+    let mut spec = user_id.spec.clone();
+    spec.description = "committed, then the api died".into();
+    let submitted = owner
+        .create_task(&troupe_events::NewTask {
+            id: task_id,
+            owner_id: user_id.owner_id,
+            spec,
+            idempotency_key: None,
+            request_hash: "crash".into(),
+        })
+        .await
+        .unwrap();
+    assert!(matches!(submitted, troupe_events::Submitted::Created(_)));
+
+    // The dispatcher (every 2 s, for rows older than 5 s) queues it.
+    let mut view = Value::Null;
+    for _ in 0..300 {
+        view = app
+            .get(&format!("/api/tasks/{task_id}"), &token)
+            .await
+            .json()
+            .await
+            .unwrap();
+        if view["status"] == "completed" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(view["status"], "completed", "{view}");
+    let log = app.log(&token, task_id).await;
+    let starts = log.iter().filter(|e| e["type"] == "agent_start").count();
+    assert_eq!(starts, 1, "it ran exactly once");
+    assert!(!log.iter().any(|e| e["type"] == "task_resumed"));
+}

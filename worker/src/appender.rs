@@ -65,7 +65,7 @@ impl Appender {
     ) -> (Appender, Emitter) {
         let (tx, rx) = mpsc::channel(QUEUE);
         let join = tokio::spawn(async move {
-            let result = run(store, bus, task_id, last_seq, rx).await;
+            let result = run(store, bus, task_id, last_seq, rx, &halt).await;
             if result.is_err() {
                 halt.cancel();
             }
@@ -89,6 +89,7 @@ async fn run(
     task_id: Uuid,
     mut last_seq: u64,
     mut rx: mpsc::Receiver<EventBody>,
+    halt: &CancellationToken,
 ) -> Result<u64, AppendError> {
     let mut bodies = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut bodies, BATCH).await > 0 {
@@ -97,7 +98,7 @@ async fn run(
             .enumerate()
             .map(|(i, body)| Event::new(task_id, last_seq + 1 + i as u64, body).to_raw())
             .collect();
-        store_batch(store.as_ref(), task_id, last_seq, &events).await?;
+        store_batch(store.as_ref(), task_id, last_seq, &events, halt).await?;
         last_seq += events.len() as u64;
         if let Err(e) = bus.publish(&events).await {
             // Followers fill the gap from the store; the log is what counts.
@@ -107,33 +108,43 @@ async fn run(
     Ok(last_seq)
 }
 
+/// Stores one batch. An outage (the store unreachable, e.g. while PostgreSQL restarts) is
+/// waited out for as long as it lasts, with backoff: the task is fine, and its agents wait
+/// on the full queue meanwhile. Other errors are tried `STORE_ATTEMPTS` times.
 async fn store_batch(
     store: &dyn Store,
     task_id: Uuid,
     expected: u64,
     events: &[RawEvent],
+    halt: &CancellationToken,
 ) -> Result<(), AppendError> {
     let mut delay = Duration::from_millis(100);
-    for attempt in 1..=STORE_ATTEMPTS {
+    let mut failures = 0;
+    loop {
         match store.append(task_id, events).await {
             Ok(()) => return Ok(()),
             Err(troupe_events::Error::SeqConflict { .. }) => {
                 // After a failed attempt the commit may have landed anyway (the connection
                 // died after COMMIT): if the log holds exactly our batch, it is ours.
-                if attempt > 1 && already_stored(store, task_id, expected, events).await {
+                if failures > 0 && already_stored(store, task_id, expected, events).await {
                     return Ok(());
                 }
                 return Err(AppendError::Lost(task_id));
             }
-            Err(e) if attempt < STORE_ATTEMPTS => {
-                tracing::warn!(%task_id, attempt, error = %e, "storing events failed; retrying");
-                tokio::time::sleep(delay).await;
+            Err(source) if !source.is_outage() && failures + 1 >= STORE_ATTEMPTS => {
+                return Err(AppendError::Store { task_id, source });
+            }
+            Err(e) => {
+                failures += 1;
+                tracing::warn!(%task_id, failures, error = %e, "storing events failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = halt.cancelled() => return Err(AppendError::Store { task_id, source: e }),
+                }
                 delay = (delay * 2).min(Duration::from_secs(2));
             }
-            Err(source) => return Err(AppendError::Store { task_id, source }),
         }
     }
-    unreachable!("the last attempt returns")
 }
 
 async fn already_stored(store: &dyn Store, task_id: Uuid, after: u64, events: &[RawEvent]) -> bool {
