@@ -248,6 +248,7 @@ fn provider(settings: &ProviderSettings, name: &str) -> SharedProvider {
 fn request() -> CompletionRequest {
     CompletionRequest {
         agent_role: "backend".into(),
+        attempt: 1,
         system: "You are a senior backend engineer.".into(),
         prompt: "Build a todo app".into(),
         model: None,

@@ -126,6 +126,17 @@ impl Providers {
         }
     }
 
+    /// These providers with `name` served by `provider` instead: for embedding Troupe with
+    /// a provider of one's own, and for tests.
+    pub fn replacing(mut self, name: &str, provider: SharedProvider) -> Self {
+        match name {
+            "openai" => self.openai = Some(provider),
+            "anthropic" => self.anthropic = Some(provider),
+            _ => self.simulated = provider,
+        }
+        self
+    }
+
     /// `None` for an unknown name and for a known provider that is not configured.
     pub fn get(&self, name: &str) -> Option<SharedProvider> {
         match name {
