@@ -394,6 +394,7 @@ fn token_event(task_id: Uuid, seq: u64, delta: String) -> RawEvent {
         EventBody::AgentToken {
             agent_role: "qa".into(),
             delta,
+            attempt: 1,
         },
     )
     .to_raw()
@@ -496,7 +497,12 @@ async fn bench_tasks(backends: &Backends, count: usize) -> anyhow::Result<Vec<Uu
         };
         let id = store.create_task(&task).await?.task().id;
         // No worker runs here: keep the outbox dispatcher from queueing these later.
-        store.mark_dispatched(id).await?;
+        store
+            .mark_dispatched(troupe_events::Dispatch {
+                task_id: id,
+                seq: 1,
+            })
+            .await?;
         ids.push(id);
     }
     Ok(ids)
@@ -990,9 +996,6 @@ async fn replay(backends: &Backends, api: &Api, sizes: &Sizes) -> anyhow::Result
         );
         after = last.seq;
         count += page.len();
-        if page.len() < 1000 {
-            break;
-        }
     }
     let paged_in = start.elapsed();
     ensure!(

@@ -273,7 +273,9 @@ impl Follower {
                     .await
                 {
                     Ok(events) => {
-                        self.catching_up = events.len() as u32 == self.page;
+                        // A short page may only mean a byte-capped one: read on until
+                        // the store has nothing more.
+                        self.catching_up = !events.is_empty();
                         self.pending.extend(events);
                         continue;
                     }

@@ -105,6 +105,8 @@ both_backends!(
     a_slow_follower_gets_every_event_once_through_a_tiny_buffer,
     an_event_whose_publish_was_lost_still_arrives,
     followers_of_one_task_share_one_subscription,
+    a_page_of_large_events_stays_small,
+    control_requests_wait_for_the_worker_and_transitions_race_it_safely,
 );
 
 async fn new_task(log: &Log) -> Uuid {
@@ -166,13 +168,15 @@ fn tokens(task_id: Uuid, seqs: std::ops::RangeInclusive<u64>) -> Vec<RawEvent> {
 }
 
 async fn all_seqs(store: &dyn Store, task_id: Uuid) -> Vec<u64> {
-    store
-        .events_after(task_id, 0, 10_000)
-        .await
-        .unwrap()
-        .iter()
-        .map(|e| e.seq)
-        .collect()
+    let mut seqs: Vec<u64> = vec![];
+    loop {
+        let after = seqs.last().copied().unwrap_or(0);
+        let page = store.events_after(task_id, after, 10_000).await.unwrap();
+        if page.is_empty() {
+            return seqs;
+        }
+        seqs.extend(page.iter().map(|e| e.seq));
+    }
 }
 
 async fn appends_continue_the_log_exactly_and_fence_other_writers(backend: Backend) {
@@ -385,4 +389,151 @@ async fn followers_outlive_a_dead_bus_subscription() {
         .expect("the follower is not left waiting")
         .unwrap();
     assert_eq!(seqs, (1..=13).collect::<Vec<_>>());
+}
+
+async fn a_page_of_large_events_stays_small(backend: Backend) {
+    let log = log(backend).await;
+    let task_id = new_task(&log).await;
+    // Five whole agent answers of 600 KiB each.
+    let big: Vec<RawEvent> = (2..=6)
+        .map(|seq| {
+            Event::new(
+                task_id,
+                seq,
+                EventBody::AgentToken {
+                    agent_role: "qa".into(),
+                    delta: "x".repeat(600 * 1024),
+                    attempt: 1,
+                },
+            )
+            .to_raw()
+        })
+        .collect();
+    log.store.append(task_id, &big).await.unwrap();
+
+    let first = log.store.events_after(task_id, 1, 1000).await.unwrap();
+    let bytes: usize = first.iter().map(|e| e.json.len()).sum();
+    assert_eq!(first.len(), 2, "the page stops once it passes 1 MiB");
+    assert!(bytes < 2 << 20);
+    let single = log.store.events_after(task_id, 2, 1).await.unwrap();
+    assert_eq!(single.len(), 1, "the count still bounds a page");
+    // Read until an empty page: everything, in order.
+    assert_eq!(
+        all_seqs(log.store.as_ref(), task_id).await,
+        (1..=6).collect::<Vec<_>>()
+    );
+}
+
+async fn control_requests_wait_for_the_worker_and_transitions_race_it_safely(backend: Backend) {
+    use troupe_events::{ControlRequest, TaskStatus, Transition, Transitioned};
+    let log = log(backend).await;
+    let task_id = new_task(&log).await;
+    let store = log.store.as_ref();
+
+    // Requests are kept on the task until a worker reads them.
+    assert!(
+        store
+            .request_control(task_id, &ControlRequest::Pause)
+            .await
+            .unwrap()
+    );
+    let agent = ControlRequest::CancelAgent {
+        role: "qa".into(),
+        attempt: 2,
+    };
+    assert!(store.request_control(task_id, &agent).await.unwrap());
+    assert!(
+        store.request_control(task_id, &agent).await.unwrap(),
+        "asking twice is as good as once"
+    );
+    let controls = store.controls(task_id).await.unwrap();
+    assert!(controls.pause && !controls.cancel);
+    assert_eq!(controls.cancel_agents, vec![("qa".to_string(), 2)]);
+    assert!(
+        store
+            .request_control(task_id, &ControlRequest::Unpause)
+            .await
+            .unwrap()
+    );
+    assert!(!store.controls(task_id).await.unwrap().pause);
+
+    // A worker appended first: the api's transition from `queued` is refused and the
+    // worker's log stays whole.
+    log.store
+        .append(task_id, &[start(task_id, 2)])
+        .await
+        .unwrap();
+    let cancel = Transition {
+        from: vec![TaskStatus::Queued],
+        body: EventBody::TaskCancelled {
+            reason: "r".into(),
+            total_execution_time: 1,
+        },
+        requeue: false,
+    };
+    assert_eq!(
+        store.transition(task_id, &cancel).await.unwrap(),
+        Transitioned::Refused(TaskStatus::Running)
+    );
+    // The other way round: the api's transition wins, the worker's next append is fenced.
+    let cancel_running = Transition {
+        from: vec![TaskStatus::Running],
+        ..cancel
+    };
+    assert_eq!(
+        store.transition(task_id, &cancel_running).await.unwrap(),
+        Transitioned::Applied {
+            seq: 3,
+            status: TaskStatus::Cancelled
+        }
+    );
+    let late = store.append(task_id, &tokens(task_id, 3..=3)).await;
+    assert!(matches!(late, Err(Error::SeqConflict { .. })));
+    assert!(
+        !store
+            .request_control(task_id, &ControlRequest::Cancel)
+            .await
+            .unwrap(),
+        "a finished task takes no request"
+    );
+
+    // A retry reopens the log and queues the task again under the retry's seq.
+    let retry = Transition {
+        from: vec![TaskStatus::Failed, TaskStatus::Cancelled],
+        body: EventBody::TaskRetried {
+            agents: vec!["qa".into()],
+            reason: "r".into(),
+        },
+        requeue: true,
+    };
+    assert_eq!(
+        store.transition(task_id, &retry).await.unwrap(),
+        Transitioned::Applied {
+            seq: 4,
+            status: TaskStatus::Queued
+        }
+    );
+    let far_future = chrono::Utc::now() + chrono::Duration::days(1);
+    assert!(
+        store
+            .undispatched(far_future, 10)
+            .await
+            .unwrap()
+            .contains(&Dispatch { task_id, seq: 4 })
+    );
+    assert_eq!(all_seqs(store, task_id).await, vec![1, 2, 3, 4]);
+}
+
+fn start(task_id: Uuid, seq: u64) -> RawEvent {
+    Event::new(
+        task_id,
+        seq,
+        EventBody::AgentStart {
+            agent_role: "qa".into(),
+            agent_name: "QA".into(),
+            agent_description: "tests".into(),
+            attempt: 1,
+        },
+    )
+    .to_raw()
 }

@@ -148,13 +148,19 @@ async fn store_batch(
 }
 
 async fn already_stored(store: &dyn Store, task_id: Uuid, after: u64, events: &[RawEvent]) -> bool {
-    match store
-        .events_after(task_id, after, events.len() as u32)
-        .await
-    {
-        Ok(stored) => {
-            stored.len() == events.len() && stored.iter().zip(events).all(|(s, e)| s.json == e.json)
+    let mut compared = 0;
+    while compared < events.len() {
+        let rest = &events[compared..];
+        let from = after + compared as u64;
+        match store.events_after(task_id, from, rest.len() as u32).await {
+            Ok(stored) if !stored.is_empty() => {
+                if !stored.iter().zip(rest).all(|(s, e)| s.json == e.json) {
+                    return false;
+                }
+                compared += stored.len();
+            }
+            _ => return false,
         }
-        Err(_) => false,
     }
+    true
 }

@@ -293,7 +293,9 @@ impl Worker {
         let mut view = TaskView::new(task_id, &task.spec);
         loop {
             let page = store.events_after(task_id, view.last_seq, 1000).await?;
-            let full = page.len() == 1000;
+            if page.is_empty() {
+                return Ok(Some((task, view)));
+            }
             for raw in page {
                 view.apply(&raw.parse().map_err(|e| {
                     troupe_events::Error::Corrupt(format!(
@@ -301,9 +303,6 @@ impl Worker {
                         raw.seq
                     ))
                 })?);
-            }
-            if !full {
-                return Ok(Some((task, view)));
             }
         }
     }

@@ -137,9 +137,7 @@ fn export(state: &AppState, task_id: Uuid, after: u64) -> Response {
             match store.events_after(task_id, after, 1000).await {
                 Ok(page) if page.is_empty() => None,
                 Ok(page) => {
-                    let next = (page.len() == 1000)
-                        .then(|| page.last().map(|e| e.seq))
-                        .flatten();
+                    let next = page.last().map(|e| e.seq);
                     let mut lines = Vec::with_capacity(page.iter().map(|e| e.json.len() + 1).sum());
                     for event in &page {
                         lines.extend_from_slice(&event.json);

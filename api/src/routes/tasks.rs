@@ -342,7 +342,10 @@ pub async fn view(state: &AppState, task: &TaskRecord) -> ApiResult<TaskView> {
     let mut after = 0;
     loop {
         let page = store.events_after(task.id, after, 1000).await?;
-        let full = page.len() == 1000;
+        if page.is_empty() {
+            view.last_seq = view.last_seq.max(after);
+            return Ok(view);
+        }
         for raw in page {
             after = raw.seq;
             match raw.parse() {
@@ -352,10 +355,6 @@ pub async fn view(state: &AppState, task: &TaskRecord) -> ApiResult<TaskView> {
                     tracing::warn!(task_id = %task.id, seq = raw.seq, error = %e, "an event of the task cannot be read; the view skips it")
                 }
             }
-        }
-        if !full {
-            view.last_seq = view.last_seq.max(after);
-            return Ok(view);
         }
     }
 }

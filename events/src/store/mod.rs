@@ -83,7 +83,10 @@ pub trait Store: Send + Sync + 'static {
     /// What users have asked of the task that its worker has not done yet.
     async fn controls(&self, task_id: Uuid) -> Result<Controls>;
 
-    /// Up to `limit` events with `seq > after`, in order.
+    /// Events with `seq > after`, in order: at most `limit`, and no more than
+    /// [`PAGE_BYTES`] of JSON past the first, so that a page of large events (whole agent
+    /// answers) stays small in memory. A page is empty only when no event is left: read
+    /// until an empty page.
     async fn events_after(&self, task_id: Uuid, after: u64, limit: u32) -> Result<Vec<RawEvent>>;
 
     /// Outbox rows older than `older_than` (task and the seq that queued it): committed
@@ -97,6 +100,9 @@ pub trait Store: Send + Sync + 'static {
     /// die with the process: at start, whatever was running must be queued again.
     async fn requeue_unfinished(&self) -> Result<u64>;
 }
+
+/// Most JSON one page of [`Store::events_after`] carries beyond its first event.
+pub const PAGE_BYTES: i64 = 1 << 20;
 
 /// One queueing of a task: the task and the seq of the event that made it runnable
 /// (1 for a submit; a retry's or unpause's own seq), which also names the queue message.
@@ -271,7 +277,7 @@ fn control_sql(request: &ControlRequest, mark: char) -> String {
         ControlRequest::CancelAgent { .. } => format!(
             "INSERT INTO task_agent_cancels (task_id, agent_role, attempt, created_at)
              SELECT id, {mark}2, {mark}3, {mark}4 FROM tasks WHERE id = {mark}1 AND {WRITABLE}
-             ON CONFLICT DO NOTHING"
+             ON CONFLICT (task_id, agent_role, attempt) DO UPDATE SET created_at = excluded.created_at"
         ),
     }
 }

@@ -12,9 +12,9 @@ use sqlx::{QueryBuilder, Row};
 use uuid::Uuid;
 
 use super::{
-    Dispatch, Store, SubmitParts, Submitted, TaskRow, Transition, Transitioned, User, WRITABLE,
-    batch_bounds, control_sql, created_record, earlier_submit, is_unique_violation, raw_event,
-    refused, status_after, task_record,
+    Dispatch, PAGE_BYTES, Store, SubmitParts, Submitted, TaskRow, Transition, Transitioned, User,
+    WRITABLE, batch_bounds, control_sql, created_record, earlier_submit, is_unique_violation,
+    raw_event, refused, status_after, task_record,
 };
 use crate::error::{Error, Result};
 use crate::event::{Event, RawEvent};
@@ -265,13 +265,18 @@ impl Store for SqliteStore {
     }
 
     async fn events_after(&self, task_id: Uuid, after: u64, limit: u32) -> Result<Vec<RawEvent>> {
+        // The running total of bytes stops the page once it has passed PAGE_BYTES.
         let rows = sqlx::query(
-            "SELECT seq, type, at, data FROM task_events
-             WHERE task_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+            "SELECT seq, type, at, data FROM (
+                 SELECT seq, type, at, data,
+                        sum(length(CAST(data AS BLOB))) OVER (ORDER BY seq) AS upto
+                 FROM task_events WHERE task_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3
+             ) WHERE upto - length(CAST(data AS BLOB)) < ?4 ORDER BY seq",
         )
         .bind(task_id)
         .bind(after as i64)
         .bind(i64::from(limit))
+        .bind(PAGE_BYTES)
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter()
