@@ -5,6 +5,7 @@ mod control;
 mod faults;
 mod helpers;
 mod input;
+mod process;
 mod providers;
 mod resume;
 mod runs;
