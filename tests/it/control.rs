@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use uuid::Uuid;
 
 use crate::helpers::{Backend, SseEvent, TestApp, Tweaks, both_backends};
 
@@ -30,58 +29,11 @@ fn slow(agents: &[&str], mode: &str) -> Value {
     })
 }
 
-impl TestApp {
-    /// Polls the task's view (bounded) until `ready` holds, and returns it.
-    pub async fn wait_view(
-        &self,
-        token: &str,
-        task_id: Uuid,
-        what: &str,
-        ready: impl Fn(&Value) -> bool,
-    ) -> Value {
-        for _ in 0..600 {
-            let view: Value = self
-                .get(&format!("/api/tasks/{task_id}"), token)
-                .await
-                .json()
-                .await
-                .unwrap();
-            if ready(&view) {
-                return view;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!("task {task_id}: {what} did not happen in 15 s");
-    }
-
-    /// POST on api `instance`: the body and status.
-    pub async fn control(&self, instance: usize, token: &str, path: &str) -> (u16, Value) {
-        let r = self
-            .client
-            .post(format!("{}{path}", self.url(instance)))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap();
-        let status = r.status().as_u16();
-        (status, r.json().await.unwrap_or(Value::Null))
-    }
-
-    /// The whole log as it is now, from the NDJSON export.
-    pub async fn log(&self, token: &str, task_id: Uuid) -> Vec<Value> {
-        let text = self
-            .events_request(0, token, task_id)
-            .header("accept", "application/x-ndjson")
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    }
+/// A task whose agents each stream for a minute: a test cancels it long before.
+fn endless(agents: &[&str], mode: &str) -> Value {
+    let mut body = slow(agents, mode);
+    body["providerOptions"] = json!({"latencyMs": 200, "tokens": 300});
+    body
 }
 
 fn agent<'v>(view: &'v Value, role: &str) -> &'v Value {
@@ -115,7 +67,7 @@ async fn cancelling_a_running_task_stops_it_and_keeps_partial_output(backend: Ba
     let task_id = app
         .submit(
             &token,
-            &slow(&["tech-lead", "frontend", "qa"], "sequential"),
+            &endless(&["tech-lead", "frontend", "qa"], "sequential"),
         )
         .await;
     let watching = app.events_request(0, &token, task_id).send().await.unwrap();
@@ -187,7 +139,7 @@ async fn a_task_cancelled_before_pickup_never_starts(backend: Backend) {
     let app = TestApp::spawn_with(backend, tweaks).await;
     let token = app.user().await;
     let blocker = app
-        .submit(&token, &slow(&["tech-lead"], "sequential"))
+        .submit(&token, &endless(&["tech-lead"], "sequential"))
         .await;
     app.wait_view(
         &token,
@@ -223,7 +175,11 @@ async fn cancelling_one_agent_lets_the_others_finish(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let token = app.user().await;
     let task_id = app
-        .submit(&token, &slow(&["tech-lead", "frontend", "qa"], "parallel"))
+        .submit(&token, &{
+            let mut body = slow(&["tech-lead", "frontend", "qa"], "parallel");
+            body["providerOptions"]["tokens"] = json!(150);
+            body
+        })
         .await;
     app.wait_view(&token, task_id, "qa streams", running_with_output("qa"))
         .await;
@@ -429,7 +385,7 @@ async fn retry_and_cancel_refuse_what_makes_no_sense(backend: Backend) {
         (409, Some("task_not_paused"))
     );
 
-    let running = app.submit(&token, &slow(&["qa"], "sequential")).await;
+    let running = app.submit(&token, &endless(&["qa"], "sequential")).await;
     app.wait_view(&token, running, "qa streams", running_with_output("qa"))
         .await;
     let (status, body) = app

@@ -78,13 +78,14 @@ async fn append_foreign(app: &TestApp, task_id: Uuid, kind: &str, json: Value) {
     store.append(task_id, &[event]).await.unwrap();
 }
 
-/// A task that waits in the queue behind another, so a test can write to its log first.
+/// A task that waits in the queue behind another that would run for minutes (until the
+/// test cancels it), so a test can write to its log first.
 async fn queued_behind_a_blocker(app: &TestApp, token: &str, body: Value) -> (Uuid, Uuid) {
     let blocker = app
         .submit(
             token,
             &json!({"description": "block", "selectedAgents": ["qa"], "provider": "simulated",
-                               "providerOptions": {"latencyMs": 40, "tokens": 40}}),
+                               "providerOptions": {"latencyMs": 10000, "tokens": 30}}),
         )
         .await;
     app.wait_view(token, blocker, "the blocker runs", |v| {

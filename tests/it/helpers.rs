@@ -381,20 +381,62 @@ impl TestApp {
 
     /// Waits (bounded) until the task's status is terminal and returns the task view.
     pub async fn wait_finished(&self, token: &str, task_id: Uuid) -> Value {
-        for _ in 0..400 {
+        self.wait_view(token, task_id, "the end", |view| {
+            ["completed", "failed", "cancelled"].contains(&view["status"].as_str().unwrap_or(""))
+        })
+        .await
+    }
+
+    /// Polls the task's view (bounded) until `ready` holds, and returns it.
+    pub async fn wait_view(
+        &self,
+        token: &str,
+        task_id: Uuid,
+        what: &str,
+        ready: impl Fn(&Value) -> bool,
+    ) -> Value {
+        for _ in 0..800 {
             let view: Value = self
                 .get(&format!("/api/tasks/{task_id}"), token)
                 .await
                 .json()
                 .await
                 .unwrap();
-            if ["completed", "failed", "cancelled"].contains(&view["status"].as_str().unwrap_or(""))
-            {
+            if ready(&view) {
                 return view;
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        panic!("task {task_id} did not finish in 20 s");
+        panic!("task {task_id}: {what} did not happen in 20 s");
+    }
+
+    /// POST on api `instance`: the body and status.
+    pub async fn control(&self, instance: usize, token: &str, path: &str) -> (u16, Value) {
+        let r = self
+            .client
+            .post(format!("{}{path}", self.url(instance)))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// The whole log as it is now, from the NDJSON export.
+    pub async fn log(&self, token: &str, task_id: Uuid) -> Vec<Value> {
+        let text = self
+            .events_request(0, token, task_id)
+            .header("accept", "application/x-ndjson")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
     }
 }
 

@@ -50,8 +50,46 @@ async fn nudge(state: &AppState, task_id: Uuid) {
     }
 }
 
-async fn reread(state: &AppState, user: AuthUser, task_id: Uuid) -> ApiResult<TaskRecord> {
-    owned_task(state, user.id, task_id).await
+/// What a control endpoint does for a task in the status it has just been read in.
+enum Step {
+    /// The answer, whatever happens next.
+    Answer(Answer),
+    /// Change the task here, then answer `status` and `body` (and queue the task when the
+    /// transition requeues it).
+    Transition(Transition, StatusCode, Value),
+    /// Ask the task's worker, then answer.
+    Request(ControlRequest, StatusCode, Value),
+}
+
+/// Reads the task, takes the step `decide` chooses for its status, and when the status
+/// moved on meanwhile (the step was refused), reads it again and decides again.
+async fn drive(
+    state: &AppState,
+    user: AuthUser,
+    task_id: Uuid,
+    decide: impl Fn(&TaskRecord) -> Step,
+) -> Answer {
+    let mut task = owned_task(state, user.id, task_id).await?;
+    for _ in 0..RACES {
+        match decide(&task) {
+            Step::Answer(answer) => return answer,
+            Step::Transition(transition, status, body) => {
+                if let Some(seq) = transitioned(state, task_id, &transition).await? {
+                    if transition.requeue {
+                        queue(state, Dispatch { task_id, seq }).await;
+                    }
+                    return answer(status, body);
+                }
+            }
+            Step::Request(control, status, body) => {
+                if request(state, task_id, &control).await? {
+                    return answer(status, body);
+                }
+            }
+        }
+        task = owned_task(state, user.id, task_id).await?;
+    }
+    Err(busy())
 }
 
 /// `POST /api/tasks/{id}/cancel`
@@ -60,39 +98,27 @@ pub async fn cancel(
     user: AuthUser,
     Path(task_id): Path<Uuid>,
 ) -> Answer {
-    let mut task = owned_task(&state, user.id, task_id).await?;
-    for _ in 0..RACES {
-        match task.status {
-            status if status.is_terminal() => return Err(finished(&task)),
-            TaskStatus::Queued | TaskStatus::Paused => {
-                let body = EventBody::TaskCancelled {
+    drive(&state, user, task_id, |task| match task.status {
+        status if status.is_terminal() => Step::Answer(Err(finished(task))),
+        TaskStatus::Queued | TaskStatus::Paused => Step::Transition(
+            Transition {
+                from: vec![TaskStatus::Queued, TaskStatus::Paused],
+                body: EventBody::TaskCancelled {
                     reason: BY_USER.into(),
-                    total_execution_time: elapsed_ms(&task),
-                };
-                let transition = Transition {
-                    from: vec![TaskStatus::Queued, TaskStatus::Paused],
-                    body,
-                    requeue: false,
-                };
-                if applied(&state, task_id, &transition).await? {
-                    return answer(
-                        StatusCode::OK,
-                        json!({"taskId": task_id, "status": TaskStatus::Cancelled}),
-                    );
-                }
-            }
-            _ => {
-                if request(&state, task_id, &ControlRequest::Cancel).await? {
-                    return answer(
-                        StatusCode::ACCEPTED,
-                        json!({"taskId": task_id, "status": TaskStatus::Running, "cancelRequested": true}),
-                    );
-                }
-            }
-        }
-        task = reread(&state, user, task_id).await?;
-    }
-    Err(busy())
+                    total_execution_time: elapsed_ms(task),
+                },
+                requeue: false,
+            },
+            StatusCode::OK,
+            json!({"taskId": task_id, "status": TaskStatus::Cancelled}),
+        ),
+        _ => Step::Request(
+            ControlRequest::Cancel,
+            StatusCode::ACCEPTED,
+            json!({"taskId": task_id, "status": TaskStatus::Running, "cancelRequested": true}),
+        ),
+    })
+    .await
 }
 
 /// `POST /api/tasks/{id}/agents/{role}/cancel`
@@ -129,7 +155,7 @@ pub async fn cancel_agent(
         attempt: agent.attempt,
     };
     if !request_control(&state, task_id, &request).await? {
-        let task = reread(&state, user, task_id).await?;
+        let task = owned_task(&state, user.id, task_id).await?;
         return Err(if task.status.is_terminal() {
             finished(&task)
         } else {
@@ -149,43 +175,28 @@ pub async fn pause(
     user: AuthUser,
     Path(task_id): Path<Uuid>,
 ) -> Answer {
-    let mut task = owned_task(&state, user.id, task_id).await?;
-    for _ in 0..RACES {
-        match task.status {
-            status if status.is_terminal() => return Err(finished(&task)),
-            TaskStatus::Paused => {
-                return answer(
-                    StatusCode::OK,
-                    json!({"taskId": task_id, "status": TaskStatus::Paused}),
-                );
-            }
-            TaskStatus::Queued => {
-                let transition = Transition {
-                    from: vec![TaskStatus::Queued],
-                    body: EventBody::TaskPaused {
-                        reason: "paused by a user before it started".into(),
-                    },
-                    requeue: false,
-                };
-                if applied(&state, task_id, &transition).await? {
-                    return answer(
-                        StatusCode::OK,
-                        json!({"taskId": task_id, "status": TaskStatus::Paused}),
-                    );
-                }
-            }
-            _ => {
-                if request(&state, task_id, &ControlRequest::Pause).await? {
-                    return answer(
-                        StatusCode::ACCEPTED,
-                        json!({"taskId": task_id, "status": TaskStatus::Running, "pauseRequested": true}),
-                    );
-                }
-            }
-        }
-        task = reread(&state, user, task_id).await?;
-    }
-    Err(busy())
+    let paused = json!({"taskId": task_id, "status": TaskStatus::Paused});
+    drive(&state, user, task_id, |task| match task.status {
+        status if status.is_terminal() => Step::Answer(Err(finished(task))),
+        TaskStatus::Paused => Step::Answer(answer(StatusCode::OK, paused.clone())),
+        TaskStatus::Queued => Step::Transition(
+            Transition {
+                from: vec![TaskStatus::Queued],
+                body: EventBody::TaskPaused {
+                    reason: "paused by a user before it started".into(),
+                },
+                requeue: false,
+            },
+            StatusCode::OK,
+            paused.clone(),
+        ),
+        _ => Step::Request(
+            ControlRequest::Pause,
+            StatusCode::ACCEPTED,
+            json!({"taskId": task_id, "status": TaskStatus::Running, "pauseRequested": true}),
+        ),
+    })
+    .await
 }
 
 /// `POST /api/tasks/{id}/resume`
@@ -194,45 +205,30 @@ pub async fn resume(
     user: AuthUser,
     Path(task_id): Path<Uuid>,
 ) -> Answer {
-    let mut task = owned_task(&state, user.id, task_id).await?;
-    for _ in 0..RACES {
-        match task.status {
-            TaskStatus::Paused => {
-                let transition = Transition {
-                    from: vec![TaskStatus::Paused],
-                    body: EventBody::TaskUnpaused {
-                        reason: "resumed by a user".into(),
-                    },
-                    requeue: true,
-                };
-                if let Some(seq) = transitioned(&state, task_id, &transition).await? {
-                    queue(&state, Dispatch { task_id, seq }).await;
-                    return answer(
-                        StatusCode::OK,
-                        json!({"taskId": task_id, "status": TaskStatus::Queued}),
-                    );
-                }
-            }
-            TaskStatus::Queued | TaskStatus::Running if task.pause_requested => {
-                // The pause has not taken effect yet: withdrawing it is the whole resume.
-                if request_control(&state, task_id, &ControlRequest::Unpause).await? {
-                    nudge(&state, task_id).await;
-                    return answer(
-                        StatusCode::OK,
-                        json!({"taskId": task_id, "status": task.status}),
-                    );
-                }
-            }
-            _ => {
-                return Err(ApiError::Conflict {
-                    code: "task_not_paused",
-                    message: format!("task {task_id} is not paused ({})", task.status.as_str()),
-                });
-            }
-        }
-        task = reread(&state, user, task_id).await?;
-    }
-    Err(busy())
+    drive(&state, user, task_id, |task| match task.status {
+        TaskStatus::Paused => Step::Transition(
+            Transition {
+                from: vec![TaskStatus::Paused],
+                body: EventBody::TaskUnpaused {
+                    reason: "resumed by a user".into(),
+                },
+                requeue: true,
+            },
+            StatusCode::OK,
+            json!({"taskId": task_id, "status": TaskStatus::Queued}),
+        ),
+        // The pause has not taken effect yet: withdrawing it is the whole resume.
+        TaskStatus::Queued | TaskStatus::Running if task.pause_requested => Step::Request(
+            ControlRequest::Unpause,
+            StatusCode::OK,
+            json!({"taskId": task_id, "status": task.status}),
+        ),
+        status => Step::Answer(Err(ApiError::Conflict {
+            code: "task_not_paused",
+            message: format!("task {task_id} is not paused ({})", status.as_str()),
+        })),
+    })
+    .await
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -279,7 +275,7 @@ pub async fn retry(
         requeue: true,
     };
     let Some(seq) = transitioned(&state, task_id, &transition).await? else {
-        return Err(not_retryable(&reread(&state, user, task_id).await?));
+        return Err(not_retryable(&owned_task(&state, user.id, task_id).await?));
     };
     queue(&state, Dispatch { task_id, seq }).await;
     answer(
@@ -354,10 +350,6 @@ fn not_retryable(task: &TaskRecord) -> ApiError {
             ),
         },
     }
-}
-
-async fn applied(state: &AppState, task_id: Uuid, transition: &Transition) -> ApiResult<bool> {
-    Ok(transitioned(state, task_id, transition).await?.is_some())
 }
 
 /// The transition's seq, or `None` when the task's status had moved on; its event is

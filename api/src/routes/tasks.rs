@@ -368,7 +368,8 @@ pub async fn get(
     let view = view(&state, &task).await?;
     let mut body = serde_json::to_value(&view).map_err(anyhow::Error::from)?;
     body["streamUrl"] = json!(stream_url(&state, user, task_id));
-    body["cancelRequested"] = json!(task.cancel_requested);
+    // A request is pending only until the worker has carried it out.
+    body["cancelRequested"] = json!(task.cancel_requested && !view.status.is_terminal());
     // Once the pause has taken effect it is no longer a request.
     body["pauseRequested"] = json!(task.pause_requested && view.status != TaskStatus::Paused);
     Ok(axum::Json(body))
