@@ -244,19 +244,33 @@ export async function waitForViewer(page) {
 }
 
 /**
- * Waits until the viewer shows a finished task: the overall status is terminal, the
- * stream is closed (or the task was opened finished) and the summary is shown.
+ * Waits until the viewer shows a finished task: the overall status is terminal
+ * (completed, failed or cancelled), the stream is closed (or the task was opened
+ * finished) and the summary is shown.
  */
 export async function waitFinished(page, { timeout = 45_000 } = {}) {
   await page.waitForFunction(() => {
     const status = document.querySelector('[data-testid=task-status]')?.dataset.status;
     const conn = document.querySelector('[data-testid=connection-status]')?.dataset.state;
     const summary = document.querySelector('[data-testid=task-summary]');
-    return (status === 'completed' || status === 'failed')
+    return ['completed', 'failed', 'cancelled'].includes(status)
       && (conn === 'closed' || conn === 'replay')
       && summary && !summary.hidden;
   }, null, { timeout });
   return page.getAttribute('[data-testid=task-status]', 'data-status');
+}
+
+/** Waits until the viewer's overall status (data-status) is `status`. */
+export async function waitTaskStatus(page, status, { timeout = 30_000 } = {}) {
+  await page.waitForSelector(`[data-testid=task-status][data-status=${status}]`, { timeout });
+}
+
+/** Which of the given testids are shown (present and not hidden), as { testid: bool }. */
+export async function shown(page, testids) {
+  return page.evaluate((ids) => Object.fromEntries(ids.map((id) => {
+    const el = document.querySelector(`[data-testid=${id}]`);
+    return [id, Boolean(el && !el.hidden && el.offsetParent !== null)];
+  })), testids);
 }
 
 /** Waits until the card of `role` has the status (and optionally some output). */
@@ -285,6 +299,7 @@ export async function snapshot(page) {
         outputText: part('agent-output').textContent,
         outputHtml: part('agent-output').innerHTML,
         error: part('agent-error').hidden ? null : part('agent-error').textContent,
+        attempt: part('agent-attempt')?.textContent ?? '',
       };
     });
     return {
@@ -340,6 +355,7 @@ export async function assertMatchesApi(page, base, taskId) {
     assert.equal(card.outputHtml, expected[i].html, `${a.role}: output is exactly the API's output`);
     assert.equal(card.outputHidden, !a.output, `${a.role}: output shown iff there is some`);
     assert.equal(card.error, a.error || null, `${a.role}: error message`);
+    assert.equal(card.attempt, a.attempt > 1 ? `Attempt ${a.attempt}` : '', `${a.role}: attempt shown when > 1`);
     if (a.output) {
       const banners = card.outputText.split('Simulated output (no LLM was called).').length - 1;
       assert.equal(banners, 1, `${a.role}: the simulated answer appears once, not doubled`);
@@ -366,7 +382,7 @@ export function assertSameViewer(actual, expected, message) {
   }
 }
 
-/** Records every change of an agent card's data-status, from page load on. */
+/** Records every change of an agent card's data-status (and of the task's, as role '@task'), from page load on. */
 export async function recordCardStatuses(page) {
   await page.addInitScript(() => {
     window.__cardLog = [];
@@ -376,6 +392,8 @@ export async function recordCardStatuses(page) {
         const id = el.dataset && el.dataset.testid;
         if (id && id.startsWith('agent-card-')) {
           window.__cardLog.push({ role: id.slice('agent-card-'.length), status: el.dataset.status, t: performance.now() });
+        } else if (id === 'task-status') {
+          window.__cardLog.push({ role: '@task', status: el.dataset.status, t: performance.now() });
         }
       }
     });

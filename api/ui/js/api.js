@@ -117,6 +117,16 @@ export const api = {
     return request('GET', `/api/tasks?${q}`, opts);
   },
   getTask: (id, opts) => request('GET', `/api/tasks/${encodeURIComponent(id)}`, opts),
+  // Task control. Each answers at once; what it does shows up in the event log
+  // (agent_cancelled, task_cancelled, task_paused, task_retried, …).
+  cancelTask: (id, opts) => request('POST', `/api/tasks/${encodeURIComponent(id)}/cancel`, opts),
+  cancelAgent: (id, role, opts) =>
+    request('POST', `/api/tasks/${encodeURIComponent(id)}/agents/${encodeURIComponent(role)}/cancel`, opts),
+  pauseTask: (id, opts) => request('POST', `/api/tasks/${encodeURIComponent(id)}/pause`, opts),
+  resumeTask: (id, opts) => request('POST', `/api/tasks/${encodeURIComponent(id)}/resume`, opts),
+  /** Retries the named agents, or every failed and cancelled one when `agents` is omitted. */
+  retryTask: (id, agents, opts = {}) =>
+    request('POST', `/api/tasks/${encodeURIComponent(id)}/retry`, agents ? { ...opts, body: { agents } } : opts),
   /** The task's log as it is now (NDJSON export), parsed: events with seq <= `upTo`. */
   taskEvents: async (id, upTo, { signal } = {}) => {
     const token = getToken();

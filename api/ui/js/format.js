@@ -44,8 +44,10 @@ export function formatRelative(iso) {
 export const TASK_STATUS_LABEL = {
   queued: 'Queued',
   running: 'Running',
+  paused: 'Paused',
   completed: 'Completed',
   failed: 'Failed',
+  cancelled: 'Cancelled',
 };
 
 export const AGENT_STATUS_LABEL = {
@@ -53,6 +55,7 @@ export const AGENT_STATUS_LABEL = {
   running: 'Running',
   completed: 'Completed',
   error: 'Error',
+  cancelled: 'Cancelled',
 };
 
 export function plural(n, one, many = `${one}s`) {

@@ -17,11 +17,13 @@ export async function requestNotifications() {
   }
 }
 
+const NOTIFY_TITLE = { completed: 'Task completed', failed: 'Task failed', cancelled: 'Task cancelled' };
+
 /** Notifies that a task ended, when the tab is in the background and the user allowed it. */
 export function notifyTaskFinished({ taskId, title, status, detail }) {
   if (!notificationsSupported() || Notification.permission !== 'granted' || !document.hidden) return;
   try {
-    const n = new Notification(status === 'completed' ? `Task completed: ${title}` : `Task failed: ${title}`, {
+    const n = new Notification(`${NOTIFY_TITLE[status] || 'Task ended'}: ${title}`, {
       body: detail || '',
       tag: `troupe-task-${taskId}`,
     });

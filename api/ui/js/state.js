@@ -2,11 +2,20 @@
 // It mirrors the server's projection (GET /api/tasks/{id}), so a state built from
 // that view and then fed the events after its lastSeq equals one built by
 // replaying the whole log.
+//
+// Pure (no DOM): tests/ui/state.test.mjs runs it under node.
 
-export const TERMINAL_TYPES = new Set(['task_complete', 'task_error']);
+// task_retried makes a terminal task live again: "terminal" means "nothing more
+// unless someone presses Retry", so a viewer must be able to follow again.
+export const TERMINAL_TYPES = new Set(['task_complete', 'task_error', 'task_cancelled']);
+export const TERMINAL_STATUSES = new Set(['completed', 'failed', 'cancelled']);
+// The types the EventSource listens for. A type not listed here (written by a newer
+// server) is never dispatched by the browser, so it is ignored without harm; the
+// reducer also ignores unknown types that reach it (from the NDJSON export).
 export const EVENT_TYPES = [
   'task_created', 'task_resumed', 'agent_start', 'agent_progress', 'agent_token',
-  'agent_complete', 'agent_error', 'task_complete', 'task_error',
+  'agent_complete', 'agent_error', 'agent_cancelled', 'task_complete', 'task_error',
+  'task_cancelled', 'task_paused', 'task_unpaused', 'task_retried', 'task_released',
 ];
 
 function agentFrom(a) {
@@ -34,6 +43,8 @@ export function fromView(view) {
     title: view.title || '',
     description: view.description || '',
     status: view.status || 'queued',
+    cancelRequested: Boolean(view.cancelRequested),
+    pauseRequested: Boolean(view.pauseRequested),
     executionMode: view.executionMode || 'sequential',
     provider: view.provider || '',
     model: view.model || null,
@@ -41,6 +52,7 @@ export function fromView(view) {
     finishedAt: view.finishedAt || null,
     totalExecutionTime: view.totalExecutionTime ?? null,
     error: view.error || null,
+    reason: view.reason || null, // why the task is paused or was cancelled
     failedAgents: [],
     outputs: null,
     lastSeq: view.lastSeq || 0,
@@ -49,7 +61,20 @@ export function fromView(view) {
 }
 
 export function isTerminal(state) {
-  return state.status === 'completed' || state.status === 'failed';
+  return TERMINAL_STATUSES.has(state.status);
+}
+
+/** Back to waiting for its next attempt; the attempt count is kept (as the server does). */
+function resetAgent(a) {
+  a.status = 'pending';
+  a.startedAt = null;
+  a.finishedAt = null;
+  a.executionTime = null;
+  a.output = '';
+  a.error = null;
+  a.hasArtifacts = false;
+  a.artifacts = [];
+  a.progress = null;
 }
 
 function findAgent(state, role) {
@@ -59,6 +84,15 @@ function findAgent(state, role) {
     state.agents.push(agent);
   }
   return agent;
+}
+
+/** The end of a run: requests made during it are settled by the terminal event. */
+function finish(state, ev, status) {
+  state.status = status;
+  state.finishedAt = ev.at;
+  state.totalExecutionTime = ev.totalExecutionTime ?? null;
+  state.cancelRequested = false;
+  state.pauseRequested = false;
 }
 
 /**
@@ -82,19 +116,45 @@ export function applyEvent(state, ev) {
     case 'task_resumed':
       state.status = 'running';
       break;
+    case 'task_released': // a worker handed it back at shutdown; another one resumes it
+      state.status = 'queued';
+      break;
+    case 'task_paused':
+      state.status = 'paused';
+      state.pauseRequested = false;
+      state.reason = ev.reason || null;
+      break;
+    case 'task_unpaused':
+      state.status = 'queued';
+      state.pauseRequested = false;
+      state.reason = null;
+      break;
+    case 'task_retried':
+      // Live again: the same log goes on with agent_start (attempt n+1) for the
+      // agents named, then a new terminal event. The retried agents wait again.
+      state.status = 'queued';
+      state.finishedAt = null;
+      state.totalExecutionTime = null;
+      state.error = null;
+      state.reason = null;
+      state.failedAgents = [];
+      state.outputs = null;
+      state.cancelRequested = false;
+      state.pauseRequested = false;
+      for (const role of ev.agents || []) {
+        const a = state.agents.find((x) => x.role === role);
+        if (a) { resetAgent(a); roles.push(role); }
+      }
+      break;
     case 'agent_start': {
       state.status = 'running';
       const a = findAgent(state, ev.agentRole);
       if (ev.agentName) a.name = ev.agentName;
       if (ev.agentDescription) a.description = ev.agentDescription;
+      resetAgent(a);
       a.status = 'running';
       a.attempt = ev.attempt || 1;
       a.startedAt = ev.at;
-      a.finishedAt = null;
-      a.executionTime = null;
-      a.output = '';
-      a.error = null;
-      a.progress = null;
       roles.push(a.role);
       break;
     }
@@ -106,6 +166,9 @@ export function applyEvent(state, ev) {
     }
     case 'agent_token': {
       const a = findAgent(state, ev.agentRole);
+      // Text of another attempt than the card's (an earlier one, superseded by a new
+      // agent_start) is dropped. Logs written before tokens carried it have 0 or none.
+      if (ev.attempt && ev.attempt !== a.attempt) break;
       a.output += ev.delta || '';
       a.progress = null; // the wait is over: the card says "Writing…
       roles.push(a.role);
@@ -133,23 +196,73 @@ export function applyEvent(state, ev) {
       roles.push(a.role);
       break;
     }
+    case 'agent_cancelled': {
+      const a = findAgent(state, ev.agentRole);
+      a.status = 'cancelled';
+      a.finishedAt = ev.at;
+      a.executionTime = ev.executionTime ?? null;
+      // The partial text the agent had written is kept (the event carries all of it).
+      a.output = typeof ev.output === 'string' ? ev.output : '';
+      a.progress = null;
+      roles.push(a.role);
+      break;
+    }
     case 'task_complete':
-      state.status = 'completed';
-      state.finishedAt = ev.at;
-      state.totalExecutionTime = ev.totalExecutionTime ?? null;
+      finish(state, ev, 'completed');
       state.outputs = ev.outputs || null;
       break;
     case 'task_error':
-      state.status = 'failed';
-      state.finishedAt = ev.at;
-      state.totalExecutionTime = ev.totalExecutionTime ?? null;
+      finish(state, ev, 'failed');
       state.error = ev.error || 'The task failed.';
       state.failedAgents = ev.failedAgents || [];
       break;
+    case 'task_cancelled':
+      finish(state, ev, 'cancelled');
+      state.reason = ev.reason || null;
+      break;
     default:
-      break; // unknown types still advance lastSeq
+      break; // unknown types (a newer server) still advance lastSeq
   }
   return { roles, terminal: TERMINAL_TYPES.has(ev.type) };
+}
+
+/**
+ * The status the header shows: the server's status, or the request under way
+ * ("cancelling…", "pausing…") while a running task has not acted on it yet.
+ * `request` is what the status badge exposes as data-request.
+ */
+export function displayStatus(state) {
+  if (!isTerminal(state) && state.cancelRequested) return { status: state.status, request: 'cancel', label: 'Cancelling…' };
+  if (state.status !== 'paused' && !isTerminal(state) && state.pauseRequested) return { status: state.status, request: 'pause', label: 'Pausing…' };
+  return { status: state.status, request: null, label: null };
+}
+
+const RETRYABLE = new Set(['error', 'cancelled']);
+
+/**
+ * What the user may ask for now, as the server would accept it:
+ * - cancel: queued, running or paused, and no cancel asked for yet;
+ * - pause: queued or running, with no pause or cancel under way;
+ * - resume: paused, or a pause asked for that has not happened yet (withdraws it);
+ * - retry: a failed or cancelled task with at least one failed or cancelled agent
+ *   (otherwise the server answers nothing_to_retry);
+ * - cancelAgents: roles of running agents (per card);
+ * - retryAgents: roles of failed or cancelled agents of a finished task (per card).
+ */
+export function availableActions(state) {
+  const terminal = isTerminal(state);
+  const live = !terminal && !state.cancelRequested;
+  const retryAgents = terminal && state.status !== 'completed'
+    ? state.agents.filter((a) => RETRYABLE.has(a.status)).map((a) => a.role)
+    : [];
+  return {
+    cancel: live && ['queued', 'running', 'paused'].includes(state.status),
+    pause: live && ['queued', 'running'].includes(state.status) && !state.pauseRequested,
+    resume: live && (state.status === 'paused' || state.pauseRequested),
+    retry: retryAgents.length > 0,
+    cancelAgents: live ? state.agents.filter((a) => a.status === 'running').map((a) => a.role) : [],
+    retryAgents,
+  };
 }
 
 /**

@@ -1,16 +1,20 @@
-// Execution viewer: one card per agent, updated live from the task's event stream.
+// Execution viewer: one card per agent, updated live from the task's event stream,
+// with the controls of the task (cancel, pause, resume, retry) and of each agent.
 //
 // On open: GET /api/tasks/{id} (the projection of the log up to lastSeq), then an
 // EventSource on streamUrl with ?after=<lastSeq>. Events with seq <= lastSeq are
-// ignored, so nothing is doubled after a reconnect or a reload.
+// ignored, so nothing is doubled after a reconnect or a reload. A finished task
+// needs no stream, until Retry makes it live again: then the viewer follows it
+// anew from its lastSeq.
 
+import { ActionRunner } from './actions.js';
 import { api } from './api.js';
 import { submittedStreams } from './builder.js';
 import { h, setText, uid } from './dom.js';
-import { AGENT_STATUS_LABEL, TASK_STATUS_LABEL, formatDate, formatDuration, plural } from './format.js';
+import { AGENT_STATUS_LABEL, TASK_STATUS_LABEL, formatDate, formatDuration, plural, sentence } from './format.js';
 import { highlight, renderMarkdown } from './markdown.js';
 import { notifyTaskFinished } from './notify.js';
-import { applyEvent, fromView, isTerminal, progressFromLog } from './state.js';
+import { applyEvent, availableActions, displayStatus, fromView, isTerminal, progressFromLog } from './state.js';
 import { TaskStream } from './sse.js';
 
 const CONNECTION_LABEL = {
@@ -59,12 +63,20 @@ export function renderViewer(root, { id }, ctx) {
 
 function mountViewer(page, heading, view) {
   const state = fromView(view);
-  const wasTerminalAtOpen = isTerminal(state);
   const streamUrl = submittedStreams.get(state.taskId) || view.streamUrl;
   submittedStreams.delete(state.taskId);
-  let connection = wasTerminalAtOpen ? 'replay' : 'connecting';
+  let connection = isTerminal(state) ? 'replay' : 'connecting';
   let clockSkew = null; // ms the client clock is ahead of the server's (estimated from live events)
   let stream = null;
+  let followedLive = false; // a notification only for a task that ended while we watched
+  let disposed = false;
+  // After a Retry, until its task_retried arrives: the log still ends with a terminal
+  // event, and the stream must not take that for the end.
+  let retryPendingSince = 0;
+  // Agents whose cancel was accepted (202) and whose agent_cancelled has not come:
+  // role → attempt. UI only; the server's view has no per-agent request flag.
+  const cancellingAgents = new Map();
+  const actions = new ActionRunner(() => { controlsDirty = true; schedule(); });
 
   // ---- header ----------------------------------------------------------------
   setText(heading, state.title || 'Untitled task');
@@ -73,6 +85,7 @@ function mountViewer(page, heading, view) {
   const connectionEl = h('span', { class: 'connection', 'data-testid': 'connection-status', 'aria-live': 'polite' });
   const progressText = h('span', { class: 'progress-text', 'data-testid': 'task-progress' });
   const announcer = h('p', { class: 'visually-hidden', 'aria-live': 'polite', 'data-testid': 'announcer' });
+  statusBadge.setAttribute('tabindex', '-1'); // where focus goes when the pressed button goes away
 
   const meta = h('p', { class: 'task-meta' },
     h('span', {}, state.executionMode === 'parallel' ? 'Parallel' : 'Sequential'),
@@ -95,13 +108,26 @@ function mountViewer(page, heading, view) {
 
   const summary = h('section', { class: 'summary', hidden: true, 'aria-labelledby': 'summary-heading', 'data-testid': 'task-summary' });
 
+  // ---- task controls -------------------------------------------------------------
+  const pauseButton = h('button', { type: 'button', class: 'btn', 'data-testid': 'task-pause', onclick: (e) => pauseTask(e.currentTarget) }, 'Pause');
+  const resumeButton = h('button', { type: 'button', class: 'btn', 'data-testid': 'task-resume', onclick: (e) => resumeTask(e.currentTarget) }, 'Resume');
+  const cancelButton = h('button', { type: 'button', class: 'btn btn-danger', 'data-testid': 'task-cancel', onclick: (e) => cancelTask(e.currentTarget) }, 'Cancel task');
+  const retryButton = h('button', {
+    type: 'button', class: 'btn btn-primary', 'data-testid': 'task-retry', onclick: (e) => retryTask(null, e.currentTarget),
+    title: 'Run the failed and cancelled agents again',
+  }, 'Retry');
+  const actionError = h('p', { class: 'action-error', role: 'alert', 'data-testid': 'task-action-error', hidden: true });
+  const pausedNote = h('p', { class: 'task-note', 'data-testid': 'task-paused-note', hidden: true });
+  const controls = h('div', { class: 'task-controls', role: 'group', 'aria-label': 'Task actions' },
+    pausedNote, h('div', { class: 'task-controls-buttons' }, pauseButton, resumeButton, cancelButton, retryButton), actionError);
+
   // ---- cards -------------------------------------------------------------------
   const grid = h('ol', { class: 'agent-grid-view', 'aria-label': 'Agents' });
   const cards = new Map();
   for (const agent of state.agents) addCard(agent);
 
   function addCard(agent) {
-    const card = createCard(agent, openArtifacts);
+    const card = createCard(agent, { openArtifacts, cancelAgent, retryAgent: (role, opener) => retryTask(role, opener) });
     cards.set(agent.role, card);
     grid.append(card.root);
     return card;
@@ -111,7 +137,7 @@ function mountViewer(page, heading, view) {
   const artifactsDialog = createDialog('artifacts-dialog');
   const resultsDialog = createDialog('results-dialog');
 
-  page.append(...[meta, statusBar, announcer, description, summary, grid, artifactsDialog.root, resultsDialog.root].filter(Boolean));
+  page.append(...[meta, statusBar, controls, announcer, description, summary, grid, artifactsDialog.root, resultsDialog.root].filter(Boolean));
 
   function openArtifacts(role, opener) {
     const agent = state.agents.find((a) => a.role === role);
@@ -150,6 +176,7 @@ function mountViewer(page, heading, view) {
     if (state.status === 'failed' && state.error) {
       body.append(h('div', { class: 'form-error' }, state.error));
     }
+    if (state.status === 'cancelled') body.append(h('p', { class: 'muted' }, 'The task was cancelled: a cancelled agent shows what it had written.'));
     for (const agent of state.agents) {
       const section = h('section', { class: 'result', 'data-status': agent.status },
         h('h3', {}, agent.name, ' ', h('span', { class: `badge badge-${agent.status}` }, AGENT_STATUS_LABEL[agent.status] || agent.status),
@@ -165,6 +192,7 @@ function mountViewer(page, heading, view) {
   // ---- rendering -------------------------------------------------------------------
   const dirty = new Set();
   let headerDirty = true;
+  let controlsDirty = true;
   let frame = 0;
 
   function schedule() {
@@ -174,14 +202,55 @@ function mountViewer(page, heading, view) {
 
   function flush() {
     frame = 0;
+    // What may be asked for changes with the task's status, not with every token:
+    // every card is refreshed only when it did.
+    const allowed = availableActions(state);
+    if (controlsDirty) {
+      for (const agent of state.agents) dirty.add(agent.role);
+      renderControls(allowed);
+    }
     for (const role of dirty) {
       const agent = state.agents.find((a) => a.role === role);
       if (!agent) continue;
-      (cards.get(role) || addCard(agent)).update(agent, serverNow());
+      (cards.get(role) || addCard(agent)).update(agent, serverNow(), cardControls(agent, allowed));
     }
     dirty.clear();
     if (headerDirty) renderHeader();
     headerDirty = false;
+    controlsDirty = false;
+  }
+
+  function cardControls(agent, allowed) {
+    const scope = `agent:${agent.role}`;
+    const cancelling = cancellingAgents.get(agent.role) === agent.attempt && agent.status === 'running';
+    return {
+      canCancel: allowed.cancelAgents.includes(agent.role) && !cancelling,
+      canRetry: allowed.retryAgents.includes(agent.role),
+      // A task-wide request covers the cards too (one retry at a time).
+      busy: actions.isBusy(scope) || actions.isBusy('task'),
+      cancelling,
+      error: actions.error(scope),
+    };
+  }
+
+  function renderControls(allowed) {
+    const busy = actions.isBusy('task') || [...cards.keys()].some((role) => actions.isBusy(`agent:${role}`));
+    const show = { pause: allowed.pause, resume: allowed.resume, cancel: allowed.cancel, retry: allowed.retry };
+    for (const [key, button] of [['pause', pauseButton], ['resume', resumeButton], ['cancel', cancelButton], ['retry', retryButton]]) {
+      button.hidden = !show[key];
+      button.disabled = busy;
+      if (actions.busy.get('task') === key) button.setAttribute('aria-busy', 'true');
+      else button.removeAttribute('aria-busy');
+    }
+    const message = actions.error('task');
+    setText(actionError, message);
+    actionError.hidden = !message;
+    // Paused holds no worker: nothing moves until Resume, so say so (and why).
+    let note = '';
+    if (state.status === 'paused') note = state.reason ? `${sentence(state.reason)} Resume to go on.` : 'No agent starts until the task is resumed.';
+    setText(pausedNote, note);
+    pausedNote.hidden = !note;
+    controls.hidden = !message && !note && !Object.values(show).some(Boolean);
   }
 
   function serverNow() {
@@ -190,17 +259,23 @@ function mountViewer(page, heading, view) {
 
   function renderHeader() {
     const terminal = isTerminal(state);
-    setText(statusBadge, TASK_STATUS_LABEL[state.status] || state.status);
-    statusBadge.dataset.status = state.status;
-    const done = state.agents.filter((a) => a.status === 'completed').length;
-    const failed = state.agents.filter((a) => a.status === 'error').length;
-    const running = state.agents.filter((a) => a.status === 'running').length;
-    setText(progressText, `${done} of ${state.agents.length} completed${failed ? `, ${failed} failed` : ''}${running ? `, ${running} running` : ''}`);
+    const shown = displayStatus(state);
+    const label = shown.label || TASK_STATUS_LABEL[state.status] || state.status;
+    setText(statusBadge, label);
+    statusBadge.dataset.status = state.status; // the server's status; a request under way is data-request
+    if (shown.request) statusBadge.dataset.request = shown.request;
+    else delete statusBadge.dataset.request;
+    const count = (status) => state.agents.filter((a) => a.status === status).length;
+    const done = count('completed');
+    const parts = [[count('error'), 'failed'], [count('cancelled'), 'cancelled'], [count('running'), 'running']]
+      .filter(([n]) => n).map(([n, what]) => `, ${n} ${what}`);
+    setText(progressText, `${done} of ${state.agents.length} completed${parts.join('')}`);
     tickElapsed();
     setText(connectionEl, CONNECTION_LABEL[connection] || connection);
     connectionEl.dataset.state = connection;
-    document.title = `${terminal ? '' : '● '}${TASK_STATUS_LABEL[state.status] || state.status}: ${state.title || 'Task'} · Troupe`;
+    document.title = `${terminal ? '' : '● '}${label}: ${state.title || 'Task'} · Troupe`;
     if (terminal) renderSummary();
+    else summary.hidden = true; // retried: live again
   }
 
   function tickElapsed() {
@@ -215,23 +290,97 @@ function mountViewer(page, heading, view) {
 
   function renderSummary() {
     const done = state.agents.filter((a) => a.status === 'completed').length;
-    const failedAgents = state.agents.filter((a) => a.status === 'error');
+    const names = (status) => state.agents.filter((a) => a.status === status).map((a) => a.name).join(', ');
+    const failed = names('error');
+    const cancelled = names('cancelled');
+    const took = formatDuration(state.totalExecutionTime);
+    const of = `${done} of ${plural(state.agents.length, 'agent')} completed${failed ? `, ${failed} failed` : ''}${cancelled ? `, ${cancelled} cancelled` : ''}`;
+    const text = {
+      completed: `All done in ${took}: ${plural(done, 'agent')} completed.`,
+      failed: `Stopped after ${took}: ${of}.`,
+      cancelled: `Cancelled after ${took}: ${of}.`,
+    }[state.status];
     const viewResults = h('button', { type: 'button', class: 'btn btn-primary', 'data-testid': 'view-results', onclick: (e) => openResults(e.currentTarget) }, 'View results');
     summary.replaceChildren(...[
-      h('h2', { id: 'summary-heading' }, state.status === 'completed' ? 'Task completed' : 'Task failed'),
-      h('p', { 'data-testid': 'summary-text' },
-        state.status === 'completed'
-          ? `All done in ${formatDuration(state.totalExecutionTime)}: ${plural(done, 'agent')} completed.`
-          : `Stopped after ${formatDuration(state.totalExecutionTime)}: ${done} of ${plural(state.agents.length, 'agent')} completed${failedAgents.length ? `, ${failedAgents.map((a) => a.name).join(', ')} failed` : ''}.`),
+      h('h2', { id: 'summary-heading' }, { completed: 'Task completed', failed: 'Task failed', cancelled: 'Task cancelled' }[state.status]),
+      h('p', { 'data-testid': 'summary-text' }, text),
       state.status === 'failed' && state.error ? h('p', { class: 'agent-error', 'data-testid': 'task-error' }, state.error) : null,
+      state.status === 'cancelled' && state.reason ? h('p', { 'data-testid': 'summary-reason' }, sentence(state.reason)) : null,
       h('div', { class: 'summary-actions' }, viewResults, h('a', { class: 'btn', href: '/new' }, 'New task')),
     ].filter(Boolean));
     summary.dataset.status = state.status;
     summary.hidden = false;
   }
 
+  // ---- actions -------------------------------------------------------------------
+  // Each request answers at once; its effect arrives as events on the stream. The
+  // 202 answers (a running task or agent acts shortly) set the request flag the
+  // server's view also has, so a reload shows the same "Cancelling…"/"Pausing…".
+
+  async function perform(scope, name, opener, request, done) {
+    const hadFocus = opener && document.activeElement === opener;
+    await actions.run(scope, name, request, done);
+    if (!hadFocus || disposed) return;
+    // The pressed button may be gone after the next paint (Pause becomes Resume,
+    // Cancel disappears): keep the keyboard user on the task rather than on <body>.
+    await new Promise((resolve) => requestAnimationFrame(resolve));
+    if (!disposed && (opener.hidden || !opener.isConnected) && (document.activeElement === document.body || document.activeElement === opener)) {
+      statusBadge.focus();
+    }
+  }
+
+  function cancelTask(opener) {
+    perform('task', 'cancel', opener, () => api.cancelTask(state.taskId), (res) => {
+      if (res && res.cancelRequested) state.cancelRequested = true;
+      headerDirty = true; controlsDirty = true;
+      if (res && res.status === 'cancelled') return () => state.status === 'cancelled';
+      return null;
+    });
+  }
+
+  function pauseTask(opener) {
+    perform('task', 'pause', opener, () => api.pauseTask(state.taskId), (res) => {
+      if (res && res.pauseRequested) state.pauseRequested = true;
+      headerDirty = true; controlsDirty = true;
+      if (res && res.status === 'paused') return () => state.status === 'paused' || isTerminal(state);
+      return null;
+    });
+  }
+
+  function resumeTask(opener) {
+    const wasPaused = state.status === 'paused';
+    perform('task', 'resume', opener, () => api.resumeTask(state.taskId), () => {
+      // Resuming a pause that has not happened yet withdraws it (no event says so).
+      state.pauseRequested = false;
+      headerDirty = true; controlsDirty = true;
+      return wasPaused ? () => state.status !== 'paused' : null;
+    });
+  }
+
+  function cancelAgent(role, opener) {
+    const agent = state.agents.find((a) => a.role === role);
+    if (!agent) return;
+    const attempt = agent.attempt;
+    perform(`agent:${role}`, 'cancel', opener, () => api.cancelAgent(state.taskId, role), () => {
+      cancellingAgents.set(role, attempt);
+      dirty.add(role); headerDirty = true;
+      return null;
+    });
+  }
+
+  /** Retries one agent (`role`), or every failed and cancelled one (null). */
+  function retryTask(role, opener) {
+    const scope = role ? `agent:${role}` : 'task';
+    perform(scope, 'retry', opener, () => api.retryTask(state.taskId, role ? [role] : undefined), (res) => {
+      retryPendingSince = Date.now();
+      follow((res && res.streamUrl) || null);
+      return () => !isTerminal(state);
+    });
+  }
+
   // ---- events ------------------------------------------------------------------
   function onEvent(ev) {
+    const wasStatus = state.status;
     const result = applyEvent(state, ev);
     if (!result) return; // already seen: no doubles
     if (ev.at && connection === 'live') {
@@ -240,26 +389,35 @@ function mountViewer(page, heading, view) {
     }
     for (const role of result.roles) dirty.add(role);
     headerDirty = true;
-    if (ev.type === 'agent_complete' || ev.type === 'agent_error') {
-      const agent = state.agents.find((a) => a.role === ev.agentRole);
-      if (agent) setText(announcer, `${agent.name} ${ev.type === 'agent_complete' ? 'completed' : 'failed'}.`);
-    }
+    if (state.status !== wasStatus || !['agent_token', 'agent_progress'].includes(ev.type)) controlsDirty = true;
+    if (ev.type === 'task_retried') retryPendingSince = 0;
+    const agent = ev.agentRole ? state.agents.find((a) => a.role === ev.agentRole) : null;
+    const said = {
+      agent_complete: agent && `${agent.name} completed.`,
+      agent_error: agent && `${agent.name} failed.`,
+      agent_cancelled: agent && `${agent.name} cancelled.`,
+      task_paused: 'Task paused.',
+      task_unpaused: 'Task resumed.',
+      task_retried: `Retrying ${(ev.agents || []).map((r) => state.agents.find((a) => a.role === r)?.name || r).join(', ')}.`,
+    }[ev.type];
+    if (said) setText(announcer, said);
     if (result.terminal) onTerminal();
+    actions.check();
     schedule();
   }
 
   function onTerminal() {
     window.removeEventListener('beforeunload', beforeUnload);
-    setText(announcer, state.status === 'completed' ? 'Task completed.' : `Task failed: ${state.error || ''}`);
-    if (!wasTerminalAtOpen) {
+    setText(announcer, { completed: 'Task completed.', cancelled: 'Task cancelled.' }[state.status] || `Task failed: ${state.error || ''}`);
+    if (followedLive) {
       const done = state.agents.filter((a) => a.status === 'completed').length;
       notifyTaskFinished({
         taskId: state.taskId,
         title: state.title,
         status: state.status,
-        detail: state.status === 'completed'
-          ? `${plural(done, 'agent')} completed in ${formatDuration(state.totalExecutionTime)}.`
-          : state.error || '',
+        detail: state.status === 'failed'
+          ? state.error || ''
+          : `${plural(done, 'agent')} completed in ${formatDuration(state.totalExecutionTime)}.`,
       });
     }
   }
@@ -287,6 +445,33 @@ function mountViewer(page, heading, view) {
     if (!isTerminal(state)) tickElapsed();
   }, 200);
 
+  // ---- following the stream -----------------------------------------------------
+  /** Opens the task's stream after state.lastSeq (at open, and again after a Retry). */
+  async function follow(url) {
+    if (disposed || (stream && !stream.stopped)) return;
+    followedLive = true;
+    window.addEventListener('beforeunload', beforeUnload);
+    let next = url;
+    if (!next) {
+      try { next = (await api.getTask(state.taskId)).streamUrl; } catch { next = streamUrl; }
+      if (disposed || (stream && !stream.stopped)) return;
+    }
+    stream = new TaskStream({
+      streamUrl: next,
+      cursor: () => state.lastSeq,
+      onEvent,
+      onStatus,
+      refresh: async () => {
+        const fresh = await api.getTask(state.taskId);
+        // Just after a Retry the log may still end with the old terminal event (the
+        // server answers 204): that is not the end, keep waiting for task_retried.
+        const retrying = retryPendingSince && Date.now() - retryPendingSince < 30_000;
+        return { streamUrl: fresh.streamUrl, terminal: isTerminal(fresh) && !retrying, caughtUp: fresh.lastSeq <= state.lastSeq };
+      },
+    });
+    stream.start();
+  }
+
   // ---- start -----------------------------------------------------------------
   for (const agent of state.agents) dirty.add(agent.role);
   flush();
@@ -294,19 +479,8 @@ function mountViewer(page, heading, view) {
   const onOnline = () => stream && stream.nudge();
   window.addEventListener('online', onOnline);
 
-  if (!wasTerminalAtOpen) {
-    window.addEventListener('beforeunload', beforeUnload);
-    stream = new TaskStream({
-      streamUrl,
-      cursor: () => state.lastSeq,
-      onEvent,
-      onStatus,
-      refresh: async () => {
-        const fresh = await api.getTask(state.taskId);
-        return { streamUrl: fresh.streamUrl, terminal: isTerminal(fresh), caughtUp: fresh.lastSeq <= state.lastSeq };
-      },
-    });
-    stream.start();
+  if (!isTerminal(state)) {
+    follow(streamUrl);
     restoreProgress();
   }
 
@@ -332,6 +506,8 @@ function mountViewer(page, heading, view) {
 
   return {
     dispose() {
+      disposed = true;
+      actions.dispose();
       if (stream) stream.stop('closed');
       clearInterval(timer);
       if (frame) cancelAnimationFrame(frame);
@@ -359,7 +535,7 @@ function htmlFragment(html) {
 
 // ---- agent card -------------------------------------------------------------------
 
-function createCard(agent, openArtifacts) {
+function createCard(agent, { openArtifacts, cancelAgent, retryAgent }) {
   const role = agent.role;
   const nameId = uid('agent-name');
   const statusLabel = h('span', { class: 'agent-status', 'data-testid': `agent-status-${role}` });
@@ -372,11 +548,20 @@ function createCard(agent, openArtifacts) {
     role: 'region', 'aria-label': `Output of ${agent.name}`,
   });
   const error = h('p', { class: 'agent-error', 'data-testid': `agent-error-${role}`, hidden: true });
-  const attempt = h('span', { class: 'agent-attempt' });
+  const attempt = h('span', { class: 'agent-attempt', 'data-testid': `agent-attempt-${role}` });
   const artifacts = h('button', {
     type: 'button', class: 'btn btn-small artifacts-button', 'data-testid': `artifacts-button-${role}`, hidden: true,
     'aria-haspopup': 'dialog', onclick: (e) => openArtifacts(role, e.currentTarget),
   });
+  const cancel = h('button', {
+    type: 'button', class: 'btn btn-small btn-danger', 'data-testid': `agent-cancel-${role}`, hidden: true,
+    onclick: (e) => cancelAgent(role, e.currentTarget),
+  }, 'Cancel');
+  const retry = h('button', {
+    type: 'button', class: 'btn btn-small', 'data-testid': `agent-retry-${role}`, hidden: true,
+    onclick: (e) => retryAgent(role, e.currentTarget),
+  }, 'Retry');
+  const actionError = h('p', { class: 'action-error', role: 'alert', 'data-testid': `agent-action-error-${role}`, hidden: true });
   const root = h('li', { class: 'agent-card', 'data-testid': `agent-card-${role}`, 'data-status': agent.status, 'aria-labelledby': nameId },
     h('header', { class: 'agent-head' },
       h('span', { class: 'status-dot', 'aria-hidden': 'true' }),
@@ -386,7 +571,8 @@ function createCard(agent, openArtifacts) {
     progress,
     output,
     error,
-    h('footer', { class: 'agent-foot' }, artifacts, attempt));
+    actionError,
+    h('footer', { class: 'agent-foot' }, h('span', { class: 'agent-actions' }, artifacts, cancel, retry), attempt));
 
   let renderedOutput = null;
 
@@ -407,15 +593,17 @@ function createCard(agent, openArtifacts) {
     }
   }
 
-  function update(a, now) {
+  function update(a, now, ctl) {
     root.dataset.status = a.status;
     setText(name, a.name);
     setText(desc, a.description);
     setText(statusLabel, AGENT_STATUS_LABEL[a.status] || a.status);
     setTime(a, now);
-    const progressMessage = a.status === 'running'
-      ? (a.progress || (a.output ? 'Writing…' : a.attempt > 1 ? `Running again (attempt ${a.attempt})…` : 'Starting…'))
-      : '';
+    let progressMessage = '';
+    if (a.status === 'running') {
+      progressMessage = ctl.cancelling ? 'Cancelling…'
+        : a.progress || (a.output ? 'Writing…' : a.attempt > 1 ? `Running again (attempt ${a.attempt})…` : 'Starting…');
+    }
     setText(progress, progressMessage);
     progress.hidden = !progressMessage;
     if (a.output !== renderedOutput) {
@@ -426,9 +614,18 @@ function createCard(agent, openArtifacts) {
     }
     output.hidden = !a.output;
     output.classList.toggle('is-streaming', a.status === 'running');
+    output.setAttribute('aria-label', a.status === 'cancelled' ? `Output of ${a.name} (partial: cancelled)` : `Output of ${a.name}`);
     setText(error, a.error || '');
     error.hidden = !a.error;
     setText(attempt, a.attempt > 1 ? `Attempt ${a.attempt}` : '');
+    cancel.hidden = !ctl.canCancel;
+    retry.hidden = !ctl.canRetry;
+    cancel.disabled = ctl.busy;
+    retry.disabled = ctl.busy;
+    cancel.setAttribute('aria-label', `Cancel ${a.name}`);
+    retry.setAttribute('aria-label', `Retry ${a.name}`);
+    setText(actionError, ctl.error);
+    actionError.hidden = !ctl.error;
     artifacts.hidden = !a.hasArtifacts;
     setText(artifacts, a.hasArtifacts ? `Artifacts (${a.artifacts.length || '…'})` : '');
     artifacts.setAttribute('aria-label', `Artifacts of ${a.name}: ${plural(a.artifacts.length, 'file')}`);
