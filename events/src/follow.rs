@@ -16,6 +16,32 @@ use crate::error::{Error, Result};
 use crate::event::RawEvent;
 use crate::store::Store;
 
+/// What a feed passes to its followers: small events themselves, and for a large one only
+/// its seq, so that the buffer shared by a task's followers holds little however large
+/// events are; a follower reads a large event from the store, a byte-capped page at a time.
+#[derive(Debug, Clone)]
+enum Live {
+    Event(RawEvent),
+    Large { seq: u64 },
+}
+
+impl Live {
+    fn of(event: RawEvent, inline_max: usize) -> Live {
+        if event.json.len() > inline_max {
+            Live::Large { seq: event.seq }
+        } else {
+            Live::Event(event)
+        }
+    }
+
+    fn seq(&self) -> u64 {
+        match self {
+            Live::Event(event) => event.seq,
+            Live::Large { seq } => *seq,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct FeedConfig {
     /// Live events buffered per task for its slowest follower; past that, the follower
@@ -26,6 +52,9 @@ pub struct FeedConfig {
     /// With no live event for this long, a feed checks the store itself, so an event whose
     /// publish was lost (a worker died between commit and publish) still arrives.
     pub idle_check: Duration,
+    /// Events larger than this (whole agent answers) are not buffered live: followers read
+    /// them from the store. With `buffer` it bounds a followed task's live memory in bytes.
+    pub inline_max: usize,
 }
 
 impl Default for FeedConfig {
@@ -34,6 +63,7 @@ impl Default for FeedConfig {
             buffer: 1024,
             page: 1000,
             idle_check: Duration::from_secs(2),
+            inline_max: 16 * 1024,
         }
     }
 }
@@ -53,7 +83,7 @@ struct FeedsInner {
 
 struct Feed {
     task_id: Uuid,
-    tx: broadcast::Sender<RawEvent>,
+    tx: broadcast::Sender<Live>,
     stop: CancellationToken,
     feeds: Weak<FeedsInner>,
 }
@@ -142,6 +172,7 @@ impl Feeds {
             stop,
             task_id,
             idle_check: inner.config.idle_check,
+            inline_max: inner.config.inline_max,
         };
         tokio::spawn(pump(context, subscription, start));
         Ok(feed)
@@ -173,6 +204,7 @@ async fn pump(
         stop,
         task_id,
         idle_check,
+        inline_max,
     } = feed;
     let mut subscription = Some(subscription);
     let mut idle_at = tokio::time::Instant::now() + idle_check;
@@ -189,7 +221,7 @@ async fn pump(
                 Some(event) => {
                     last_seen = last_seen.max(event.seq);
                     idle_at = tokio::time::Instant::now() + idle_check;
-                    let _ = tx.send(event);
+                    let _ = tx.send(Live::of(event, inline_max));
                 }
                 None => {
                     tracing::warn!(%task_id, "the live subscription of a followed task ended; following from the store until it is renewed");
@@ -204,7 +236,7 @@ async fn pump(
                 match store.events_after(task_id, last_seen, 100).await {
                     Ok(events) => for event in events {
                         last_seen = event.seq;
-                        let _ = tx.send(event);
+                        let _ = tx.send(Live::of(event, inline_max));
                     },
                     Err(e) => tracing::warn!(%task_id, error = %e, "idle check of a followed task failed"),
                 }
@@ -217,10 +249,11 @@ async fn pump(
 struct PumpContext {
     store: Arc<dyn Store>,
     bus: Arc<dyn Bus>,
-    tx: broadcast::Sender<RawEvent>,
+    tx: broadcast::Sender<Live>,
     stop: CancellationToken,
     task_id: Uuid,
     idle_check: Duration,
+    inline_max: usize,
 }
 
 async fn renew(
@@ -243,7 +276,7 @@ struct Follower {
     store: Arc<dyn Store>,
     page: u32,
     _feed: Arc<Feed>,
-    rx: broadcast::Receiver<RawEvent>,
+    rx: broadcast::Receiver<Live>,
     task_id: Uuid,
     last: u64,
     /// At most one page of events read from the store and not yet sent.
@@ -286,10 +319,12 @@ impl Follower {
                 }
             }
             match self.rx.recv().await {
-                Ok(event) if event.seq <= self.last => {}
-                Ok(event) if event.seq == self.last + 1 => self.pending.push_back(event),
-                // A gap (a lost message) or a lag (this follower fell behind its buffer):
-                // the store has everything that was published, so read from it.
+                Ok(live) if live.seq() <= self.last => {}
+                Ok(Live::Event(event)) if event.seq == self.last + 1 => {
+                    self.pending.push_back(event)
+                }
+                // A large event, a gap (a lost message) or a lag (this follower fell behind
+                // its buffer): the store has everything that was published, so read it.
                 Ok(_) | Err(RecvError::Lagged(_)) => self.catching_up = true,
                 Err(RecvError::Closed) => {
                     self.done = true;

@@ -106,6 +106,7 @@ both_backends!(
     an_event_whose_publish_was_lost_still_arrives,
     followers_of_one_task_share_one_subscription,
     a_page_of_large_events_stays_small,
+    large_events_reach_followers_through_the_store,
     control_requests_wait_for_the_worker_and_transitions_race_it_safely,
 );
 
@@ -261,6 +262,7 @@ async fn a_slow_follower_gets_every_event_once_through_a_tiny_buffer(backend: Ba
             buffer: 4,
             page: 7,
             idle_check: Duration::from_millis(200),
+            ..FeedConfig::default()
         },
     );
     let follower = feeds.follow(task_id, 0).await.unwrap();
@@ -363,6 +365,7 @@ async fn followers_outlive_a_dead_bus_subscription() {
             buffer: 64,
             page: 100,
             idle_check: Duration::from_millis(100),
+            ..FeedConfig::default()
         },
     );
     let follower = feeds.follow(task_id, 0).await.unwrap();
@@ -536,4 +539,55 @@ fn start(task_id: Uuid, seq: u64) -> RawEvent {
         },
     )
     .to_raw()
+}
+
+async fn large_events_reach_followers_through_the_store(backend: Backend) {
+    let log = log(backend).await;
+    let task_id = new_task(&log).await;
+    // Every event counts as large: nothing travels in the live buffer but its seq.
+    let feeds = Feeds::new(
+        log.store.clone(),
+        log.bus.clone(),
+        FeedConfig {
+            inline_max: 10,
+            ..FeedConfig::default()
+        },
+    );
+    let follower = feeds.follow(task_id, 0).await.unwrap();
+    let reader = tokio::spawn(async move {
+        let follower = std::pin::pin!(follower);
+        follower
+            .map(|e| {
+                let e = e.unwrap();
+                (e.seq, e.json.len())
+            })
+            .collect::<Vec<_>>()
+            .await
+    });
+    let mut written = vec![];
+    for seq in 2..=40 {
+        let batch = if seq == 40 {
+            vec![complete(task_id, seq)]
+        } else {
+            tokens(task_id, seq..=seq)
+        };
+        written.push((seq, batch[0].json.len()));
+        log.store.append(task_id, &batch).await.unwrap();
+        log.bus.publish(&batch).await.unwrap();
+    }
+    let received = tokio::time::timeout(Duration::from_secs(10), reader)
+        .await
+        .unwrap()
+        .unwrap();
+    let seqs: Vec<u64> = received.iter().map(|(seq, _)| *seq).collect();
+    assert_eq!(
+        seqs,
+        (1..=40).collect::<Vec<_>>(),
+        "every event once, in order"
+    );
+    assert_eq!(
+        &received[1..],
+        &written[..],
+        "whole events, read from the store"
+    );
 }

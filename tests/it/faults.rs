@@ -140,17 +140,17 @@ async fn a_job_that_can_never_succeed_ends_with_task_error(backend: Backend) {
         .await;
 
     let view = app.wait_finished(&token, task_id).await;
-    assert_eq!(view["status"], "failed");
+    let log = app.log(&token, task_id).await;
+    assert_eq!(view["status"], "failed", "{view}\n{log:?}");
     let error = view["error"].as_str().unwrap();
     assert!(
         error.starts_with("gave up after 2 failed deliveries"),
-        "{error}"
+        "{error}\n{log:?}"
     );
     assert!(
         error.contains("event 2"),
         "the reason names the event: {error}"
     );
-    let log = app.log(&token, task_id).await;
     assert_eq!(log.last().unwrap()["type"], "task_error");
     assert_eq!(log.len(), 3, "nothing else was written");
 }
