@@ -22,7 +22,9 @@ pub use error::{Error, Result};
 pub use event::{Artifact, Event, EventBody, RawEvent};
 pub use follow::{FeedConfig, Feeds};
 pub use queue::{Delivery, MemoryQueue, NatsQueue, TaskQueue};
-pub use store::{Dispatch, PgStore, SqliteStore, Store, Submitted, Transition, Transitioned, User};
+pub use store::{
+    Claim, Dispatch, Lease, PgStore, SqliteStore, Store, Submitted, Transition, Transitioned, User,
+};
 pub use task::{
     AgentDef, ControlRequest, Controls, ExecutionMode, NewTask, RunLedger, TaskJob, TaskRecord,
     TaskSpec, TaskStatus, TaskView,

@@ -39,6 +39,9 @@ pub struct Delivery {
     pub job: TaskJob,
     /// 1 on the first delivery, more on redeliveries.
     pub delivered: u64,
+    /// Which queue message this is (its JetStream stream sequence): a redelivery of the
+    /// same message has the same id, a re-publish of the task another.
+    pub job_id: u64,
     /// The trace context of whoever queued the job.
     pub trace: TraceHeaders,
     handle: Box<dyn DeliveryHandle>,
@@ -167,6 +170,8 @@ impl TaskQueue for MemoryQueue {
             Ok(Some((job, delivered, trace))) => Ok(Some(Delivery {
                 job: job.clone(),
                 delivered,
+                // The in-process queue holds a task once: there are never two messages.
+                job_id: 0,
                 trace: trace.clone(),
                 handle: Box::new(MemoryHandle {
                     job,
@@ -337,7 +342,8 @@ impl TaskQueue for NatsQueue {
             return Ok(None);
         };
         let message = message.map_err(Error::nats)?;
-        let delivered = message.info().map_err(Error::nats)?.delivered.max(1) as u64;
+        let info = message.info().map_err(Error::nats)?;
+        let (delivered, job_id) = (info.delivered.max(1) as u64, info.stream_sequence);
         let (message, acker) = message.split();
         let trace: TraceHeaders = ["traceparent", "tracestate"]
             .into_iter()
@@ -350,6 +356,7 @@ impl TaskQueue for NatsQueue {
             Ok(job) => Ok(Some(Delivery {
                 job,
                 delivered,
+                job_id,
                 trace,
                 handle: Box::new(NatsHandle { acker }),
             })),

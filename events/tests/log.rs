@@ -107,6 +107,7 @@ both_backends!(
     followers_of_one_task_share_one_subscription,
     a_page_of_large_events_stays_small,
     large_events_reach_followers_through_the_store,
+    a_lease_tells_a_redelivery_from_a_duplicate_job,
     control_requests_wait_for_the_worker_and_transitions_race_it_safely,
 );
 
@@ -589,5 +590,77 @@ async fn large_events_reach_followers_through_the_store(backend: Backend) {
         &received[1..],
         &written[..],
         "whole events, read from the store"
+    );
+}
+
+async fn a_lease_tells_a_redelivery_from_a_duplicate_job(backend: Backend) {
+    use troupe_events::{Claim, Lease};
+    let log = log(backend).await;
+    let task_id = new_task(&log).await;
+    let store = log.store.as_ref();
+    let (owner, other) = (Uuid::now_v7(), Uuid::now_v7());
+    let long = Duration::from_secs(30);
+
+    assert_eq!(
+        store.claim(task_id, owner, 7, long).await.unwrap(),
+        Claim::Granted
+    );
+    assert_eq!(
+        store.claim(task_id, owner, 7, long).await.unwrap(),
+        Claim::Granted,
+        "a holder may claim again"
+    );
+    let held = Claim::Held(Lease {
+        holder: owner,
+        job: 7,
+    });
+    assert_eq!(
+        store.claim(task_id, other, 7, long).await.unwrap(),
+        held,
+        "the same message, redelivered"
+    );
+    assert_eq!(
+        store.claim(task_id, other, 8, long).await.unwrap(),
+        held,
+        "another message of the task"
+    );
+    assert_eq!(
+        store.lease(task_id).await.unwrap(),
+        Some(Lease {
+            holder: owner,
+            job: 7
+        })
+    );
+
+    // Released (a hand-back), the next delivery takes it at once.
+    store.release(task_id, other).await.unwrap();
+    assert!(
+        store.lease(task_id).await.unwrap().is_some(),
+        "only the holder releases"
+    );
+    store.release(task_id, owner).await.unwrap();
+    assert_eq!(store.lease(task_id).await.unwrap(), None);
+
+    // A lease that is not renewed lapses (the holder died): another worker takes over.
+    let short = Duration::from_millis(200);
+    assert_eq!(
+        store.claim(task_id, owner, 9, short).await.unwrap(),
+        Claim::Granted
+    );
+    store.renew(task_id, owner, short).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(store.lease(task_id).await.unwrap(), None);
+    assert_eq!(
+        store.claim(task_id, other, 9, long).await.unwrap(),
+        Claim::Granted
+    );
+    store.renew(task_id, owner, long).await.unwrap();
+    assert_eq!(
+        store.lease(task_id).await.unwrap(),
+        Some(Lease {
+            holder: other,
+            job: 9
+        }),
+        "the old holder cannot renew a lease it lost"
     );
 }

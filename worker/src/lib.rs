@@ -16,7 +16,9 @@ use futures::{FutureExt, StreamExt};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
-use troupe_events::{Backends, Delivery, Event, EventBody, TaskRecord, TaskStatus, TaskView};
+use troupe_events::{
+    Backends, Claim, Delivery, Event, EventBody, TaskRecord, TaskStatus, TaskView,
+};
 use uuid::Uuid;
 
 use crate::appender::{AppendError, Appender, Emitter, Stopped};
@@ -75,9 +77,14 @@ pub enum Outcome {
     /// No such task in the store: the job is dropped.
     Missing,
     /// Another writer (a worker holding another job of the task, or the api cancelling
-    /// it) appended first: this copy stopped at once and its job is acked, so that it never
-    /// comes back to take the task from its owner.
+    /// it) appended first: this copy stopped at once, and its job is acked so that it never
+    /// comes back to take the task from its owner, unless it is the very message the owner
+    /// holds (a redelivery), which is left to the owner.
     Lost,
+    /// Another delivery holds the task's lease: this one is a duplicate. A re-published
+    /// job is acked; a redelivery of the holder's own message is left alone, so that the
+    /// queue still has it should the holder die.
+    Duplicate { same_job: bool },
     /// The worker is stopping: `task_released` is stored and the job goes back to the
     /// queue, to be resumed without counting as a failed run.
     Interrupted,
@@ -164,21 +171,27 @@ impl Worker {
             delivered = delivery.delivered
         );
         troupe_events::trace::link(&span, &delivery.trace);
+        // Who holds the task's lease for this delivery: one per delivery, so that two
+        // deliveries of one message in one process are told apart too.
+        let holder = Uuid::now_v7();
         async {
-            let outcome = AssertUnwindSafe(self.execute(&delivery, stop))
-                .catch_unwind()
-                .await
-                .unwrap_or_else(|panic| Outcome::Retry {
-                    reason: run::crash_message(panic.as_ref()),
-                    outage: false,
-                });
-            self.settle(&delivery, outcome).await
+            // The heartbeat covers the whole delivery, reading the log included: a store
+            // outage must not let the job's lease lapse while it waits.
+            let outcome = tokio::select! {
+                _ = self.heartbeat(&delivery, holder) => unreachable!("the heartbeat never ends"),
+                outcome = AssertUnwindSafe(self.execute(&delivery, holder, stop)).catch_unwind() => outcome,
+            };
+            let outcome = outcome.unwrap_or_else(|panic| Outcome::Retry {
+                reason: run::crash_message(panic.as_ref()),
+                outage: false,
+            });
+            self.settle(&delivery, holder, outcome).await
         }
         .instrument(span)
         .await
     }
 
-    async fn settle(&self, delivery: &Delivery, outcome: Outcome) -> Outcome {
+    async fn settle(&self, delivery: &Delivery, holder: Uuid, outcome: Outcome) -> Outcome {
         let task_id = delivery.job.task_id();
         let outcome = match outcome {
             Outcome::Retry { reason, outage }
@@ -189,7 +202,19 @@ impl Worker {
             }
             other => other,
         };
+        let outcome = match outcome {
+            Outcome::Lost if self.owner_holds(task_id, delivery.job_id, holder).await => {
+                Outcome::Duplicate { same_job: true }
+            }
+            other => other,
+        };
+        if self.lease().is_some()
+            && let Err(e) = self.backends.store.release(task_id, holder).await
+        {
+            tracing::warn!(error = %e, "releasing the task's lease failed; it expires");
+        }
         let settled = match &outcome {
+            Outcome::Duplicate { same_job: true } => Ok(()),
             Outcome::Interrupted => delivery.retry_later(Duration::ZERO).await,
             Outcome::Retry { reason, .. } => {
                 tracing::warn!(%reason, "the task will be tried again");
@@ -202,6 +227,43 @@ impl Worker {
         }
         tracing::info!(?outcome, "task delivery done");
         outcome
+    }
+
+    /// How long a task's lease lasts without renewal: as long as the queue waits before
+    /// handing a silent job to another worker. `None` when the queue never does.
+    fn lease(&self) -> Option<Duration> {
+        self.backends.queue.heartbeat().map(|every| every * 3)
+    }
+
+    /// Another worker holds the task for this very message (JetStream redelivered it):
+    /// settling it would take the owner's job away.
+    async fn owner_holds(&self, task_id: Uuid, job_id: u64, holder: Uuid) -> bool {
+        match self.backends.store.lease(task_id).await {
+            Ok(Some(lease)) => lease.holder != holder && lease.job == job_id,
+            Ok(None) => false,
+            // Leaving it is the safe side: the owner (or a later redelivery) settles it.
+            Err(_) => true,
+        }
+    }
+
+    /// Takes the task's lease for this delivery, or says whose it is.
+    async fn claim(&self, delivery: &Delivery, holder: Uuid) -> Result<(), Outcome> {
+        let Some(lease) = self.lease() else {
+            return Ok(());
+        };
+        let task_id = delivery.job.task_id();
+        match self
+            .backends
+            .store
+            .claim(task_id, holder, delivery.job_id, lease)
+            .await
+        {
+            Ok(Claim::Granted) => Ok(()),
+            Ok(Claim::Held(held)) => Err(Outcome::Duplicate {
+                same_job: held.job == delivery.job_id,
+            }),
+            Err(e) => Err(Outcome::retry("claiming the task", &e)),
+        }
     }
 
     /// Ends a task whose job keeps failing, saying why, if the store takes it.
@@ -236,8 +298,11 @@ impl Worker {
         }
     }
 
-    async fn execute(&self, delivery: &Delivery, stop: CancellationToken) -> Outcome {
+    async fn execute(&self, delivery: &Delivery, holder: Uuid, stop: CancellationToken) -> Outcome {
         let task_id = delivery.job.task_id();
+        if let Err(duplicate) = self.claim(delivery, holder).await {
+            return duplicate;
+        }
         let (task, view) = match self.load(task_id).await {
             Ok(Some(loaded)) => loaded,
             Ok(None) => return Outcome::Missing,
@@ -343,7 +408,6 @@ impl Worker {
         }
         let task_id = run.task.id;
         tokio::select! {
-            _ = self.heartbeat(delivery) => unreachable!("the heartbeat never ends"),
             _ = self.watch_controls(task_id, &run.control) => unreachable!("the watch never ends"),
             closing = run.clone().run() => closing,
         }
@@ -381,8 +445,8 @@ impl Worker {
         }
     }
 
-    /// Keeps the delivery from being redelivered while its task runs.
-    async fn heartbeat(&self, delivery: &Delivery) {
+    /// Keeps the delivery from being redelivered, and the task's lease, while it runs.
+    async fn heartbeat(&self, delivery: &Delivery, holder: Uuid) {
         // Never slower than the queue's own lease, whatever the configuration says.
         let every = match self.backends.queue.heartbeat() {
             Some(lease) => self
@@ -398,6 +462,12 @@ impl Worker {
             tick.tick().await;
             if let Err(e) = delivery.in_progress().await {
                 tracing::warn!(error = %e, "telling the queue the task is in progress failed");
+            }
+            if let Some(lease) = self.lease() {
+                let task_id = delivery.job.task_id();
+                if let Err(e) = self.backends.store.renew(task_id, holder, lease).await {
+                    tracing::warn!(error = %e, "renewing the task's lease failed");
+                }
             }
         }
     }

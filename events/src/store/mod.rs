@@ -4,6 +4,8 @@
 mod postgres;
 mod sqlite;
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -83,6 +85,19 @@ pub trait Store: Send + Sync + 'static {
     /// What users have asked of the task that its worker has not done yet.
     async fn controls(&self, task_id: Uuid) -> Result<Controls>;
 
+    /// Takes the task's lease for `holder`, running it for queue message `job`, unless
+    /// another holder's lease has not expired.
+    async fn claim(&self, task_id: Uuid, holder: Uuid, job: u64, lease: Duration) -> Result<Claim>;
+
+    /// Extends `holder`'s lease; nothing when it is no longer the holder.
+    async fn renew(&self, task_id: Uuid, holder: Uuid, lease: Duration) -> Result<()>;
+
+    /// Gives the lease up, if `holder` still has it.
+    async fn release(&self, task_id: Uuid, holder: Uuid) -> Result<()>;
+
+    /// The holder and message of the task's lease, when it has not expired.
+    async fn lease(&self, task_id: Uuid) -> Result<Option<Lease>>;
+
     /// Events with `seq > after`, in order: at most `limit`, and no more than
     /// [`PAGE_BYTES`] of JSON past the first, so that a page of large events (whole agent
     /// answers) stays small in memory. A page is empty only when no event is left: read
@@ -103,6 +118,21 @@ pub trait Store: Send + Sync + 'static {
 
 /// Most JSON one page of [`Store::events_after`] carries beyond its first event.
 pub const PAGE_BYTES: i64 = 1 << 20;
+
+/// Who runs a task: a worker instance and the queue message it runs it for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    pub holder: Uuid,
+    pub job: u64,
+}
+
+/// What [`Store::claim`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    Granted,
+    /// Another worker's lease is current.
+    Held(Lease),
+}
 
 /// One queueing of a task: the task and the seq of the event that made it runnable
 /// (1 for a submit; a retry's or unpause's own seq), which also names the queue message.

@@ -12,9 +12,9 @@ use sqlx::{QueryBuilder, Row};
 use uuid::Uuid;
 
 use super::{
-    Dispatch, PAGE_BYTES, Store, SubmitParts, Submitted, TaskRow, Transition, Transitioned, User,
-    WRITABLE, batch_bounds, control_sql, created_record, earlier_submit, is_unique_violation,
-    raw_event, refused, status_after, task_record,
+    Claim, Dispatch, Lease, PAGE_BYTES, Store, SubmitParts, Submitted, TaskRow, Transition,
+    Transitioned, User, WRITABLE, batch_bounds, control_sql, created_record, earlier_submit,
+    is_unique_violation, raw_event, refused, status_after, task_record,
 };
 use crate::error::{Error, Result};
 use crate::event::{Event, RawEvent};
@@ -369,6 +369,68 @@ impl Store for SqliteStore {
             pause,
             cancel_agents: agents.into_iter().map(|(r, a)| (r, a as u32)).collect(),
         })
+    }
+
+    async fn claim(&self, task_id: Uuid, holder: Uuid, job: u64, lease: Duration) -> Result<Claim> {
+        let now = Utc::now();
+        let until = now + chrono::Duration::from_std(lease).unwrap_or_default();
+        let granted = sqlx::query(
+            "UPDATE tasks SET holder = ?2, holder_job = ?3, lease_until = ?4
+             WHERE id = ?1 AND (holder IS NULL OR holder = ?2 OR lease_until < ?5)",
+        )
+        .bind(task_id)
+        .bind(holder)
+        .bind(job as i64)
+        .bind(until)
+        .bind(now)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if granted > 0 {
+            return Ok(Claim::Granted);
+        }
+        Ok(match self.lease(task_id).await? {
+            Some(lease) => Claim::Held(lease),
+            None => Claim::Granted,
+        })
+    }
+
+    async fn renew(&self, task_id: Uuid, holder: Uuid, lease: Duration) -> Result<()> {
+        let until = Utc::now() + chrono::Duration::from_std(lease).unwrap_or_default();
+        sqlx::query("UPDATE tasks SET lease_until = ?3 WHERE id = ?1 AND holder = ?2")
+            .bind(task_id)
+            .bind(holder)
+            .bind(until)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn release(&self, task_id: Uuid, holder: Uuid) -> Result<()> {
+        sqlx::query(
+            "UPDATE tasks SET holder = NULL, holder_job = NULL, lease_until = NULL
+             WHERE id = ?1 AND holder = ?2",
+        )
+        .bind(task_id)
+        .bind(holder)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn lease(&self, task_id: Uuid) -> Result<Option<Lease>> {
+        let row: Option<(Uuid, i64)> = sqlx::query_as(
+            "SELECT holder, holder_job FROM tasks
+             WHERE id = ?1 AND holder IS NOT NULL AND lease_until >= ?2",
+        )
+        .bind(task_id)
+        .bind(Utc::now())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|(holder, job)| Lease {
+            holder,
+            job: job as u64,
+        }))
     }
 
     async fn undispatched(&self, older_than: DateTime<Utc>, limit: u32) -> Result<Vec<Dispatch>> {
