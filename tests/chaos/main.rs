@@ -15,6 +15,7 @@ mod clients;
 mod cluster;
 mod driver;
 mod plan;
+mod restarts;
 
 use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;

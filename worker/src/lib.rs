@@ -446,6 +446,8 @@ impl Worker {
     }
 
     /// Keeps the delivery from being redelivered, and the task's lease, while it runs.
+    /// Two loops: a store that hangs (PostgreSQL restarting) must never hold up the
+    /// queue's heartbeat, or the queue would hand the task to another worker.
     async fn heartbeat(&self, delivery: &Delivery, holder: Uuid) {
         // Never slower than the queue's own lease, whatever the configuration says.
         let every = match self.backends.queue.heartbeat() {
@@ -456,20 +458,20 @@ impl Worker {
                 .max(Duration::from_millis(50)),
             None => self.config.heartbeat,
         };
-        let mut tick = tokio::time::interval(every);
-        tick.tick().await;
-        loop {
-            tick.tick().await;
+        let queue = every_tick(every, || async {
             if let Err(e) = delivery.in_progress().await {
                 tracing::warn!(error = %e, "telling the queue the task is in progress failed");
             }
-            if let Some(lease) = self.lease() {
-                let task_id = delivery.job.task_id();
-                if let Err(e) = self.backends.store.renew(task_id, holder, lease).await {
-                    tracing::warn!(error = %e, "renewing the task's lease failed");
-                }
+        });
+        let lease = every_tick(every, || async {
+            let (Some(lease), task_id) = (self.lease(), delivery.job.task_id()) else {
+                return;
+            };
+            if let Err(e) = self.backends.store.renew(task_id, holder, lease).await {
+                tracing::warn!(error = %e, "renewing the task's lease failed");
             }
-        }
+        });
+        tokio::join!(queue, lease);
     }
 
     /// Carries users' requests to the running task: read from the store on every nudge
@@ -494,6 +496,21 @@ impl Worker {
                 Err(e) => tracing::warn!(error = %e, "reading the task's controls failed"),
             }
         }
+    }
+}
+
+/// Runs `beat` every `every`, the first time after one period, forever.
+async fn every_tick<F, Fut>(every: Duration, beat: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        beat().await;
     }
 }
 
