@@ -407,7 +407,7 @@ async fn retry_and_cancel_refuse_what_makes_no_sense(backend: Backend) {
 }
 
 async fn a_paused_task_starts_no_agent_until_resumed(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
+    let mut app = TestApp::spawn(backend).await;
     let token = app.user().await;
     let task_id = app
         .submit(&token, &slow(&["tech-lead", "frontend"], "sequential"))
@@ -449,6 +449,25 @@ async fn a_paused_task_starts_no_agent_until_resumed(backend: Backend) {
         seq_when_paused,
         "nothing ran while paused"
     );
+
+    // A paused task survives restarts: the whole process (embedded) or the workers.
+    match backend {
+        Backend::Embedded => app.restart_embedded().await,
+        Backend::Distributed => {
+            let old = app.workers[0].clone();
+            app.start_worker().await;
+            old.cancel();
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let after_restart: Value = app
+        .get(&format!("/api/tasks/{task_id}"), &token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(after_restart["status"], "paused");
+    assert_eq!(after_restart["lastSeq"].as_u64().unwrap(), seq_when_paused);
 
     let (status, body) = app
         .control(0, &token, &format!("/api/tasks/{task_id}/resume"))
