@@ -1,12 +1,14 @@
 //! The event pipeline measured end to end on PostgreSQL and NATS: append + publish
-//! throughput, append-to-browser latency with many SSE clients, replay rate, submit rate.
+//! throughput, append-to-browser latency with many SSE clients, replay rate, submit rate,
+//! and the resident memory of a separate `api` process under stalled and replaying clients.
 //!
-//! `cargo bench --bench pipeline [-- throughput|sse|replay|accept ...]`. Each run works in a
-//! fresh PostgreSQL schema and under a fresh NATS prefix, and removes both at the end.
+//! `cargo bench --bench pipeline [-- throughput|sse|replay|accept|memory ...]`. Each run works
+//! in a fresh PostgreSQL schema and under a fresh NATS prefix, and removes both at the end.
 //! Environment: BENCH_DATABASE_URL (or TEST_DATABASE_URL), BENCH_NATS_URL (or TEST_NATS_URL);
 //! the scenario sizes can be changed with the BENCH_* variables read in `Sizes::from_env`.
 
-use std::process::ExitCode;
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -22,14 +24,15 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use troupe_api::HttpConfig;
 use troupe_api::auth::Tokens;
+use troupe_events::event::{AgentOutput, SuccessStatus};
 use troupe_events::{
-    BackendConfig, Backends, Catalogue, Event, EventBody, ExecutionMode, NewTask, RawEvent,
+    BackendConfig, Backends, Catalogue, Event, EventBody, ExecutionMode, NewTask, RawEvent, Store,
     Subjects, TaskSpec,
 };
 use troupe_worker::providers::{ProviderSettings, Providers};
 use uuid::Uuid;
 
-const SCENARIOS: [&str; 4] = ["throughput", "sse", "replay", "accept"];
+const SCENARIOS: [&str; 5] = ["throughput", "sse", "replay", "accept", "memory"];
 const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
 /// What a coalesced `agent_token` carries: a few words of streamed model output.
@@ -48,6 +51,11 @@ struct Sizes {
     replay_batch: usize,
     accept_tasks: usize,
     accept_concurrency: usize,
+    memory_events: usize,
+    memory_stall_secs: u64,
+    memory_clients: usize,
+    memory_tasks: usize,
+    memory_waves: usize,
 }
 
 impl Sizes {
@@ -72,6 +80,11 @@ impl Sizes {
             replay_batch: 1_000,
             accept_tasks: var("BENCH_ACCEPT_TASKS", 2_000)?,
             accept_concurrency: var("BENCH_ACCEPT_CONCURRENCY", 32)?,
+            memory_events: var("BENCH_MEMORY_EVENTS", 100_000)?,
+            memory_stall_secs: var("BENCH_MEMORY_STALL_SECS", 20)? as u64,
+            memory_clients: var("BENCH_MEMORY_CLIENTS", 500)?,
+            memory_tasks: var("BENCH_MEMORY_TASKS", 20)?.max(1),
+            memory_waves: var("BENCH_MEMORY_WAVES", 3)?,
         })
     }
 }
@@ -254,7 +267,10 @@ async fn scenarios(env: &Remote, sizes: &Sizes, chosen: &[String]) -> anyhow::Re
         "backends: {}; store pool of {} connections",
         backends.description, config.db_max_connections
     );
-    let needs_api = chosen.iter().any(|s| s != "throughput");
+    // The memory scenario measures an `api` process of its own, not the one in this process.
+    let needs_api = chosen
+        .iter()
+        .any(|s| !matches!(s.as_str(), "throughput" | "memory"));
     let api = match needs_api {
         true => Some(Api::start(backends.clone()).await?),
         false => None,
@@ -266,6 +282,7 @@ async fn scenarios(env: &Remote, sizes: &Sizes, chosen: &[String]) -> anyhow::Re
                 ("sse", Some(api)) => sse_latency(&backends, api, sizes).await?,
                 ("replay", Some(api)) => replay(&backends, api, sizes).await?,
                 ("accept", Some(api)) => accept(api, sizes).await?,
+                ("memory", _) => memory(&backends, env, sizes).await?,
                 _ => unreachable!("scenario names are checked and the api runs when needed"),
             }
         }
@@ -278,20 +295,29 @@ async fn scenarios(env: &Remote, sizes: &Sizes, chosen: &[String]) -> anyhow::Re
     result
 }
 
-/// The real api, in this process, on a port-0 listener, with one registered user.
+/// The real api with one registered user: in this process on a port-0 listener, or (for
+/// the memory scenario) the release `api` binary running as a process of its own.
 struct Api {
     base: String,
     http: reqwest::Client,
     token: String,
-    shutdown: CancellationToken,
-    server: tokio::task::JoinHandle<anyhow::Result<()>>,
+    email: String,
+    server: Server,
+}
+
+enum Server {
+    InProcess {
+        shutdown: CancellationToken,
+        task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    },
+    /// Killed when dropped, so that a failed run leaves no api behind.
+    Process(tokio::process::Child),
 }
 
 impl Api {
     async fn start(backends: Backends) -> anyhow::Result<Api> {
-        let secret = format!("{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple());
         let tokens = Tokens::new(
-            &SecretString::from(secret),
+            &SecretString::from(random_secret()),
             Duration::from_secs(24 * 3600),
             Duration::from_secs(4 * 3600),
         );
@@ -305,7 +331,12 @@ impl Api {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let base = format!("http://{}", listener.local_addr()?);
         let shutdown = CancellationToken::new();
-        let server = tokio::spawn(troupe_api::serve(listener, state, shutdown.clone()));
+        let task = tokio::spawn(troupe_api::serve(listener, state, shutdown.clone()));
+        Api::sign_up(base, Server::InProcess { shutdown, task }).await
+    }
+
+    /// Registers the bench's user on a running api.
+    async fn sign_up(base: String, server: Server) -> anyhow::Result<Api> {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .build()?;
@@ -338,7 +369,7 @@ impl Api {
             base,
             http,
             token,
-            shutdown,
+            email,
             server,
         })
     }
@@ -369,18 +400,37 @@ impl Api {
     }
 
     async fn stop(self) {
-        self.shutdown.cancel();
-        let abort = self.server.abort_handle();
-        match tokio::time::timeout(Duration::from_secs(10), self.server).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) => eprintln!("the api stopped with an error: {e:#}"),
-            Ok(Err(e)) => eprintln!("the api task failed: {e}"),
-            Err(_) => {
-                eprintln!("the api did not stop within 10 s; aborted");
-                abort.abort();
+        match self.server {
+            Server::InProcess { shutdown, task } => stop_in_process(shutdown, task).await,
+            Server::Process(mut child) => {
+                if let Err(e) = child.kill().await {
+                    eprintln!("the api process could not be stopped: {e}");
+                }
             }
         }
     }
+}
+
+async fn stop_in_process(
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
+    shutdown.cancel();
+    let abort = task.abort_handle();
+    match tokio::time::timeout(Duration::from_secs(10), task).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => eprintln!("the api stopped with an error: {e:#}"),
+        Ok(Err(e)) => eprintln!("the api task failed: {e}"),
+        Err(_) => {
+            eprintln!("the api did not stop within 10 s; aborted");
+            abort.abort();
+        }
+    }
+}
+
+/// A JWT secret of 64 hex characters.
+fn random_secret() -> String {
+    format!("{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple())
 }
 
 fn task_request() -> Value {
@@ -467,13 +517,19 @@ fn heading(title: &str) {
 
 /// Tasks written to by the store directly, as a worker's appender would, owned by one user.
 async fn bench_tasks(backends: &Backends, count: usize) -> anyhow::Result<Vec<Uuid>> {
-    let store = &backends.store;
+    let store = backends.store.as_ref();
     let user = store
         .create_user(
             &format!("bench-{}@example.com", Uuid::new_v4().simple()),
             "not a password hash: this user never logs in",
         )
         .await?;
+    tasks_of(store, user.id, count).await
+}
+
+/// `count` tasks of one qa agent owned by `owner`, made by the store (seq 1, `task_created`)
+/// and marked dispatched: no worker runs in the bench, none should be queued.
+async fn tasks_of(store: &dyn Store, owner: Uuid, count: usize) -> anyhow::Result<Vec<Uuid>> {
     let qa = Catalogue::builtin()
         .get("qa")
         .cloned()
@@ -482,7 +538,7 @@ async fn bench_tasks(backends: &Backends, count: usize) -> anyhow::Result<Vec<Uu
     for _ in 0..count {
         let task = NewTask {
             id: Uuid::now_v7(),
-            owner_id: user.id,
+            owner_id: owner,
             spec: TaskSpec {
                 title: "bench".into(),
                 description: "bench".into(),
@@ -950,6 +1006,28 @@ async fn sse_latency(backends: &Backends, api: &Api, sizes: &Sizes) -> anyhow::R
 // ---------------------------------------------------------------------------------------
 // 3. replay of a long log
 
+/// Appends `count` token events after seq `after`, `batch` per transaction; returns the
+/// bytes of JSON written.
+async fn append_tokens(
+    store: &dyn Store,
+    task_id: Uuid,
+    after: u64,
+    count: usize,
+    batch: usize,
+) -> anyhow::Result<usize> {
+    let (mut seq, end, mut bytes) = (after, after + count as u64, 0);
+    while seq < end {
+        let n = (end - seq).min(batch as u64);
+        let events: Vec<RawEvent> = (1..=n)
+            .map(|i| token_event(task_id, seq + i, TOKEN_TEXT.into()))
+            .collect();
+        bytes += events.iter().map(|e| e.json.len()).sum::<usize>();
+        store.append(task_id, &events).await?;
+        seq += n;
+    }
+    Ok(bytes)
+}
+
 async fn replay(backends: &Backends, api: &Api, sizes: &Sizes) -> anyhow::Result<()> {
     let total = sizes.replay_events;
     heading(&format!(
@@ -958,21 +1036,13 @@ async fn replay(backends: &Backends, api: &Api, sizes: &Sizes) -> anyhow::Result
     ));
     let task_id = api.create_task().await?;
     let store = &backends.store;
-    let mut seq = 1u64;
     let writing = Instant::now();
-    while (seq as usize) < total + 1 {
-        let n = (total + 1 - seq as usize).min(sizes.replay_batch) as u64;
-        let events: Vec<RawEvent> = (1..=n)
-            .map(|i| token_event(task_id, seq + i, TOKEN_TEXT.into()))
-            .collect();
-        store.append(task_id, &events).await?;
-        seq += n;
-    }
+    append_tokens(store.as_ref(), task_id, 1, total, sizes.replay_batch).await?;
+    let last_seq = total as u64 + 2;
     store
-        .append(task_id, &[terminal_event(task_id, seq + 1)])
+        .append(task_id, &[terminal_event(task_id, last_seq)])
         .await?;
     let written_in = writing.elapsed();
-    let last_seq = seq + 1;
     row(
         "log written (Store::append only)",
         format!(
@@ -1158,4 +1228,676 @@ async fn accept(api: &Api, sizes: &Sizes) -> anyhow::Result<()> {
     );
     row("latency per submit", quantiles(&latency));
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// 5. the api's memory, as a process of its own
+
+/// How long the api gets to free what a phase used before its RSS is read again.
+const SETTLE: Duration = Duration::from_secs(3);
+/// What a stalling client reads before it stops: a few KiB.
+const STALL_AFTER_BYTES: usize = 4096;
+
+async fn memory(backends: &Backends, env: &Remote, sizes: &Sizes) -> anyhow::Result<()> {
+    heading(
+        "5. api memory: the release `api` binary as its own process, RSS from /proc/<pid>/status",
+    );
+    let api = Api::spawn(env).await?;
+    let result = memory_phases(backends, &api, sizes).await;
+    api.stop().await;
+    result
+}
+
+async fn memory_phases(backends: &Backends, api: &Api, sizes: &Sizes) -> anyhow::Result<()> {
+    let (pid, store, started) = (api.pid()?, backends.store.as_ref(), Instant::now());
+    tokio::time::sleep(SETTLE).await;
+    row(
+        "api RSS idle (user registered)",
+        format!("{} (pid {pid})", mib(read_memory(pid)?.rss)),
+    );
+    let owner = store
+        .user_by_email(&api.email)
+        .await?
+        .ok_or_else(|| anyhow!("the registered bench user is not in the store"))?
+        .id;
+    let stall = Duration::from_secs(sizes.memory_stall_secs);
+    let long = seed_long_log(store, owner, sizes.memory_events).await?;
+    stalled_view(api, &long, stall).await?;
+    stalled_sse(api, &long, stall).await?;
+    let large = seed_large_outputs(store, owner, sizes.memory_tasks).await?;
+    // Later waves show whether what one wave leaves resident is reused or keeps growing.
+    for wave in 1..=sizes.memory_waves {
+        replay_wave(api, &large, sizes.memory_clients, wave).await?;
+    }
+    row(
+        "scenario time",
+        format!(
+            "{:.1} s from the api's start to here (its build not counted)",
+            started.elapsed().as_secs_f64()
+        ),
+    );
+    Ok(())
+}
+
+impl Api {
+    /// The release `api` binary on a free port, on the run's schema and NATS prefix.
+    async fn spawn(env: &Remote) -> anyhow::Result<Api> {
+        let binary = api_binary().await?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let database_url = env.backend_config().database_url.unwrap_or_default();
+        let mut child = tokio::process::Command::new(&binary)
+            .env("DATABASE_URL", database_url)
+            .env("NATS_URL", &env.nats_url)
+            .env("TROUPE_NATS_PREFIX", &env.prefix)
+            .env("TROUPE_JWT_SECRET", random_secret())
+            .env("TROUPE_BIND", format!("127.0.0.1:{port}"))
+            .env("RUST_LOG", "warn")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let base = format!("http://127.0.0.1:{port}");
+        wait_until_healthy(&base, &mut child).await?;
+        Api::sign_up(base, Server::Process(child)).await
+    }
+
+    fn pid(&self) -> anyhow::Result<u32> {
+        match &self.server {
+            Server::Process(child) => child.id().ok_or_else(|| anyhow!("the api process exited")),
+            Server::InProcess { .. } => bail!("the api runs inside the bench"),
+        }
+    }
+
+    fn port(&self) -> anyhow::Result<u16> {
+        let port = self.base.rsplit(':').next().and_then(|p| p.parse().ok());
+        port.ok_or_else(|| anyhow!("no port in {}", self.base))
+    }
+}
+
+/// `BENCH_API_BIN`, or `api` next to this bench in target/release, built first with
+/// `cargo build --release -p troupe-api --bin api` so that it is the code being measured.
+async fn api_binary() -> anyhow::Result<PathBuf> {
+    if let Ok(path) = std::env::var("BENCH_API_BIN") {
+        row("api binary", format!("{path} (BENCH_API_BIN)"));
+        return Ok(path.into());
+    }
+    let exe = std::env::current_exe()?;
+    let release = exe
+        .parent()
+        .and_then(Path::parent)
+        .ok_or_else(|| anyhow!("{} is not in target/<profile>/deps", exe.display()))?;
+    let target = release.parent().unwrap_or(release);
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let started = Instant::now();
+    let status = tokio::process::Command::new(cargo)
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "troupe-api",
+            "--bin",
+            "api",
+        ])
+        .env("CARGO_TARGET_DIR", target)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .await
+        .context("running cargo build --release -p troupe-api --bin api")?;
+    ensure!(
+        status.success(),
+        "cargo build --release -p troupe-api --bin api failed ({status})"
+    );
+    let binary = release.join("api");
+    row(
+        "api binary",
+        format!(
+            "{} (cargo build --release -p troupe-api --bin api: {:.1} s)",
+            binary.display(),
+            started.elapsed().as_secs_f64()
+        ),
+    );
+    Ok(binary)
+}
+
+async fn wait_until_healthy(base: &str, child: &mut tokio::process::Child) -> anyhow::Result<()> {
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            bail!("the api process exited at start ({status}); its log is above");
+        }
+        let health = http.get(format!("{base}/healthz")).send().await;
+        if health.is_ok_and(|r| r.status().is_success()) {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the api process did not answer GET /healthz within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A client with no idle pool: a connection closes when its response is dropped, so the
+/// api's RSS "after" has no idle keep-alive connections in it.
+fn fresh_client() -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .pool_max_idle_per_host(0)
+        .build()?)
+}
+
+/// Resident memory of a process, in KiB: now (VmRSS) and its high-water mark (VmHWM).
+struct Memory {
+    rss: u64,
+    hwm: u64,
+}
+
+fn read_memory(pid: u32) -> anyhow::Result<Memory> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status: has the api exited?"))?;
+    let field = |name: &str| {
+        let line = status.lines().find(|l| l.starts_with(name));
+        let kib = line.and_then(|l| l.split_whitespace().nth(1)?.parse().ok());
+        kib.ok_or_else(|| anyhow!("/proc/{pid}/status has no {name}"))
+    };
+    Ok(Memory {
+        rss: field("VmRSS:")?,
+        hwm: field("VmHWM:")?,
+    })
+}
+
+/// Sets the process's VmHWM back to its current RSS (`echo 5 > /proc/<pid>/clear_refs`).
+fn reset_high_water_mark(pid: u32) -> anyhow::Result<()> {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5")
+        .with_context(|| format!("resetting VmHWM through /proc/{pid}/clear_refs"))
+}
+
+/// The api's RSS through one phase: sampled every 10 ms, and the kernel's own high-water
+/// mark, reset when the phase starts.
+struct RssWatch {
+    pid: u32,
+    before: u64,
+    peak: Arc<AtomicU64>,
+    stop: CancellationToken,
+    sampler: tokio::task::JoinHandle<()>,
+}
+
+/// What a phase did to the api's RSS, in KiB.
+struct Held {
+    before: u64,
+    peak: u64,
+    hwm: u64,
+}
+
+impl RssWatch {
+    fn start(pid: u32) -> anyhow::Result<RssWatch> {
+        reset_high_water_mark(pid)?;
+        let before = read_memory(pid)?.rss;
+        let (peak, stop) = (Arc::new(AtomicU64::new(before)), CancellationToken::new());
+        let sampler = tokio::spawn(sample_rss(pid, peak.clone(), stop.clone()));
+        Ok(RssWatch {
+            pid,
+            before,
+            peak,
+            stop,
+            sampler,
+        })
+    }
+
+    async fn finish(self) -> anyhow::Result<Held> {
+        self.stop.cancel();
+        let _ = self.sampler.await;
+        let now = read_memory(self.pid)?;
+        Ok(Held {
+            before: self.before,
+            peak: self.peak.load(Ordering::Relaxed).max(now.rss),
+            hwm: now.hwm,
+        })
+    }
+}
+
+async fn sample_rss(pid: u32, peak: Arc<AtomicU64>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => if let Ok(m) = read_memory(pid) {
+                peak.fetch_max(m.rss, Ordering::Relaxed);
+            },
+        }
+    }
+}
+
+/// The api's RSS once it has had `SETTLE` to free what the phase used.
+async fn settled_rss(pid: u32) -> anyhow::Result<u64> {
+    tokio::time::sleep(SETTLE).await;
+    Ok(read_memory(pid)?.rss)
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+fn change(from: u64, to: u64) -> String {
+    format!("{:+.1}", (to as f64 - from as f64) / 1024.0)
+}
+
+impl Held {
+    /// The higher of the sampled peak and VmHWM: the kernel sees peaks between samples.
+    fn top(&self) -> u64 {
+        self.peak.max(self.hwm)
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "before {}, peak {} ({}), VmHWM {} ({})",
+            mib(self.before),
+            mib(self.peak),
+            change(self.before, self.peak),
+            mib(self.hwm),
+            change(self.before, self.hwm)
+        )
+    }
+
+    fn after(&self, after: u64) -> String {
+        format!("{} ({} on before)", mib(after), change(self.before, after))
+    }
+}
+
+/// Bytes waiting in the kernel on the api's connections: sent by the api and not yet
+/// taken by the client (`tx_queue` of the api's sockets), and received by the client and
+/// not yet read (`rx_queue` of the clients' sockets). From /proc/net/tcp.
+fn socket_queues(api_port: u16) -> anyhow::Result<(u64, u64)> {
+    let table = std::fs::read_to_string("/proc/net/tcp")?;
+    let port = |address: &str| {
+        let hex = address.rsplit(':').next()?;
+        u16::from_str_radix(hex, 16).ok()
+    };
+    let (mut sent, mut unread) = (0, 0);
+    for line in table.lines().skip(1) {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (Some(local), Some(remote), Some("01"), Some(queues)) = (
+            fields.get(1),
+            fields.get(2),
+            fields.get(3).copied(),
+            fields.get(4),
+        ) else {
+            continue;
+        };
+        let (tx, rx) = queues.split_once(':').unwrap_or(("0", "0"));
+        let (tx, rx) = (
+            u64::from_str_radix(tx, 16).unwrap_or(0),
+            u64::from_str_radix(rx, 16).unwrap_or(0),
+        );
+        if port(local) == Some(api_port) {
+            sent += tx;
+        }
+        if port(remote) == Some(api_port) {
+            unread += rx;
+        }
+    }
+    Ok((sent, unread))
+}
+
+/// Checks the `id:` lines of an SSE body as it streams by: 1, 2, 3, … with no gap or
+/// repeat. Only the start of each line is kept: a `data:` line may be 500 KiB.
+#[derive(Default)]
+struct SseIds {
+    line: Vec<u8>,
+    last: u64,
+    bytes: usize,
+}
+
+impl SseIds {
+    fn feed(&mut self, chunk: &[u8]) -> anyhow::Result<()> {
+        self.bytes += chunk.len();
+        let mut rest = chunk;
+        while let Some(end) = rest.iter().position(|&b| b == b'\n') {
+            self.keep(&rest[..end]);
+            self.end_line()?;
+            rest = &rest[end + 1..];
+        }
+        self.keep(rest);
+        Ok(())
+    }
+
+    fn keep(&mut self, part: &[u8]) {
+        let room = 32usize.saturating_sub(self.line.len());
+        self.line.extend_from_slice(&part[..part.len().min(room)]);
+    }
+
+    fn end_line(&mut self) -> anyhow::Result<()> {
+        if let Some(id) = self.line.strip_prefix(b"id: ") {
+            let seq: u64 = std::str::from_utf8(id)?.trim().parse()?;
+            ensure!(
+                seq == self.last + 1,
+                "SSE sent seq {seq} after {}",
+                self.last
+            );
+            self.last = seq;
+        }
+        self.line.clear();
+        Ok(())
+    }
+}
+
+/// A finished task written by the bench through the store.
+struct SeededTask {
+    id: Uuid,
+    last_seq: u64,
+    bytes: usize,
+}
+
+/// `task_created`, `events` token events of `TOKEN_TEXT`, `task_complete`. There is no
+/// `agent_start`, so the task view drops the tokens' text (attempt 1 of an agent that never
+/// started): `GET /api/tasks/{id}` folds the whole log into a body of about 1 KB.
+async fn seed_long_log(
+    store: &dyn Store,
+    owner: Uuid,
+    events: usize,
+) -> anyhow::Result<SeededTask> {
+    let id = tasks_of(store, owner, 1).await?[0];
+    let tokens = append_tokens(store, id, 1, events, 1000).await?;
+    let last_seq = events as u64 + 2;
+    let terminal = [terminal_event(id, last_seq)];
+    store.append(id, &terminal).await?;
+    row(
+        "long log (through the store)",
+        format!(
+            "{} events, {:.1} MB of JSON (agent_token x {}, task_complete)",
+            group(last_seq),
+            (tokens + terminal[0].json.len()) as f64 / 1e6,
+            group(events as u64)
+        ),
+    );
+    Ok(SeededTask {
+        id,
+        last_seq,
+        bytes: tokens,
+    })
+}
+
+/// A response whose client read a few KiB and then stopped reading with the connection
+/// open: the api's writes back up through TCP. `queues` are the kernel's at the stall's end.
+struct Stalled {
+    response: reqwest::Response,
+    read: Vec<u8>,
+    queues: (u64, u64),
+}
+
+async fn read_then_stall(
+    mut response: reqwest::Response,
+    stall: Duration,
+    api_port: u16,
+) -> anyhow::Result<Stalled> {
+    ensure!(
+        response.status() == reqwest::StatusCode::OK,
+        "{} answered {}",
+        response.url(),
+        response.status()
+    );
+    let mut read = Vec::new();
+    while read.len() < STALL_AFTER_BYTES {
+        let Some(chunk) = response.chunk().await? else {
+            break;
+        };
+        read.extend_from_slice(&chunk);
+    }
+    tokio::time::sleep(stall).await;
+    Ok(Stalled {
+        response,
+        read,
+        queues: socket_queues(api_port)?,
+    })
+}
+
+fn stall_rows(what: &str, stalled: &Stalled, stall: Duration, held: &Held) {
+    row(
+        what,
+        format!(
+            "client read {} B, then stopped reading for {} s",
+            group(stalled.read.len() as u64),
+            stall.as_secs()
+        ),
+    );
+    row("  api RSS during the stall", held.describe());
+    row(
+        "  kernel TCP queues at its end",
+        format!(
+            "api send queue {:.2} MB, client receive queue {:.2} MB",
+            stalled.queues.0 as f64 / 1e6,
+            stalled.queues.1 as f64 / 1e6
+        ),
+    );
+}
+
+/// One SSE client that stalls on the long log, then reads it to the end and checks it.
+async fn stalled_sse(api: &Api, log: &SeededTask, stall: Duration) -> anyhow::Result<()> {
+    let (pid, http) = (api.pid()?, fresh_client()?);
+    let watch = RssWatch::start(pid)?;
+    let response = http
+        .get(api.events_url(log.id))
+        .bearer_auth(&api.token)
+        .send()
+        .await?;
+    let mut stalled = read_then_stall(response, stall, api.port()?).await?;
+    let held = watch.finish().await?;
+    let drain = RssWatch::start(pid)?;
+    let mut ids = SseIds::default();
+    ids.feed(&stalled.read)?;
+    while let Some(chunk) = stalled.response.chunk().await? {
+        ids.feed(&chunk)?;
+    }
+    let drained = drain.finish().await?;
+    ensure!(
+        ids.last == log.last_seq,
+        "the stalled SSE stream ended at seq {} of {}",
+        ids.last,
+        log.last_seq
+    );
+    stall_rows("(b) GET /api/tasks/{id}/events", &stalled, stall, &held);
+    drop((stalled, http));
+    let after = settled_rss(pid).await?;
+    row(
+        "  then read on to the end",
+        format!(
+            "{} events ({:.1} MB) in order; api RSS peak {} ({} on before)",
+            group(ids.last),
+            ids.bytes as f64 / 1e6,
+            mib(drained.top()),
+            change(held.before, drained.top())
+        ),
+    );
+    row("  api RSS after (closed, 3 s)", held.after(after));
+    Ok(())
+}
+
+/// One client of the long log's task view that stalls, then reads the rest and checks it.
+async fn stalled_view(api: &Api, log: &SeededTask, stall: Duration) -> anyhow::Result<()> {
+    let (pid, http) = (api.pid()?, fresh_client()?);
+    let watch = RssWatch::start(pid)?;
+    let response = http
+        .get(format!("{}/api/tasks/{}", api.base, log.id))
+        .bearer_auth(&api.token)
+        .send()
+        .await?;
+    let mut stalled = read_then_stall(response, stall, api.port()?).await?;
+    let held = watch.finish().await?;
+    let mut body = stalled.read.clone();
+    while let Some(chunk) = stalled.response.chunk().await? {
+        body.extend_from_slice(&chunk);
+    }
+    let view: Value = serde_json::from_slice(&body).context("the task view is not JSON")?;
+    ensure!(
+        view["lastSeq"] == json!(log.last_seq),
+        "the task view has lastSeq {}, the log ends at {}",
+        view["lastSeq"],
+        log.last_seq
+    );
+    let output = view["agents"][0]["output"].as_str().map_or(0, str::len);
+    stall_rows("(a) GET /api/tasks/{id}", &stalled, stall, &held);
+    row(
+        "  the view, read to the end",
+        format!(
+            "lastSeq {}; body {} B, the agent's output {} B",
+            group(log.last_seq),
+            group(body.len() as u64),
+            group(output as u64)
+        ),
+    );
+    drop((stalled, http));
+    row(
+        "  api RSS after (closed, 3 s)",
+        held.after(settled_rss(pid).await?),
+    );
+    Ok(())
+}
+
+/// What a model might answer, `bytes` long: lines of code.
+fn large_text(bytes: usize) -> String {
+    const LINE: &str =
+        "    let total: u64 = items.iter().map(|i| i.price * i.quantity).sum(); // answer\n";
+    let mut text = LINE.repeat(bytes / LINE.len() + 1);
+    text.truncate(bytes);
+    text
+}
+
+/// After `task_created`: the agent starts, streams its answer in two `agent_token` events of
+/// the whole text each, completes with it, and `task_complete` carries it once more.
+fn large_output_log(task_id: Uuid, text: &str) -> Vec<RawEvent> {
+    let (role, name) = ("qa".to_string(), "QA Engineer".to_string());
+    let token = || EventBody::AgentToken {
+        agent_role: role.clone(),
+        delta: text.into(),
+        attempt: 1,
+    };
+    let bodies = [
+        EventBody::AgentStart {
+            agent_role: role.clone(),
+            agent_name: name.clone(),
+            agent_description: "bench".into(),
+            attempt: 1,
+        },
+        token(),
+        token(),
+        EventBody::AgentComplete {
+            agent_role: role.clone(),
+            status: SuccessStatus::Success,
+            execution_time: 1000,
+            has_artifacts: false,
+            output: text.into(),
+            artifacts: vec![],
+        },
+        EventBody::TaskComplete {
+            total_execution_time: 1000,
+            outputs: vec![AgentOutput {
+                agent_role: role.clone(),
+                agent_name: name,
+                output: text.into(),
+            }],
+        },
+    ];
+    (2..)
+        .zip(bodies)
+        .map(|(seq, body)| Event::new(task_id, seq, body).to_raw())
+        .collect()
+}
+
+/// `count` finished tasks whose answers run from 200 KiB (the first) to 500 KiB (the last).
+async fn seed_large_outputs(
+    store: &dyn Store,
+    owner: Uuid,
+    count: usize,
+) -> anyhow::Result<Vec<SeededTask>> {
+    let mut tasks = Vec::with_capacity(count);
+    for (i, id) in tasks_of(store, owner, count).await?.into_iter().enumerate() {
+        let text = large_text((200 + 300 * i / (count - 1).max(1)) * 1024);
+        let events = large_output_log(id, &text);
+        store.append(id, &events).await?;
+        tasks.push(SeededTask {
+            id,
+            last_seq: 1 + events.len() as u64,
+            bytes: events.iter().map(|e| e.json.len()).sum(),
+        });
+    }
+    let bytes: usize = tasks.iter().map(|t| t.bytes).sum();
+    row(
+        "large outputs (through the store)",
+        format!(
+            "{count} tasks of 6 events, answers of 200-500 KiB, each in 2 agent_token, agent_complete and task_complete: {:.1} MB of JSON",
+            bytes as f64 / 1e6
+        ),
+    );
+    Ok(tasks)
+}
+
+/// `clients` SSE clients at once, spread over the tasks, each reading its task's whole log.
+async fn replay_wave(
+    api: &Api,
+    tasks: &[SeededTask],
+    clients: usize,
+    wave: usize,
+) -> anyhow::Result<()> {
+    let (pid, http) = (api.pid()?, fresh_client()?);
+    let watch = RssWatch::start(pid)?;
+    let started = Instant::now();
+    let mut readers = JoinSet::new();
+    for task in tasks.iter().cycle().take(clients) {
+        let request = http.get(api.events_url(task.id)).bearer_auth(&api.token);
+        readers.spawn(replay_to_end(request, task.last_seq));
+    }
+    let mut bytes = 0;
+    while let Some(joined) = readers.join_next().await {
+        bytes += joined??;
+    }
+    let took = started.elapsed();
+    let held = watch.finish().await?;
+    drop(http);
+    let after = settled_rss(pid).await?;
+    row(
+        &format!("(c) wave {wave}: {clients} SSE replays"),
+        format!(
+            "{} tasks, every stream read to its end in order: {:.1} MB in {:.2} s",
+            tasks.len().min(clients),
+            bytes as f64 / 1e6,
+            took.as_secs_f64()
+        ),
+    );
+    row("  api RSS during the wave", held.describe());
+    row("  api RSS after (closed, 3 s)", held.after(after));
+    row(
+        "  peak delta per client",
+        format!(
+            "{:.0} KiB (max(peak, VmHWM) - before) / {clients}",
+            held.top().saturating_sub(held.before) as f64 / clients.max(1) as f64
+        ),
+    );
+    Ok(())
+}
+
+/// Reads one SSE replay to its end, checking every id; returns the bytes read.
+async fn replay_to_end(request: reqwest::RequestBuilder, last_seq: u64) -> anyhow::Result<usize> {
+    let mut response = request.send().await?;
+    ensure!(
+        response.status() == reqwest::StatusCode::OK,
+        "{} answered {}",
+        response.url(),
+        response.status()
+    );
+    let mut ids = SseIds::default();
+    while let Some(chunk) = response.chunk().await? {
+        ids.feed(&chunk)?;
+    }
+    ensure!(
+        ids.last == last_seq,
+        "an SSE replay ended at seq {} of {last_seq}",
+        ids.last
+    );
+    Ok(ids.bytes)
 }

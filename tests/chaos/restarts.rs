@@ -76,13 +76,20 @@ fn second_agent_streams(view: &Value) -> bool {
             .is_empty()
 }
 
-/// Everything that must hold once the task is over: finished, a dense log, the watcher
-/// saw exactly the log, and no agent that completed ran again.
-async fn assert_whole(api: &Api, task: &str, watcher: SseOutcome) -> Vec<Value> {
+/// Waits for the task's end, then checks everything that must hold: finished and
+/// completed, a dense log, the watcher saw exactly the log. Returns the log.
+async fn assert_whole(
+    api: &Api,
+    task: &str,
+    done: CancellationToken,
+    watcher: tokio::task::JoinHandle<SseOutcome>,
+) -> Vec<Value> {
     let view = wait_until(api, task, "the end", |v| {
         is_finished_status(v["status"].as_str().unwrap_or(""))
     })
     .await;
+    done.cancel();
+    let watcher = watcher.await.unwrap();
     let log = parse_ndjson(&api.log(task, 0).await.unwrap()).unwrap();
     let json: Vec<Value> = log.iter().map(|(_, v)| v.clone()).collect();
     let raw: Vec<String> = log.iter().map(|(r, _)| r.clone()).collect();
@@ -114,12 +121,7 @@ async fn nats_restarting_mid_task_loses_nothing() {
 
     cluster.restart_nats(Duration::from_secs(3)).await;
 
-    wait_until(&api, &task, "the end", |v| {
-        is_finished_status(v["status"].as_str().unwrap_or(""))
-    })
-    .await;
-    done.cancel();
-    let log = assert_whole(&api, &task, watcher.await.unwrap()).await;
+    let log = assert_whole(&api, &task, done, watcher).await;
     let starts = log.iter().filter(|e| e["type"] == "agent_start").count();
     assert!(starts >= 3, "every agent ran: {starts}");
 }
@@ -152,12 +154,7 @@ async fn postgres_restarting_mid_task_loses_nothing_and_writes_nothing_twice() {
     sleep(Duration::from_secs(2)).await;
     cluster.start_postgres();
 
-    wait_until(&api, &task, "the end", |v| {
-        is_finished_status(v["status"].as_str().unwrap_or(""))
-    })
-    .await;
-    done.cancel();
-    let log = assert_whole(&api, &task, watcher.await.unwrap()).await;
+    let log = assert_whole(&api, &task, done, watcher).await;
     // The appends waited the outage out: the run went on, nothing was resumed or re-run.
     let starts = log.iter().filter(|e| e["type"] == "agent_start").count();
     assert_eq!(starts, 3, "each agent started once");
