@@ -63,8 +63,7 @@ impl Programs {
             assert!(
                 binary.exists(),
                 "{} is missing. The chaos suite runs the workspace's `api` and `worker` binaries: \
-                 run it with `cargo nextest run --workspace` (alone: `cargo nextest run \
-                 --workspace -E 'binary(chaos)'`), or `cargo build --workspace --bins` first",
+                 `cargo build --workspace --bins` first (scripts/test does)",
                 binary.display()
             );
             refuse_stale(binary);
@@ -102,10 +101,8 @@ fn refuse_stale(binary: &Path) {
     if let Some((modified, source)) = newest {
         assert!(
             modified <= built,
-            "{} is older than {}: it was not rebuilt for this run (`--test chaos` builds only \
-             the root package's binaries). Run the chaos suite with `cargo nextest run \
-             --workspace` (alone: `cargo nextest run --workspace -E 'binary(chaos)'`), or \
-             `cargo build --workspace --bins` first",
+            "{} is older than {}: it was not rebuilt for this run. `cargo build --workspace \
+             --bins` first (scripts/test does)",
             binary.display(),
             source.display()
         );
