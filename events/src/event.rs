@@ -166,6 +166,12 @@ impl EventBody {
     }
 }
 
+/// Milliseconds from `since` to now, never negative: how long a task or an agent has
+/// taken, as its events say it.
+pub fn millis_since(since: DateTime<Utc>) -> u64 {
+    (Utc::now() - since).num_milliseconds().max(0) as u64
+}
+
 /// Types that end a run: a stream ends after one, and no worker appends after it. Only an
 /// explicit retry (`task_retried`) continues such a log.
 pub const TERMINAL_KINDS: [&str; 3] = ["task_complete", "task_error", "task_cancelled"];

@@ -19,7 +19,7 @@ pub use backend::{BackendConfig, Backends};
 pub use bus::{Bus, MemoryBus, NatsBus, Subjects};
 pub use catalogue::Catalogue;
 pub use error::{Error, Result};
-pub use event::{Artifact, Event, EventBody, RawEvent};
+pub use event::{Artifact, Event, EventBody, RawEvent, millis_since};
 pub use follow::{FeedConfig, Feeds};
 pub use queue::{Delivery, MemoryQueue, NatsQueue, TaskQueue};
 pub use store::{

@@ -108,6 +108,7 @@ both_backends!(
     a_page_of_large_events_stays_small,
     large_events_reach_followers_through_the_store,
     a_lease_tells_a_redelivery_from_a_duplicate_job,
+    a_run_that_ends_settles_the_pending_requests,
     control_requests_wait_for_the_worker_and_transitions_race_it_safely,
 );
 
@@ -484,12 +485,23 @@ async fn control_requests_wait_for_the_worker_and_transitions_race_it_safely(bac
         from: vec![TaskStatus::Running],
         ..cancel
     };
+    let Transitioned::Applied(cancelled) =
+        store.transition(task_id, &cancel_running).await.unwrap()
+    else {
+        panic!("a running task's transition was refused");
+    };
     assert_eq!(
-        store.transition(task_id, &cancel_running).await.unwrap(),
-        Transitioned::Applied {
-            seq: 3,
-            status: TaskStatus::Cancelled
-        }
+        (cancelled.seq, cancelled.kind.as_str()),
+        (3, "task_cancelled")
+    );
+    assert_eq!(
+        store.task(task_id).await.unwrap().unwrap().status,
+        TaskStatus::Cancelled
+    );
+    assert_eq!(
+        all_seqs(store, task_id).await,
+        vec![1, 2, 3],
+        "the returned event is the stored one"
     );
     let late = store.append(task_id, &tokens(task_id, 3..=3)).await;
     assert!(matches!(late, Err(Error::SeqConflict { .. })));
@@ -510,12 +522,13 @@ async fn control_requests_wait_for_the_worker_and_transitions_race_it_safely(bac
         },
         requeue: true,
     };
+    let Transitioned::Applied(retried) = store.transition(task_id, &retry).await.unwrap() else {
+        panic!("a cancelled task's retry was refused");
+    };
+    assert_eq!((retried.seq, retried.kind.as_str()), (4, "task_retried"));
     assert_eq!(
-        store.transition(task_id, &retry).await.unwrap(),
-        Transitioned::Applied {
-            seq: 4,
-            status: TaskStatus::Queued
-        }
+        store.task(task_id).await.unwrap().unwrap().status,
+        TaskStatus::Queued
     );
     let far_future = chrono::Utc::now() + chrono::Duration::days(1);
     assert!(
@@ -663,4 +676,30 @@ async fn a_lease_tells_a_redelivery_from_a_duplicate_job(backend: Backend) {
         }),
         "the old holder cannot renew a lease it lost"
     );
+}
+
+async fn a_run_that_ends_settles_the_pending_requests(backend: Backend) {
+    use troupe_events::ControlRequest;
+    let log = log(backend).await;
+    let store = log.store.as_ref();
+    let task_id = new_task(&log).await;
+    store.append(task_id, &[start(task_id, 2)]).await.unwrap();
+    for request in [ControlRequest::Cancel, ControlRequest::Pause] {
+        assert!(store.request_control(task_id, &request).await.unwrap());
+    }
+    // A token changes no status: the requests still wait for the worker.
+    store
+        .append(task_id, &tokens(task_id, 3..=3))
+        .await
+        .unwrap();
+    let task = store.task(task_id).await.unwrap().unwrap();
+    assert!(task.cancel_requested && task.pause_requested);
+
+    // The worker's closing event carries them out.
+    store
+        .append(task_id, &[complete(task_id, 4)])
+        .await
+        .unwrap();
+    let task = store.task(task_id).await.unwrap().unwrap();
+    assert!(!task.cancel_requested && !task.pause_requested);
 }

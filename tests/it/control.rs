@@ -294,12 +294,18 @@ async fn retrying_a_failed_agent_appends_a_new_attempt(backend: Backend) {
             .contains("with the work of Tech Lead"),
         "the retried agent gets the outputs before it: {qa_progress}"
     );
+    // Every token says which attempt wrote it: the failed one's before the retry, the
+    // retry's after.
     for token_event in of_type(&log, "agent_token")
         .iter()
         .filter(|e| e["agentRole"] == "qa")
     {
-        let attempt = token_event["attempt"].as_u64().unwrap();
-        assert!(attempt == 1 || attempt == 2);
+        let expected = if token_event["seq"].as_u64().unwrap() > after_retry {
+            2
+        } else {
+            1
+        };
+        assert_eq!(token_event["attempt"], expected, "{token_event}");
     }
     assert_eq!(of_type(&log, "task_error").len(), 1);
     assert_eq!(log.last().unwrap()["type"], "task_complete");

@@ -17,7 +17,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use troupe_events::{
-    Backends, Claim, Delivery, Event, EventBody, TaskRecord, TaskStatus, TaskView,
+    Backends, Claim, Delivery, Event, EventBody, TaskRecord, TaskStatus, TaskView, millis_since,
 };
 use uuid::Uuid;
 
@@ -283,7 +283,7 @@ impl Worker {
             EventBody::TaskError {
                 error: format!("gave up after {delivered} failed deliveries: {reason}"),
                 failed_agents: vec![],
-                total_execution_time: run::elapsed_since(task.created_at),
+                total_execution_time: millis_since(task.created_at),
             },
         )
         .to_raw();
@@ -395,7 +395,7 @@ impl Worker {
                     "gave up after {crashed} runs of the task ended in a crash or failure"
                 ),
                 failed_agents: vec![],
-                total_execution_time: run::elapsed_since(run.task.created_at),
+                total_execution_time: millis_since(run.task.created_at),
             });
         }
         if run.view.runs.interrupted() && !run.control.is_cancelled() {

@@ -8,13 +8,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
 use futures::{FutureExt, StreamExt};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use troupe_events::event::{AgentOutput, ErrorStatus, SuccessStatus};
 use troupe_events::task::{AgentState, AgentView};
-use troupe_events::{AgentDef, Controls, EventBody, ExecutionMode, TaskRecord, TaskView};
+use troupe_events::{
+    AgentDef, Controls, EventBody, ExecutionMode, TaskRecord, TaskView, millis_since,
+};
 
 use crate::appender::{Emitter, Stopped};
 use crate::artifacts::extract_artifacts;
@@ -25,11 +26,6 @@ use crate::providers::{CompletionRequest, SharedProvider};
 pub const MAX_AGENT_OUTPUT: usize = 512 * 1024;
 
 pub(crate) const CANCELLED_BY_USER: &str = "cancelled by a user";
-
-/// Milliseconds from `since` to now: the task's total time as its terminal event says it.
-pub(crate) fn elapsed_since(since: chrono::DateTime<Utc>) -> u64 {
-    (Utc::now() - since).num_milliseconds().max(0) as u64
-}
 
 /// Where one agent stands in this run.
 #[derive(Debug, Clone)]
@@ -161,7 +157,7 @@ impl TaskRun {
                     .emit(EventBody::AgentCancelled {
                         agent_role: agent.role.clone(),
                         attempt: agent.attempt,
-                        execution_time: agent.started_at.map_or(0, elapsed_since),
+                        execution_time: agent.started_at.map_or(0, millis_since),
                         reason: CANCELLED_BY_USER.into(),
                         output: agent.output.clone(),
                     })
@@ -242,7 +238,7 @@ impl TaskRun {
     /// The event that closes the run, from where every agent stands.
     fn conclude(&self, ends: Vec<AgentEnd>) -> EventBody {
         let agents = &self.task.spec.agents;
-        let total = elapsed_since(self.task.created_at);
+        let total = millis_since(self.task.created_at);
         if self.control.is_cancelled() {
             return EventBody::TaskCancelled {
                 reason: CANCELLED_BY_USER.into(),

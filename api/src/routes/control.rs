@@ -11,13 +11,14 @@ use serde_json::{Value, json};
 use troupe_events::task::AgentState;
 use troupe_events::{
     ControlRequest, Dispatch, EventBody, TaskRecord, TaskStatus, Transition, Transitioned,
+    millis_since,
 };
 use uuid::Uuid;
 
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Path;
-use crate::routes::tasks::{owned_task, stream_url, view};
+use crate::routes::tasks::{owned_task, stream_url, truncate, view};
 use crate::state::AppState;
 
 type Answer = ApiResult<(StatusCode, axum::Json<Value>)>;
@@ -105,7 +106,7 @@ pub async fn cancel(
                 from: vec![TaskStatus::Queued, TaskStatus::Paused],
                 body: EventBody::TaskCancelled {
                     reason: BY_USER.into(),
-                    total_execution_time: elapsed_ms(task),
+                    total_execution_time: millis_since(task.created_at),
                 },
                 requeue: false,
             },
@@ -139,7 +140,7 @@ pub async fn cancel_agent(
         .ok_or_else(|| ApiError::Rejected {
             status: StatusCode::NOT_FOUND,
             code: "agent_not_found",
-            message: format!("task {task_id} has no agent {:?}", truncate(&role)),
+            message: format!("task {task_id} has no agent {:?}", truncate(&role, 64)),
         })?;
     let not_running = || ApiError::Conflict {
         code: "agent_not_running",
@@ -308,7 +309,11 @@ fn named_retries(view: &troupe_events::TaskView, roles: Vec<String>) -> ApiResul
         let agent = view.agents.iter().find(|a| a.role == role).ok_or_else(|| {
             ApiError::invalid(
                 "unknown_agent",
-                format!("task {} has no agent {:?}", view.task_id, truncate(&role)),
+                format!(
+                    "task {} has no agent {:?}",
+                    view.task_id,
+                    truncate(&role, 64)
+                ),
             )
         })?;
         match agent.status {
@@ -359,18 +364,11 @@ async fn transitioned(
     task_id: Uuid,
     transition: &Transition,
 ) -> ApiResult<Option<u64>> {
-    let store = &state.backends.store;
-    match store.transition(task_id, transition).await? {
-        Transitioned::Applied { seq, .. } => {
-            match store.events_after(task_id, seq - 1, 1).await {
-                Ok(events) => {
-                    if let Err(e) = state.backends.bus.publish(&events).await {
-                        tracing::warn!(%task_id, error = %e, "publishing a control event failed; followers read it from the store");
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(%task_id, error = %e, "reading back a control event failed")
-                }
+    match state.backends.store.transition(task_id, transition).await? {
+        Transitioned::Applied(event) => {
+            let seq = event.seq;
+            if let Err(e) = state.backends.bus.publish(&[event]).await {
+                tracing::warn!(%task_id, error = %e, "publishing a control event failed; followers read it from the store");
             }
             tracing::info!(%task_id, seq, event = transition.body.kind(), "task changed by a user");
             Ok(Some(seq))
@@ -419,14 +417,4 @@ fn busy() -> ApiError {
         code: "task_busy",
         message: "the task changed while this request was handled; try again".into(),
     }
-}
-
-fn elapsed_ms(task: &TaskRecord) -> u64 {
-    (chrono::Utc::now() - task.created_at)
-        .num_milliseconds()
-        .max(0) as u64
-}
-
-fn truncate(s: &str) -> String {
-    s.chars().take(64).collect()
 }

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use troupe_events::task::TaskSpec;
-use troupe_events::{ExecutionMode, NewTask, Submitted, TaskRecord, TaskStatus, TaskView};
+use troupe_events::{ExecutionMode, NewTask, Submitted, TaskRecord, TaskView};
 use uuid::Uuid;
 
 use crate::auth::AuthUser;
@@ -186,7 +186,7 @@ fn default_title(description: &str) -> String {
     title
 }
 
-fn truncate(s: &str, max: usize) -> String {
+pub(crate) fn truncate(s: &str, max: usize) -> String {
     s.chars().take(max).collect()
 }
 
@@ -368,9 +368,7 @@ pub async fn get(
     let view = view(&state, &task).await?;
     let mut body = serde_json::to_value(&view).map_err(anyhow::Error::from)?;
     body["streamUrl"] = json!(stream_url(&state, user, task_id));
-    // A request is pending only until the worker has carried it out.
-    body["cancelRequested"] = json!(task.cancel_requested && !view.status.is_terminal());
-    // Once the pause has taken effect it is no longer a request.
-    body["pauseRequested"] = json!(task.pause_requested && view.status != TaskStatus::Paused);
+    body["cancelRequested"] = json!(task.cancel_requested);
+    body["pauseRequested"] = json!(task.pause_requested);
     Ok(axum::Json(body))
 }

@@ -174,8 +174,8 @@ impl Transition {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Transitioned {
-    /// The event is stored at `seq`.
-    Applied { seq: u64, status: TaskStatus },
+    /// The event is stored, as returned (its seq is the log's new end).
+    Applied(RawEvent),
     /// The task's status was not one the transition starts from.
     Refused(TaskStatus),
 }
@@ -314,6 +314,16 @@ fn control_sql(request: &ControlRequest, mark: char) -> String {
 
 /// The statuses in which a worker may append: the task is neither finished nor paused.
 const WRITABLE: &str = "status IN ('queued', 'running')";
+
+/// What an append does to the pending requests, given the batch's new status in `{status}`:
+/// a run that ended has carried out (or outlived) a cancel or a pause, a pause that took
+/// effect is no longer a request.
+fn settled_requests_sql(status: &str) -> String {
+    format!(
+        "cancel_requested = cancel_requested AND COALESCE({status}, '') NOT IN ('completed', 'failed', 'cancelled'),
+         pause_requested = pause_requested AND COALESCE({status}, '') NOT IN ('paused', 'completed', 'failed', 'cancelled')"
+    )
+}
 
 fn raw_event(task_id: Uuid, seq: i64, kind: String, at: DateTime<Utc>, data: String) -> RawEvent {
     RawEvent {

@@ -9,7 +9,7 @@ use uuid::Uuid;
 use super::{
     Claim, Dispatch, Lease, PAGE_BYTES, Store, SubmitParts, Submitted, TaskRow, Transition,
     Transitioned, User, WRITABLE, batch_bounds, control_sql, created_record, earlier_submit,
-    is_unique_violation, raw_event, refused, status_after, task_record,
+    is_unique_violation, raw_event, refused, settled_requests_sql, status_after, task_record,
 };
 use crate::error::{Error, Result};
 use crate::event::{Event, RawEvent};
@@ -193,8 +193,9 @@ impl Store for PgStore {
         // The conditional update is the fence: it takes the row lock, checks the log ends
         // where this writer thinks it does, and refuses to extend a finished task.
         let moved = sqlx::query(&format!(
-            "UPDATE tasks SET last_seq = $3, status = COALESCE($4, status), updated_at = now()
-             WHERE id = $1 AND last_seq = $2 AND {WRITABLE}"
+            "UPDATE tasks SET last_seq = $3, status = COALESCE($4, status), updated_at = now(), {}
+             WHERE id = $1 AND last_seq = $2 AND {WRITABLE}",
+            settled_requests_sql("$4::text")
         ))
         .bind(task_id)
         .bind(expected as i64)
@@ -298,10 +299,7 @@ impl Store for PgStore {
             .await?;
         }
         tx.commit().await?;
-        Ok(Transitioned::Applied {
-            seq: seq as u64,
-            status: to,
-        })
+        Ok(Transitioned::Applied(event))
     }
 
     async fn request_control(&self, task_id: Uuid, request: &ControlRequest) -> Result<bool> {
