@@ -16,6 +16,7 @@ both_backends!(
     retrying_a_failed_agent_appends_a_new_attempt,
     retry_and_cancel_refuse_what_makes_no_sense,
     a_paused_task_starts_no_agent_until_resumed,
+    a_paused_task_gives_its_worker_slot_back,
     one_idempotency_key_sent_to_two_apis_at_once_makes_one_task,
 );
 
@@ -521,4 +522,43 @@ async fn one_idempotency_key_sent_to_two_apis_at_once_makes_one_task(backend: Ba
     other["description"] = json!("twice");
     let r = send(1, other).await.unwrap();
     assert_eq!(r.status(), 422);
+}
+
+async fn a_paused_task_gives_its_worker_slot_back(backend: Backend) {
+    // One task slot in all: another task can only run if the paused one gave it back.
+    let mut tweaks = Tweaks::default();
+    tweaks.worker.task_concurrency = 1;
+    let app = TestApp::spawn_with(backend, tweaks).await;
+    let token = app.user().await;
+    let paused = app
+        .submit(&token, &slow(&["tech-lead", "frontend"], "sequential"))
+        .await;
+    app.wait_view(
+        &token,
+        paused,
+        "tech-lead streams",
+        running_with_output("tech-lead"),
+    )
+    .await;
+    app.control(0, &token, &format!("/api/tasks/{paused}/pause"))
+        .await;
+    app.wait_view(&token, paused, "the pause takes effect", |v| {
+        v["status"] == "paused"
+    })
+    .await;
+
+    let other = app
+        .submit(&token, &json!({"description": "meanwhile", "selectedAgents": ["qa"],
+                                "provider": "simulated", "providerOptions": {"latencyMs": 1, "tokens": 2}}))
+        .await;
+    let view = app.wait_finished(&token, other).await;
+    assert_eq!(
+        view["status"], "completed",
+        "the slot was free while the first task was paused"
+    );
+
+    app.control(0, &token, &format!("/api/tasks/{paused}/resume"))
+        .await;
+    let done = app.wait_finished(&token, paused).await;
+    assert_eq!(done["status"], "completed");
 }
