@@ -356,20 +356,17 @@ impl Worker {
             return Ok(None);
         };
         let mut view = TaskView::new(task_id, &task.spec);
-        loop {
-            let page = store.events_after(task_id, view.last_seq, 1000).await?;
-            if page.is_empty() {
-                return Ok(Some((task, view)));
-            }
-            for raw in page {
-                view.apply(&raw.parse().map_err(|e| {
-                    troupe_events::Error::Corrupt(format!(
-                        "event {} of task {task_id} cannot be read: {e}",
-                        raw.seq
-                    ))
-                })?);
-            }
-        }
+        troupe_events::store::read_log(store, task_id, 0, |raw| {
+            view.apply(&raw.parse().map_err(|e| {
+                troupe_events::Error::Corrupt(format!(
+                    "event {} of task {task_id} cannot be read: {e}",
+                    raw.seq
+                ))
+            })?);
+            Ok(())
+        })
+        .await?;
+        Ok(Some((task, view)))
     }
 
     fn provider_for(&self, task: &TaskRecord) -> Result<SharedProvider, String> {

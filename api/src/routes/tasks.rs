@@ -7,6 +7,7 @@ use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
+use troupe_events::store::read_log;
 use troupe_events::task::TaskSpec;
 use troupe_events::{ExecutionMode, NewTask, Submitted, TaskRecord, TaskView};
 use uuid::Uuid;
@@ -337,26 +338,20 @@ pub async fn owned_task(state: &AppState, user_id: Uuid, task_id: Uuid) -> ApiRe
 /// The task as projected from its whole log, folded a page at a time so that a long log
 /// never sits in memory whole.
 pub async fn view(state: &AppState, task: &TaskRecord) -> ApiResult<TaskView> {
-    let store = &state.backends.store;
     let mut view = TaskView::new(task.id, &task.spec);
-    let mut after = 0;
-    loop {
-        let page = store.events_after(task.id, after, 1000).await?;
-        if page.is_empty() {
-            view.last_seq = view.last_seq.max(after);
-            return Ok(view);
-        }
-        for raw in page {
-            after = raw.seq;
-            match raw.parse() {
-                Ok(event) => view.apply(&event),
-                // A reader shows what it can: the event is still served as it is stored.
-                Err(e) => {
-                    tracing::warn!(task_id = %task.id, seq = raw.seq, error = %e, "an event of the task cannot be read; the view skips it")
-                }
+    let last = read_log(state.backends.store.as_ref(), task.id, 0, |raw| {
+        match raw.parse() {
+            Ok(event) => view.apply(&event),
+            // A reader shows what it can: the event is still served as it is stored.
+            Err(e) => {
+                tracing::warn!(task_id = %task.id, seq = raw.seq, error = %e, "an event of the task cannot be read; the view skips it")
             }
         }
-    }
+        Ok(())
+    })
+    .await?;
+    view.last_seq = view.last_seq.max(last);
+    Ok(view)
 }
 
 pub async fn get(

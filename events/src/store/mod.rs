@@ -100,8 +100,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// Events with `seq > after`, in order: at most `limit`, and no more than
     /// [`PAGE_BYTES`] of JSON past the first, so that a page of large events (whole agent
-    /// answers) stays small in memory. A page is empty only when no event is left: read
-    /// until an empty page.
+    /// answers) stays small in memory. [`is_last_page`] tells whether the log may go on.
     async fn events_after(&self, task_id: Uuid, after: u64, limit: u32) -> Result<Vec<RawEvent>>;
 
     /// Outbox rows older than `older_than` (task and the seq that queued it): committed
@@ -118,6 +117,38 @@ pub trait Store: Send + Sync + 'static {
 
 /// Most JSON one page of [`Store::events_after`] carries beyond its first event.
 pub const PAGE_BYTES: i64 = 1 << 20;
+
+/// Events per page when a whole log is read.
+pub const LOG_PAGE: u32 = 1000;
+
+/// Whether a page of `events_after(.., limit)` reached the end of the log as it was when
+/// read: a page cut short by [`PAGE_BYTES`] holds at least that many bytes, so a page
+/// short of both limits saves the query that would only return nothing.
+pub fn is_last_page(page: &[RawEvent], limit: u32) -> bool {
+    page.len() < limit as usize
+        && page.iter().map(|e| e.json.len() as i64).sum::<i64>() < PAGE_BYTES
+}
+
+/// Hands every event after `after` to `each`, a page at a time, to the end of the log as
+/// it is now; returns the last seq read (`after` when there was none).
+pub async fn read_log(
+    store: &dyn Store,
+    task_id: Uuid,
+    mut after: u64,
+    mut each: impl FnMut(RawEvent) -> Result<()>,
+) -> Result<u64> {
+    loop {
+        let page = store.events_after(task_id, after, LOG_PAGE).await?;
+        let last = is_last_page(&page, LOG_PAGE);
+        for event in page {
+            after = event.seq;
+            each(event)?;
+        }
+        if last {
+            return Ok(after);
+        }
+    }
+}
 
 /// Who runs a task: a worker instance and the queue message it runs it for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -334,6 +365,29 @@ fn raw_event(task_id: Uuid, seq: i64, kind: String, at: DateTime<Utc>, data: Str
         json: data.into(),
     }
 }
+
+/// The task's control flags with its agent cancels, one row per cancel (or one row of
+/// NULLs without any), as read by one query in each store.
+type ControlRow = (bool, bool, Option<String>, Option<i64>);
+
+fn controls_of(task_id: Uuid, rows: Vec<ControlRow>) -> Result<Controls> {
+    let Some(&(cancel, pause, ..)) = rows.first() else {
+        return Err(Error::TaskNotFound(task_id));
+    };
+    Ok(Controls {
+        cancel,
+        pause,
+        cancel_agents: rows
+            .into_iter()
+            .filter_map(|(.., role, attempt)| Some((role?, attempt? as u32)))
+            .collect(),
+    })
+}
+
+/// Followed by the placeholder of the task id.
+const CONTROLS_SQL: &str = "SELECT t.cancel_requested, t.pause_requested, c.agent_role,
+            CAST(c.attempt AS BIGINT)
+     FROM tasks t LEFT JOIN task_agent_cancels c ON c.task_id = t.id WHERE t.id = ";
 
 fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())

@@ -7,9 +7,10 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use uuid::Uuid;
 
 use super::{
-    Claim, Dispatch, Lease, PAGE_BYTES, Store, SubmitParts, Submitted, TaskRow, Transition,
-    Transitioned, User, WRITABLE, batch_bounds, control_sql, created_record, earlier_submit,
-    is_unique_violation, raw_event, refused, settled_requests_sql, status_after, task_record,
+    CONTROLS_SQL, Claim, Dispatch, Lease, PAGE_BYTES, Store, SubmitParts, Submitted, TaskRow,
+    Transition, Transitioned, User, WRITABLE, batch_bounds, control_sql, controls_of,
+    created_record, earlier_submit, is_unique_violation, raw_event, refused, settled_requests_sql,
+    status_after, task_record,
 };
 use crate::error::{Error, Result};
 use crate::event::{Event, RawEvent};
@@ -315,22 +316,11 @@ impl Store for PgStore {
     }
 
     async fn controls(&self, task_id: Uuid) -> Result<Controls> {
-        let flags: Option<(bool, bool)> =
-            sqlx::query_as("SELECT cancel_requested, pause_requested FROM tasks WHERE id = $1")
-                .bind(task_id)
-                .fetch_optional(&self.pool)
-                .await?;
-        let (cancel, pause) = flags.ok_or(Error::TaskNotFound(task_id))?;
-        let agents: Vec<(String, i32)> =
-            sqlx::query_as("SELECT agent_role, attempt FROM task_agent_cancels WHERE task_id = $1")
-                .bind(task_id)
-                .fetch_all(&self.pool)
-                .await?;
-        Ok(Controls {
-            cancel,
-            pause,
-            cancel_agents: agents.into_iter().map(|(r, a)| (r, a as u32)).collect(),
-        })
+        let rows = sqlx::query_as(&format!("{CONTROLS_SQL}$1"))
+            .bind(task_id)
+            .fetch_all(&self.pool)
+            .await?;
+        controls_of(task_id, rows)
     }
 
     async fn claim(&self, task_id: Uuid, holder: Uuid, job: u64, lease: Duration) -> Result<Claim> {

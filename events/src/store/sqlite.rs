@@ -12,20 +12,30 @@ use sqlx::{QueryBuilder, Row};
 use uuid::Uuid;
 
 use super::{
-    Claim, Dispatch, Lease, PAGE_BYTES, Store, SubmitParts, Submitted, TaskRow, Transition,
-    Transitioned, User, WRITABLE, batch_bounds, control_sql, created_record, earlier_submit,
-    is_unique_violation, raw_event, refused, settled_requests_sql, status_after, task_record,
+    CONTROLS_SQL, Claim, Dispatch, Lease, PAGE_BYTES, Store, SubmitParts, Submitted, TaskRow,
+    Transition, Transitioned, User, WRITABLE, batch_bounds, control_sql, controls_of,
+    created_record, earlier_submit, is_unique_violation, raw_event, refused, settled_requests_sql,
+    status_after, task_record,
 };
 use crate::error::{Error, Result};
 use crate::event::{Event, RawEvent};
 use crate::task::{ControlRequest, Controls, NewTask, TaskRecord, TaskStatus};
+
+/// Connections that only read: replays and followers catching up, beside the writer.
+const READERS: u32 = 4;
 
 const TASK_COLUMNS: &str = "id, owner_id, spec, status, created_at, updated_at, last_seq, \
      cancel_requested, pause_requested";
 
 #[derive(Clone)]
 pub struct SqliteStore {
-    pool: SqlitePool,
+    /// One connection: SQLite has one writer at a time, and writers sharing a file wait
+    /// for each other by sleeping in its busy handler (1, 2, 5, 10… ms), which caps a
+    /// busy server at a few hundred transactions a second. Queueing on this pool instead
+    /// hands the connection over the moment a transaction ends.
+    writer: SqlitePool,
+    /// WAL lets these read a committed snapshot while the writer works.
+    readers: SqlitePool,
     /// The data directory's lock, held as long as the store lives.
     _lock: Option<Arc<std::fs::File>>,
 }
@@ -41,11 +51,19 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(8)
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await?;
+        let readers = SqlitePoolOptions::new()
+            .max_connections(READERS)
             .connect_with(options)
             .await?;
-        Ok(SqliteStore { pool, _lock: None })
+        Ok(SqliteStore {
+            writer,
+            readers,
+            _lock: None,
+        })
     }
 
     /// A database that lives as long as the process: one connection, never recycled,
@@ -59,7 +77,11 @@ impl SqliteStore {
             .max_lifetime(None)
             .connect_with(options)
             .await?;
-        Ok(SqliteStore { pool, _lock: None })
+        Ok(SqliteStore {
+            writer: pool.clone(),
+            readers: pool,
+            _lock: None,
+        })
     }
 
     /// Keeps `lock` (see `backend::lock_data_dir`) for as long as this store lives.
@@ -68,17 +90,13 @@ impl SqliteStore {
         self
     }
 
-    pub fn pool(&self) -> &SqlitePool {
-        &self.pool
-    }
-
     async fn find_by_key(&self, owner_id: Uuid, key: &str) -> Result<Option<(TaskRecord, String)>> {
         let row = sqlx::query(&format!(
             "SELECT {TASK_COLUMNS}, request_hash FROM tasks WHERE owner_id = ? AND idempotency_key = ?"
         ))
         .bind(owner_id)
         .bind(key)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.readers)
         .await?;
         row.map(|r| Ok((task_from_row(&r)?, r.try_get("request_hash")?)))
             .transpose()
@@ -103,13 +121,13 @@ fn task_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<TaskRecord> {
 impl Store for SqliteStore {
     async fn migrate(&self) -> Result<()> {
         sqlx::migrate!("../migrations/sqlite")
-            .run(&self.pool)
+            .run(&self.writer)
             .await?;
         Ok(())
     }
 
     async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        sqlx::query("SELECT 1").execute(&self.readers).await?;
         Ok(())
     }
 
@@ -120,7 +138,7 @@ impl Store for SqliteStore {
             .bind(email)
             .bind(password_hash)
             .bind(Utc::now())
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(|e| {
                 if is_unique_violation(&e) {
@@ -140,7 +158,7 @@ impl Store for SqliteStore {
         let row =
             sqlx::query("SELECT id, email, password_hash FROM users WHERE lower(email) = lower(?)")
                 .bind(email)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&self.readers)
                 .await?;
         row.map(|r| {
             Ok(User {
@@ -154,7 +172,7 @@ impl Store for SqliteStore {
 
     async fn create_task(&self, task: &NewTask) -> Result<Submitted> {
         let SubmitParts { now, spec, first } = SubmitParts::of(task);
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         let inserted = sqlx::query(
             "INSERT INTO tasks (id, owner_id, spec, status, idempotency_key, request_hash, created_at, updated_at, last_seq)
              VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, 1)
@@ -198,7 +216,7 @@ impl Store for SqliteStore {
     async fn task(&self, id: Uuid) -> Result<Option<TaskRecord>> {
         let row = sqlx::query(&format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?"))
             .bind(id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.readers)
             .await?;
         row.as_ref().map(task_from_row).transpose()
     }
@@ -217,7 +235,7 @@ impl Store for SqliteStore {
         .bind(owner_id)
         .bind(before)
         .bind(i64::from(limit))
-        .fetch_all(&self.pool)
+        .fetch_all(&self.readers)
         .await?;
         rows.iter().map(task_from_row).collect()
     }
@@ -227,7 +245,7 @@ impl Store for SqliteStore {
             return Ok(());
         };
         let status = status_after(events).map(TaskStatus::as_str);
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         // Same fence as PostgreSQL: the log must end where the writer thinks, and be open.
         let moved = sqlx::query(&format!(
             "UPDATE tasks SET last_seq = ?3, status = COALESCE(?4, status), updated_at = ?5, {}
@@ -278,7 +296,7 @@ impl Store for SqliteStore {
         .bind(after as i64)
         .bind(i64::from(limit))
         .bind(PAGE_BYTES)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.readers)
         .await?;
         rows.into_iter()
             .map(|r| {
@@ -296,7 +314,7 @@ impl Store for SqliteStore {
     async fn transition(&self, task_id: Uuid, transition: &Transition) -> Result<Transitioned> {
         let to = transition.to()?;
         let now = Utc::now();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         let seq: Option<i64> = sqlx::query_scalar(&format!(
             "UPDATE tasks SET last_seq = last_seq + 1, status = ?2, updated_at = ?3,
                     cancel_requested = 0, pause_requested = 0
@@ -347,26 +365,15 @@ impl Store for SqliteStore {
                 .bind(i64::from(*attempt))
                 .bind(Utc::now());
         }
-        Ok(query.execute(&self.pool).await?.rows_affected() > 0)
+        Ok(query.execute(&self.writer).await?.rows_affected() > 0)
     }
 
     async fn controls(&self, task_id: Uuid) -> Result<Controls> {
-        let flags: Option<(bool, bool)> =
-            sqlx::query_as("SELECT cancel_requested, pause_requested FROM tasks WHERE id = ?")
-                .bind(task_id)
-                .fetch_optional(&self.pool)
-                .await?;
-        let (cancel, pause) = flags.ok_or(Error::TaskNotFound(task_id))?;
-        let agents: Vec<(String, i64)> =
-            sqlx::query_as("SELECT agent_role, attempt FROM task_agent_cancels WHERE task_id = ?")
-                .bind(task_id)
-                .fetch_all(&self.pool)
-                .await?;
-        Ok(Controls {
-            cancel,
-            pause,
-            cancel_agents: agents.into_iter().map(|(r, a)| (r, a as u32)).collect(),
-        })
+        let rows = sqlx::query_as(&format!("{CONTROLS_SQL}?"))
+            .bind(task_id)
+            .fetch_all(&self.readers)
+            .await?;
+        controls_of(task_id, rows)
     }
 
     async fn claim(&self, task_id: Uuid, holder: Uuid, job: u64, lease: Duration) -> Result<Claim> {
@@ -381,7 +388,7 @@ impl Store for SqliteStore {
         .bind(job as i64)
         .bind(until)
         .bind(now)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?
         .rows_affected();
         if granted > 0 {
@@ -399,7 +406,7 @@ impl Store for SqliteStore {
             .bind(task_id)
             .bind(holder)
             .bind(until)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -411,7 +418,7 @@ impl Store for SqliteStore {
         )
         .bind(task_id)
         .bind(holder)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -423,7 +430,7 @@ impl Store for SqliteStore {
         )
         .bind(task_id)
         .bind(Utc::now())
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.readers)
         .await?;
         Ok(row.map(|(holder, job)| Lease {
             holder,
@@ -437,7 +444,7 @@ impl Store for SqliteStore {
         )
         .bind(older_than)
         .bind(i64::from(limit))
-        .fetch_all(&self.pool)
+        .fetch_all(&self.readers)
         .await?;
         Ok(rows
             .into_iter()
@@ -452,7 +459,7 @@ impl Store for SqliteStore {
         sqlx::query("DELETE FROM task_outbox WHERE task_id = ? AND seq = ?")
             .bind(dispatch.task_id)
             .bind(dispatch.seq as i64)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -465,7 +472,7 @@ impl Store for SqliteStore {
              ON CONFLICT DO NOTHING",
         )
         .bind(epoch)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?
         .rows_affected();
         Ok(n)
