@@ -6,6 +6,7 @@ pub mod cli;
 pub mod error;
 pub mod extract;
 pub mod routes;
+pub mod sse;
 pub mod state;
 
 use std::sync::Arc;
@@ -37,7 +38,10 @@ pub fn state(
     let feeds = Feeds::new(
         backends.store.clone(),
         backends.bus.clone(),
-        FeedConfig::default(),
+        FeedConfig {
+            encode: sse::frame,
+            ..FeedConfig::default()
+        },
     );
     AppState {
         streams: Arc::new(tokio::sync::Semaphore::new(http.max_streams.max(1))),

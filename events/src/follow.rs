@@ -1,74 +1,102 @@
 //! The catch-up subscription: every event of a task after a cursor, exactly once and in
-//! order, first from the store and then live from the bus, ending after the terminal
-//! event. Shared by the SSE endpoint and any in-process consumer.
+//! order, ending after the terminal event. Shared by the SSE endpoint and any in-process
+//! consumer.
+//!
+//! A process follows each task it serves once, however many clients follow it: one bus
+//! subscription and the tail of the task's log in memory (the feed). Clients read the
+//! tail from memory, so thousands joining at once cost the store one read, and each event
+//! is encoded for the wire once and its bytes shared by every client. Only a client that
+//! wants older events than the tail holds, or an event too large to keep, reads the store.
 
 use std::collections::{HashMap, VecDeque};
+use std::ops::Deref;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use tokio::sync::broadcast::{self, error::RecvError};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::bus::Bus;
 use crate::error::{Error, Result};
 use crate::event::RawEvent;
-use crate::store::Store;
+use crate::store::{Store, is_last_page};
 
-/// What a feed passes to its followers: small events themselves, and for a large one only
-/// its seq, so that the buffer shared by a task's followers holds little however large
-/// events are; a follower reads a large event from the store, a byte-capped page at a time.
-#[derive(Debug, Clone)]
-enum Live {
-    Event(RawEvent),
-    Large { seq: u64 },
+/// Makes an event's wire form, once per event, for every follower of the process.
+pub type Encode = fn(&RawEvent) -> Bytes;
+
+/// An event as its followers get it: the stored event and its wire form.
+#[derive(Debug)]
+pub struct Followed {
+    event: RawEvent,
+    frame: Bytes,
 }
 
-impl Live {
-    fn of(event: RawEvent, inline_max: usize) -> Live {
-        if event.json.len() > inline_max {
-            Live::Large { seq: event.seq }
-        } else {
-            Live::Event(event)
-        }
+impl Followed {
+    fn new(event: RawEvent, encode: Encode) -> Arc<Followed> {
+        let frame = encode(&event);
+        Arc::new(Followed { event, frame })
     }
 
-    fn seq(&self) -> u64 {
-        match self {
-            Live::Event(event) => event.seq,
-            Live::Large { seq } => *seq,
-        }
+    /// The event as the feed's [`Encode`] put it on the wire.
+    pub fn frame(&self) -> &Bytes {
+        &self.frame
+    }
+
+    pub fn event(&self) -> &RawEvent {
+        &self.event
+    }
+
+    /// What it costs the feed's memory.
+    fn weight(&self) -> usize {
+        self.event.json.len() + self.frame.len() + std::mem::size_of::<Followed>()
+    }
+}
+
+impl Deref for Followed {
+    type Target = RawEvent;
+
+    fn deref(&self) -> &RawEvent {
+        &self.event
     }
 }
 
 #[derive(Debug, Clone)]
 pub struct FeedConfig {
-    /// Live events buffered per task for its slowest follower; past that, the follower
-    /// falls back to the store and rejoins.
+    /// Events of a followed task's log kept in memory: the tail that joining and lagging
+    /// followers read without the store.
     pub buffer: usize,
-    /// Events read from the store per query while catching up.
+    /// Bytes the kept tail may take (JSON and wire form); the older events go first.
+    pub buffer_bytes: usize,
+    /// Events a follower reads from the store per query when it wants older events than
+    /// the tail holds. Dropped once sent, so an idle follower holds none.
     pub page: u32,
     /// With no live event for this long, a feed checks the store itself, so an event whose
     /// publish was lost (a worker died between commit and publish) still arrives.
     pub idle_check: Duration,
-    /// Events larger than this (whole agent answers) are not buffered live: followers read
-    /// them from the store. With `buffer` it bounds a followed task's live memory in bytes.
+    /// Events larger than this (whole agent answers) are not kept in the tail: followers
+    /// read them from the store, a byte-capped page at a time.
     pub inline_max: usize,
+    /// The wire form kept with each event.
+    pub encode: Encode,
 }
 
 impl Default for FeedConfig {
     fn default() -> Self {
         FeedConfig {
             buffer: 1024,
+            buffer_bytes: 4 << 20,
             page: 1000,
             idle_check: Duration::from_secs(2),
             inline_max: 16 * 1024,
+            encode: |_| Bytes::new(),
         }
     }
 }
 
-/// One bus subscription per followed task per process, however many clients follow it.
+/// One feed per followed task per process, however many clients follow it.
 #[derive(Clone)]
 pub struct Feeds {
     inner: Arc<FeedsInner>,
@@ -81,9 +109,10 @@ struct FeedsInner {
     live: Mutex<HashMap<Uuid, Weak<Feed>>>,
 }
 
+/// Held by a task's followers; the last one to go stops the pump.
 struct Feed {
     task_id: Uuid,
-    tx: broadcast::Sender<Live>,
+    tail: Arc<Tail>,
     stop: CancellationToken,
     feeds: Weak<FeedsInner>,
 }
@@ -116,221 +145,384 @@ impl Feeds {
         }
     }
 
-    /// How many tasks this process follows on the bus right now.
+    /// How many tasks this process follows right now.
     pub fn active(&self) -> usize {
         self.inner.live.lock().expect("feeds lock").len()
     }
 
     /// Every event of the task with `seq > after`, in order, ending after the terminal one.
-    /// The live subscription is in place before the store is read, so nothing falls between.
     pub async fn follow(
         &self,
         task_id: Uuid,
         after: u64,
-    ) -> Result<impl Stream<Item = Result<RawEvent>> + Send + 'static> {
-        let feed = self.feed(task_id).await?;
-        let rx = feed.tx.subscribe();
+    ) -> Result<impl Stream<Item = Result<Arc<Followed>>> + Send + 'static> {
+        let feed = self.feed(task_id);
+        let config = &self.inner.config;
         let state = Follower {
             store: self.inner.store.clone(),
-            page: self.inner.config.page,
-            _feed: feed,
-            rx,
-            task_id,
+            page: config.page,
+            encode: config.encode,
+            changed: feed.tail.changed.subscribe(),
+            feed,
             last: after,
             pending: VecDeque::new(),
-            catching_up: true,
             done: false,
         };
         Ok(futures::stream::unfold(state, Follower::next))
     }
 
-    async fn feed(&self, task_id: Uuid) -> Result<Arc<Feed>> {
-        if let Some(feed) = self.existing(task_id) {
-            return Ok(feed);
-        }
+    /// The task's feed, started if there is none: never waits, so that many followers
+    /// joining at once make one feed and wait for its tail together.
+    fn feed(&self, task_id: Uuid) -> Arc<Feed> {
         let inner = &self.inner;
-        let subscription = inner.bus.subscribe(task_id).await?;
-        let start = inner.store.task(task_id).await?.map_or(0, |t| t.last_seq);
         let mut live = inner.live.lock().expect("feeds lock");
-        // Someone may have made the feed while we subscribed; theirs wins, ours is dropped.
         if let Some(feed) = live.get(&task_id).and_then(Weak::upgrade) {
-            return Ok(feed);
+            return feed;
         }
-        let (tx, _) = broadcast::channel(inner.config.buffer);
+        let tail = Arc::new(Tail::new(&inner.config));
         let stop = CancellationToken::new();
         let feed = Arc::new(Feed {
             task_id,
-            tx: tx.clone(),
+            tail: tail.clone(),
             stop: stop.clone(),
             feeds: Arc::downgrade(inner),
         });
         live.insert(task_id, Arc::downgrade(&feed));
-        let context = PumpContext {
+        let pump = Pump {
             store: inner.store.clone(),
             bus: inner.bus.clone(),
-            tx,
-            stop,
+            tail,
             task_id,
-            idle_check: inner.config.idle_check,
-            inline_max: inner.config.inline_max,
+            config: inner.config.clone(),
         };
-        tokio::spawn(pump(context, subscription, start));
-        Ok(feed)
-    }
-
-    fn existing(&self, task_id: Uuid) -> Option<Arc<Feed>> {
-        self.inner
-            .live
-            .lock()
-            .expect("feeds lock")
-            .get(&task_id)
-            .and_then(Weak::upgrade)
+        tokio::spawn(pump.run(stop));
+        feed
     }
 }
 
-/// Moves a task's bus messages into its broadcast channel until the last follower leaves.
-/// The store is checked after `idle_check` without a live message, so that nothing is
+/// The end of a task's log as this process has seen it, shared by its followers.
+struct Tail {
+    log: Mutex<Kept>,
+    /// Bumped whenever the tail grows (or is first loaded).
+    changed: watch::Sender<u64>,
+    limits: (usize, usize),
+}
+
+/// A tail entry: an event, or only the seq of one too large to keep.
+enum Slot {
+    Event(Arc<Followed>),
+    Large(u64),
+}
+
+impl Slot {
+    fn weight(&self) -> usize {
+        match self {
+            Slot::Event(followed) => followed.weight(),
+            Slot::Large(_) => std::mem::size_of::<Slot>(),
+        }
+    }
+}
+
+struct Kept {
+    loaded: bool,
+    /// The seq of `slots[0]`; when `slots` is empty, the seq the next event will have.
+    first: u64,
+    slots: VecDeque<Slot>,
+    bytes: usize,
+}
+
+/// What a follower at some seq finds in the tail.
+enum Next {
+    Ready(Arc<Followed>),
+    /// The next event is older than the tail, or too large to keep: in the store.
+    InStore,
+    /// Not loaded yet, or the follower is at the end.
+    Wait,
+}
+
+impl Tail {
+    fn new(config: &FeedConfig) -> Tail {
+        Tail {
+            log: Mutex::new(Kept {
+                loaded: false,
+                first: 1,
+                slots: VecDeque::new(),
+                bytes: 0,
+            }),
+            changed: watch::channel(0).0,
+            limits: (config.buffer.max(1), config.buffer_bytes),
+        }
+    }
+
+    fn next_after(&self, seq: u64) -> Next {
+        let kept = self.log.lock().expect("tail lock");
+        if !kept.loaded {
+            return Next::Wait;
+        }
+        if seq + 1 < kept.first {
+            return Next::InStore;
+        }
+        match kept.slots.get((seq + 1 - kept.first) as usize) {
+            Some(Slot::Event(followed)) => Next::Ready(followed.clone()),
+            Some(Slot::Large(_)) => Next::InStore,
+            None => Next::Wait,
+        }
+    }
+
+    /// The seq of the last event in the tail (0 before the first).
+    fn last(&self) -> u64 {
+        let kept = self.log.lock().expect("tail lock");
+        kept.first + kept.slots.len() as u64 - 1
+    }
+
+    /// Adds the events that follow on from the tail (others are ignored) and wakes the
+    /// followers.
+    fn extend(&self, events: impl IntoIterator<Item = Slot>) {
+        let mut kept = self.log.lock().expect("tail lock");
+        for slot in events {
+            let seq = match &slot {
+                Slot::Event(followed) => followed.seq,
+                Slot::Large(seq) => *seq,
+            };
+            if seq != kept.first + kept.slots.len() as u64 {
+                continue;
+            }
+            kept.bytes += slot.weight();
+            kept.slots.push_back(slot);
+            let (events, bytes) = self.limits;
+            while kept.slots.len() > events || (kept.bytes > bytes && kept.slots.len() > 1) {
+                let old = kept.slots.pop_front().expect("not empty");
+                kept.bytes -= old.weight();
+                kept.first += 1;
+            }
+        }
+        kept.loaded = true;
+        let last = kept.first + kept.slots.len() as u64 - 1;
+        drop(kept);
+        self.changed.send_replace(last);
+    }
+
+    /// Starts an empty tail after `seq`: the log is longer than the tail keeps.
+    fn start_after(&self, seq: u64) {
+        let mut kept = self.log.lock().expect("tail lock");
+        kept.first = seq + 1;
+        drop(kept);
+    }
+}
+
+/// Keeps a task's tail up to date from its bus subscription until the last follower
+/// leaves. The store is checked after `idle_check` without a live message, so nothing is
 /// missed when a publish was lost or the subscription itself has ended; a subscription
 /// that ended is renewed at those checks.
-async fn pump(
-    feed: PumpContext,
-    subscription: futures::stream::BoxStream<'static, RawEvent>,
-    mut last_seen: u64,
-) {
-    let PumpContext {
-        store,
-        bus,
-        tx,
-        stop,
-        task_id,
-        idle_check,
-        inline_max,
-    } = feed;
-    let mut subscription = Some(subscription);
-    let mut idle_at = tokio::time::Instant::now() + idle_check;
-    loop {
-        let live = async {
-            match subscription.as_mut() {
-                Some(s) => s.next().await,
-                None => std::future::pending().await,
-            }
-        };
+struct Pump {
+    store: Arc<dyn Store>,
+    bus: Arc<dyn Bus>,
+    tail: Arc<Tail>,
+    task_id: Uuid,
+    config: FeedConfig,
+}
+
+type Subscription = futures::stream::BoxStream<'static, RawEvent>;
+
+impl Pump {
+    async fn run(self, stop: CancellationToken) {
         tokio::select! {
-            _ = stop.cancelled() => return,
-            message = live => match message {
-                Some(event) => {
-                    last_seen = last_seen.max(event.seq);
+            _ = stop.cancelled() => {}
+            _ = self.pump() => {}
+        }
+    }
+
+    async fn pump(&self) {
+        // Subscribed before the store is read, so that nothing falls between.
+        let mut subscription = self.subscribe().await;
+        self.load().await;
+        let idle_check = self.config.idle_check;
+        let mut idle_at = tokio::time::Instant::now() + idle_check;
+        loop {
+            let live = async {
+                match subscription.as_mut() {
+                    Some(s) => s.next().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                message = live => match message {
+                    Some(event) => {
+                        idle_at = tokio::time::Instant::now() + idle_check;
+                        self.take(event).await;
+                    }
+                    None => {
+                        tracing::warn!(task_id = %self.task_id, "the live subscription of a followed task ended; following from the store until it is renewed");
+                        subscription = None;
+                    }
+                },
+                _ = tokio::time::sleep_until(idle_at) => {
+                    if subscription.is_none() {
+                        subscription = self.subscribe().await;
+                    }
                     idle_at = tokio::time::Instant::now() + idle_check;
-                    let _ = tx.send(Live::of(event, inline_max));
-                }
-                None => {
-                    tracing::warn!(%task_id, "the live subscription of a followed task ended; following from the store until it is renewed");
-                    subscription = None;
-                }
-            },
-            _ = tokio::time::sleep_until(idle_at) => {
-                if subscription.is_none() {
-                    subscription = renew(bus.as_ref(), task_id).await;
-                }
-                idle_at = tokio::time::Instant::now() + idle_check;
-                match store.events_after(task_id, last_seen, 100).await {
-                    Ok(events) => for event in events {
-                        last_seen = event.seq;
-                        let _ = tx.send(Live::of(event, inline_max));
-                    },
-                    Err(e) => tracing::warn!(%task_id, error = %e, "idle check of a followed task failed"),
+                    if let Err(e) = self.catch_up(u64::MAX).await {
+                        tracing::warn!(task_id = %self.task_id, error = %e, "idle check of a followed task failed");
+                    }
                 }
             }
         }
     }
-}
 
-/// What a feed's pump needs besides its subscription.
-struct PumpContext {
-    store: Arc<dyn Store>,
-    bus: Arc<dyn Bus>,
-    tx: broadcast::Sender<Live>,
-    stop: CancellationToken,
-    task_id: Uuid,
-    idle_check: Duration,
-    inline_max: usize,
-}
+    async fn subscribe(&self) -> Option<Subscription> {
+        match self.bus.subscribe(self.task_id).await {
+            Ok(subscription) => Some(subscription),
+            Err(e) => {
+                tracing::warn!(task_id = %self.task_id, error = %e, "subscribing to a followed task failed; following from the store until it works");
+                None
+            }
+        }
+    }
 
-async fn renew(
-    bus: &dyn Bus,
-    task_id: Uuid,
-) -> Option<futures::stream::BoxStream<'static, RawEvent>> {
-    match bus.subscribe(task_id).await {
-        Ok(subscription) => {
-            tracing::info!(%task_id, "the live subscription of a followed task is renewed");
-            Some(subscription)
+    /// The log's tail, read until the store answers: followers wait for it meanwhile.
+    async fn load(&self) {
+        let mut delay = Duration::from_millis(100);
+        while let Err(e) = self.try_load().await {
+            tracing::warn!(task_id = %self.task_id, error = %e, "reading a followed task's log failed; trying again");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(2));
         }
-        Err(e) => {
-            tracing::warn!(%task_id, error = %e, "renewing a live subscription failed");
-            None
+    }
+
+    async fn try_load(&self) -> Result<()> {
+        let limit = self.config.buffer as u32;
+        let page = self.store.events_after(self.task_id, 0, limit).await?;
+        if is_last_page(&page, limit) {
+            self.keep(page);
+            return Ok(());
         }
+        // A long log: keep its end, where joining followers mostly are.
+        let last = self
+            .store
+            .task(self.task_id)
+            .await?
+            .map_or(0, |t| t.last_seq);
+        let from = last.saturating_sub(limit as u64 / 2);
+        self.tail.start_after(from);
+        let page = self.store.events_after(self.task_id, from, limit).await?;
+        self.keep(page);
+        Ok(())
+    }
+
+    /// A live event: kept if it follows on from the tail; after a gap (a lost message),
+    /// the store fills the gap first.
+    async fn take(&self, event: RawEvent) {
+        let last = self.tail.last();
+        if event.seq <= last {
+            return;
+        }
+        if event.seq > last + 1
+            && let Err(e) = self.catch_up(event.seq - 1).await
+        {
+            tracing::warn!(task_id = %self.task_id, error = %e, "reading events a followed task's bus missed failed");
+            return;
+        }
+        self.keep(vec![event]);
+    }
+
+    /// Reads the store from the end of the tail up to `until` (or the end of the log).
+    async fn catch_up(&self, until: u64) -> Result<()> {
+        let page = self.config.page;
+        loop {
+            let after = self.tail.last();
+            if after >= until {
+                return Ok(());
+            }
+            let events = self.store.events_after(self.task_id, after, page).await?;
+            let last = is_last_page(&events, page);
+            self.keep(events);
+            if last {
+                return Ok(());
+            }
+        }
+    }
+
+    fn keep(&self, events: Vec<RawEvent>) {
+        let FeedConfig {
+            inline_max, encode, ..
+        } = self.config;
+        self.tail.extend(events.into_iter().map(|event| {
+            if event.json.len() > inline_max {
+                Slot::Large(event.seq)
+            } else {
+                Slot::Event(Followed::new(event, encode))
+            }
+        }));
     }
 }
 
 struct Follower {
     store: Arc<dyn Store>,
     page: u32,
-    _feed: Arc<Feed>,
-    rx: broadcast::Receiver<Live>,
-    task_id: Uuid,
+    encode: Encode,
+    feed: Arc<Feed>,
+    changed: watch::Receiver<u64>,
     last: u64,
-    /// At most one page of events read from the store and not yet sent.
+    /// Events read from the store and not yet sent: at most one page, and only while the
+    /// follower is behind the tail.
     pending: VecDeque<RawEvent>,
-    catching_up: bool,
     done: bool,
 }
 
 impl Follower {
-    async fn next(mut self) -> Option<(Result<RawEvent>, Self)> {
+    async fn next(mut self) -> Option<(Result<Arc<Followed>>, Self)> {
         loop {
             if self.done {
                 return None;
             }
             if let Some(event) = self.pending.pop_front() {
+                if self.pending.is_empty() {
+                    // A page's worth of memory is not kept by a follower that caught up.
+                    self.pending = VecDeque::new();
+                }
                 if event.seq <= self.last {
                     continue;
                 }
-                self.last = event.seq;
-                self.done = event.is_terminal();
-                return Some((Ok(event), self));
+                let followed = Followed::new(event, self.encode);
+                return Some((Ok(self.deliver(followed)), self));
             }
-            if self.catching_up {
-                match self
-                    .store
-                    .events_after(self.task_id, self.last, self.page)
-                    .await
-                {
-                    Ok(events) => {
-                        // A short page may only mean a byte-capped one: read on until
-                        // the store has nothing more.
-                        self.catching_up = !events.is_empty();
-                        self.pending.extend(events);
-                        continue;
-                    }
-                    Err(e) => {
+            // Seen before looking, so that an event added after the look wakes us.
+            self.changed.borrow_and_update();
+            match self.feed.tail.next_after(self.last) {
+                Next::Ready(followed) => return Some((Ok(self.deliver(followed)), self)),
+                Next::InStore => {
+                    if let Err(e) = self.read_store().await {
                         self.done = true;
                         return Some((Err(e), self));
                     }
                 }
-            }
-            match self.rx.recv().await {
-                Ok(live) if live.seq() <= self.last => {}
-                Ok(Live::Event(event)) if event.seq == self.last + 1 => {
-                    self.pending.push_back(event)
-                }
-                // A large event, a gap (a lost message) or a lag (this follower fell behind
-                // its buffer): the store has everything that was published, so read it.
-                Ok(_) | Err(RecvError::Lagged(_)) => self.catching_up = true,
-                Err(RecvError::Closed) => {
-                    self.done = true;
-                    return Some((Err(Error::FeedClosed), self));
+                Next::Wait => {
+                    if self.changed.changed().await.is_err() {
+                        self.done = true;
+                        return Some((Err(Error::FeedClosed), self));
+                    }
                 }
             }
         }
+    }
+
+    fn deliver(&mut self, followed: Arc<Followed>) -> Arc<Followed> {
+        self.last = followed.seq;
+        self.done = followed.is_terminal();
+        followed
+    }
+
+    async fn read_store(&mut self) -> Result<()> {
+        let task_id = self.feed.task_id;
+        let events = self
+            .store
+            .events_after(task_id, self.last, self.page)
+            .await?;
+        if events.is_empty() {
+            // The tail moved on meanwhile; look again once it changes.
+            let _ = self.changed.changed().await;
+        }
+        self.pending.extend(events);
+        Ok(())
     }
 }

@@ -20,7 +20,7 @@ pub use bus::{Bus, MemoryBus, NatsBus, Subjects};
 pub use catalogue::Catalogue;
 pub use error::{Error, Result};
 pub use event::{Artifact, Event, EventBody, RawEvent, millis_since};
-pub use follow::{FeedConfig, Feeds};
+pub use follow::{Encode, FeedConfig, Feeds, Followed};
 pub use queue::{Delivery, MemoryQueue, NatsQueue, TaskQueue};
 pub use store::{
     Claim, Dispatch, Lease, PgStore, SqliteStore, Store, Submitted, Transition, Transitioned, User,

@@ -1,17 +1,13 @@
 //! Reading a task's log: SSE that replays and then follows live, or an NDJSON export.
 
-use std::convert::Infallible;
-use std::time::Duration;
-
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use serde::Deserialize;
 use tokio::sync::OwnedSemaphorePermit;
-use troupe_events::RawEvent;
 use uuid::Uuid;
 
 use crate::auth::Reader;
@@ -19,8 +15,6 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::{Path, Query};
 use crate::routes::tasks::owned_task;
 use crate::state::AppState;
-
-pub const HEARTBEAT: Duration = Duration::from_secs(15);
 
 #[derive(Deserialize)]
 pub struct EventsQuery {
@@ -34,13 +28,6 @@ fn parse_cursor(value: &str, source: &str) -> ApiResult<u64> {
             format!("{source} must be a whole number: the seq of the last event received"),
         )
     })
-}
-
-pub fn to_sse(event: &RawEvent) -> SseEvent {
-    SseEvent::default()
-        .id(event.seq.to_string())
-        .event(event.kind.as_str())
-        .data(event.json_str())
 }
 
 pub async fn events(
@@ -85,9 +72,8 @@ pub async fn events(
     Ok(sse(
         &state,
         permit,
-        events.map(|event| event.map(|e| to_sse(&e))),
-    )
-    .into_response())
+        events.map(|event| event.map(|e| e.frame().clone())),
+    ))
 }
 
 /// A place among the streams this process serves; taken before any work is done, so a
@@ -100,31 +86,26 @@ pub fn stream_permit(state: &AppState) -> ApiResult<OwnedSemaphorePermit> {
         .map_err(|_| ApiError::Unavailable)
 }
 
-/// An SSE response over a stream of events; a stream error ends the response, and the
+/// An SSE response over a stream of frames; a stream error ends the response, and the
 /// client's reconnect (with Last-Event-ID) picks up where it stopped.
 pub fn sse(
     state: &AppState,
     permit: OwnedSemaphorePermit,
-    events: impl Stream<Item = troupe_events::Result<SseEvent>> + Send + 'static,
-) -> impl IntoResponse {
-    let events = events.take_until(state.closing.clone().cancelled_owned());
+    frames: impl Stream<Item = troupe_events::Result<Bytes>> + Send + 'static,
+) -> Response {
+    let frames = frames.take_until(state.closing.clone().cancelled_owned());
     // The permit lives as long as the stream: dropped when the client goes or it ends.
-    let events = events.map(move |event| {
+    let frames = tokio_stream::StreamExt::map_while(frames, move |frame| {
         let _held = &permit;
-        event
-    });
-    let events = tokio_stream::StreamExt::map_while(events, |event| match event {
-        Ok(event) => Some(Ok::<_, Infallible>(event)),
-        Err(e) => {
-            tracing::warn!(error = %e, "an event stream ended early");
-            None
+        match frame {
+            Ok(frame) => Some(frame),
+            Err(e) => {
+                tracing::warn!(error = %e, "an event stream ended early");
+                None
+            }
         }
     });
-    // Tells nginx-style proxies not to buffer the stream, whatever their own settings.
-    (
-        [("x-accel-buffering", "no")],
-        Sse::new(events).keep_alive(KeepAlive::new().interval(HEARTBEAT)),
-    )
+    crate::sse::response(frames)
 }
 
 /// The log as it is now, one JSON event per line.

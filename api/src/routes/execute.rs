@@ -3,15 +3,16 @@
 
 use axum::extract::State;
 use axum::http::HeaderMap;
-use axum::response::sse::Event as SseEvent;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
+use bytes::Bytes;
 use futures::StreamExt;
 use serde_json::{Value, json};
+use troupe_events::RawEvent;
 
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Json;
-use crate::routes::events::{sse, stream_permit, to_sse};
+use crate::routes::events::{sse, stream_permit};
 use crate::routes::tasks::{TaskRequest, submit, view};
 use crate::state::AppState;
 
@@ -27,29 +28,31 @@ pub async fn execute_stream(
     let task_id = submit(&state, user, &headers, body).await?.task().id;
     let events = state.feeds.follow(task_id, 0).await?;
     let with_closing = events.flat_map(move |event| {
-        let items: Vec<troupe_events::Result<SseEvent>> = match event {
+        let frames = match event {
             Ok(event) if event.is_terminal() => {
-                let closing = if event.kind == "task_complete" {
-                    SseEvent::default()
-                        .event("complete")
-                        .data(json!({"taskId": task_id}).to_string())
-                } else {
-                    let error = serde_json::from_slice::<Value>(&event.json)
-                        .ok()
-                        .and_then(|v| v["error"].as_str().map(str::to_string))
-                        .unwrap_or_else(|| "the task failed".into());
-                    SseEvent::default()
-                        .event("error")
-                        .data(json!({"error": error}).to_string())
-                };
-                vec![Ok(to_sse(&event)), Ok(closing)]
+                vec![Ok(event.frame().clone()), Ok(closing(&event))]
             }
-            Ok(event) => vec![Ok(to_sse(&event))],
+            Ok(event) => vec![Ok(event.frame().clone())],
             Err(e) => vec![Err(e)],
         };
-        futures::stream::iter(items)
+        futures::stream::iter(frames)
     });
-    Ok(sse(&state, permit, with_closing).into_response())
+    Ok(sse(&state, permit, with_closing))
+}
+
+/// The original closing event after the terminal one: `complete` (`{"taskId"}`) or
+/// `error` (`{"error"}`).
+fn closing(terminal: &RawEvent) -> Bytes {
+    if terminal.kind == "task_complete" {
+        let data = json!({"taskId": terminal.task_id}).to_string();
+        return crate::sse::named_frame(None, "complete", data.as_bytes());
+    }
+    let error = serde_json::from_slice::<Value>(&terminal.json)
+        .ok()
+        .and_then(|v| v["error"].as_str().map(str::to_string))
+        .unwrap_or_else(|| "the task failed".into());
+    let data = json!({"error": error}).to_string();
+    crate::sse::named_frame(None, "error", data.as_bytes())
 }
 
 /// Waits for the task to end and returns its view (as `GET /api/tasks/{id}`, without a
