@@ -554,10 +554,10 @@ async fn tasks_of(store: &dyn Store, owner: Uuid, count: usize) -> anyhow::Resul
         let id = store.create_task(&task).await?.task().id;
         // No worker runs here: keep the outbox dispatcher from queueing these later.
         store
-            .mark_dispatched(troupe_events::Dispatch {
+            .mark_dispatched(&[troupe_events::Dispatch {
                 task_id: id,
                 seq: 1,
-            })
+            }])
             .await?;
         ids.push(id);
     }

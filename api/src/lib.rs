@@ -20,6 +20,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
+use troupe_events::dispatch::Outbox;
 use troupe_events::{Backends, Catalogue, FeedConfig, Feeds};
 use troupe_worker::providers::Providers;
 
@@ -44,6 +45,7 @@ pub fn state(
         },
     );
     AppState {
+        outbox: Outbox::start(backends.store.clone(), backends.queue.clone()),
         streams: Arc::new(tokio::sync::Semaphore::new(http.max_streams.max(1))),
         backends,
         feeds,
@@ -116,9 +118,7 @@ pub async fn serve(
     state: AppState,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let dispatcher = tokio::spawn(troupe_events::dispatch::run_dispatcher(
-        state.backends.store.clone(),
-        state.backends.queue.clone(),
+    let dispatcher = tokio::spawn(state.outbox.clone().run_dispatcher(
         Duration::from_secs(2),
         Duration::from_secs(5),
         shutdown.clone(),

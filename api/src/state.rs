@@ -3,6 +3,7 @@ use std::sync::Arc;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use troupe_events::dispatch::Outbox;
 use troupe_events::{Backends, Catalogue, Feeds};
 use troupe_worker::providers::Providers;
 
@@ -29,6 +30,8 @@ impl Default for HttpConfig {
 #[derive(Clone)]
 pub struct AppState {
     pub backends: Backends,
+    /// Queues what this process commits.
+    pub outbox: Outbox,
     pub feeds: Feeds,
     pub catalogue: Arc<Catalogue>,
     pub providers: Arc<Providers>,

@@ -6,48 +6,91 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Result;
 use crate::queue::TaskQueue;
 use crate::store::{Dispatch, Store};
 
-/// Queues the task and clears its outbox row.
-pub async fn dispatch(store: &dyn Store, queue: &dyn TaskQueue, dispatch: Dispatch) -> Result<()> {
-    queue.enqueue(dispatch).await?;
-    store.mark_dispatched(dispatch).await
-}
+/// Rows cleared per statement.
+const CLEAR_BATCH: usize = 256;
+/// Rows waiting to be cleared; past that, a dispatch clears its own row.
+const CLEAR_QUEUE: usize = 4096;
 
-/// Re-dispatches outbox rows older than `grace` every `every`, until `shutdown`.
-pub async fn run_dispatcher(
+/// Gets committed tasks onto the queue and clears their outbox rows. Rows are cleared in
+/// the background, many per statement, so that a submit waits for one write, not two; a
+/// row a crash leaves behind only gets its task queued twice, which workers expect (the
+/// queue's message id and the task's lease tell the copies apart).
+#[derive(Clone)]
+pub struct Outbox {
     store: Arc<dyn Store>,
     queue: Arc<dyn TaskQueue>,
-    every: Duration,
-    grace: Duration,
-    shutdown: CancellationToken,
-) {
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(every) => {}
+    cleared: mpsc::Sender<Dispatch>,
+}
+
+impl Outbox {
+    pub fn start(store: Arc<dyn Store>, queue: Arc<dyn TaskQueue>) -> Outbox {
+        let (cleared, rows) = mpsc::channel(CLEAR_QUEUE);
+        tokio::spawn(clear(store.clone(), rows));
+        Outbox {
+            store,
+            queue,
+            cleared,
         }
-        let older_than = Utc::now() - chrono::Duration::from_std(grace).unwrap_or_default();
-        let pending = match store.undispatched(older_than, 100).await {
-            Ok(pending) => pending,
-            Err(e) => {
-                tracing::warn!(error = %e, "reading the outbox failed");
-                continue;
+    }
+
+    /// Queues the task now; if that fails, the dispatcher queues it from its row.
+    pub async fn dispatch(&self, dispatch: Dispatch) -> Result<()> {
+        self.queue.enqueue(dispatch).await?;
+        if self.cleared.try_send(dispatch).is_err() {
+            self.store.mark_dispatched(&[dispatch]).await?;
+        }
+        Ok(())
+    }
+
+    /// Re-dispatches outbox rows older than `grace` every `every`, until `shutdown`.
+    pub async fn run_dispatcher(
+        self,
+        every: Duration,
+        grace: Duration,
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
             }
-        };
-        for pending in pending {
-            let task_id = pending.task_id;
-            match dispatch(store.as_ref(), queue.as_ref(), pending).await {
-                Ok(()) => tracing::info!(%task_id, "dispatched a task from the outbox"),
+            let older_than = Utc::now() - chrono::Duration::from_std(grace).unwrap_or_default();
+            let pending = match self.store.undispatched(older_than, 100).await {
+                Ok(pending) => pending,
                 Err(e) => {
-                    tracing::warn!(%task_id, error = %e, "dispatching from the outbox failed");
-                    break;
+                    tracing::warn!(error = %e, "reading the outbox failed");
+                    continue;
+                }
+            };
+            for pending in pending {
+                let task_id = pending.task_id;
+                match self.dispatch(pending).await {
+                    Ok(()) => tracing::info!(%task_id, "dispatched a task from the outbox"),
+                    Err(e) => {
+                        tracing::warn!(%task_id, error = %e, "dispatching from the outbox failed");
+                        break;
+                    }
                 }
             }
         }
+    }
+}
+
+/// Clears dispatched rows as they come, a batch per statement, until every [`Outbox`]
+/// is gone. A failure leaves rows for the dispatcher, which queues their tasks again.
+async fn clear(store: Arc<dyn Store>, mut rows: mpsc::Receiver<Dispatch>) {
+    let mut batch = Vec::with_capacity(CLEAR_BATCH);
+    while rows.recv_many(&mut batch, CLEAR_BATCH).await > 0 {
+        if let Err(e) = store.mark_dispatched(&batch).await {
+            tracing::warn!(error = %e, rows = batch.len(), "clearing dispatched outbox rows failed; their tasks will be queued again");
+        }
+        batch.clear();
     }
 }

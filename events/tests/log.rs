@@ -228,14 +228,46 @@ async fn unfinished_tasks_go_back_to_the_outbox(backend: Backend) {
     let log = log(backend).await;
     let running = new_task(&log).await;
     let done = new_task(&log).await;
-    for task_id in [running, done] {
+    // Both cleared by one statement; a row of another seq (a later retry) is not theirs.
+    let other = new_task(&log).await;
+    log.store
+        .mark_dispatched(&[
+            Dispatch {
+                task_id: running,
+                seq: 1,
+            },
+            Dispatch {
+                task_id: done,
+                seq: 1,
+            },
+            Dispatch {
+                task_id: other,
+                seq: 2,
+            },
+        ])
+        .await
+        .unwrap();
+    let far_future = chrono::Utc::now() + chrono::Duration::days(1);
+    assert_eq!(
+        log.store.undispatched(far_future, 10).await.unwrap(),
+        vec![Dispatch {
+            task_id: other,
+            seq: 1
+        }]
+    );
+    log.store
+        .mark_dispatched(&[Dispatch {
+            task_id: other,
+            seq: 1,
+        }])
+        .await
+        .unwrap();
+    for finished in [done, other] {
         log.store
-            .mark_dispatched(Dispatch { task_id, seq: 1 })
+            .append(finished, &[complete(finished, 2)])
             .await
             .unwrap();
     }
-    log.store.append(done, &[complete(done, 2)]).await.unwrap();
-    let far_future = chrono::Utc::now() + chrono::Duration::days(1);
     assert!(
         log.store
             .undispatched(far_future, 10)

@@ -400,14 +400,7 @@ async fn request_control(
 
 /// Queues a retried or resumed task now; the outbox has it should this fail.
 async fn queue(state: &AppState, dispatch: Dispatch) {
-    let backends = &state.backends;
-    if let Err(e) = troupe_events::dispatch::dispatch(
-        backends.store.as_ref(),
-        backends.queue.as_ref(),
-        dispatch,
-    )
-    .await
-    {
+    if let Err(e) = state.outbox.dispatch(dispatch).await {
         tracing::warn!(task_id = %dispatch.task_id, error = %e, "queueing the task failed; the outbox will retry");
     }
 }

@@ -227,17 +227,11 @@ pub async fn submit(
     };
     let submitted = state.backends.store.create_task(&task).await?;
     if let Submitted::Created(record) = &submitted {
-        let backends = &state.backends;
-        if let Err(e) = troupe_events::dispatch::dispatch(
-            backends.store.as_ref(),
-            backends.queue.as_ref(),
-            troupe_events::Dispatch {
-                task_id: record.id,
-                seq: 1,
-            },
-        )
-        .await
-        {
+        let first = troupe_events::Dispatch {
+            task_id: record.id,
+            seq: 1,
+        };
+        if let Err(e) = state.outbox.dispatch(first).await {
             // Stored and in the outbox: the dispatcher queues it shortly.
             tracing::warn!(task_id = %record.id, error = %e, "queueing a new task failed; the outbox will retry");
         }

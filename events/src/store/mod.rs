@@ -107,8 +107,8 @@ pub trait Store: Send + Sync + 'static {
     /// but maybe never queued.
     async fn undispatched(&self, older_than: DateTime<Utc>, limit: u32) -> Result<Vec<Dispatch>>;
 
-    /// Clears the outbox row, unless a newer one (a later retry) replaced it.
-    async fn mark_dispatched(&self, dispatch: Dispatch) -> Result<()>;
+    /// Clears the outbox rows, except those a newer one (a later retry) replaced.
+    async fn mark_dispatched(&self, dispatches: &[Dispatch]) -> Result<()>;
 
     /// Puts every unfinished task back in the outbox. For a volatile queue, whose jobs
     /// die with the process: at start, whatever was running must be queued again.
@@ -388,6 +388,22 @@ fn controls_of(task_id: Uuid, rows: Vec<ControlRow>) -> Result<Controls> {
 const CONTROLS_SQL: &str = "SELECT t.cancel_requested, t.pause_requested, c.agent_role,
             CAST(c.attempt AS BIGINT)
      FROM tasks t LEFT JOIN task_agent_cancels c ON c.task_id = t.id WHERE t.id = ";
+
+/// `DELETE` of the outbox rows of `dispatches`, for either store's placeholders.
+fn clear_outbox_query<'a, DB: sqlx::Database>(
+    dispatches: &'a [Dispatch],
+) -> sqlx::QueryBuilder<'a, DB>
+where
+    Uuid: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    let mut query = sqlx::QueryBuilder::new("DELETE FROM task_outbox WHERE (task_id, seq) IN (");
+    query.push_values(dispatches, |mut row, d| {
+        row.push_bind(d.task_id).push_bind(d.seq as i64);
+    });
+    query.push(")");
+    query
+}
 
 fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())

@@ -13,9 +13,9 @@ use uuid::Uuid;
 
 use super::{
     CONTROLS_SQL, Claim, Dispatch, Lease, PAGE_BYTES, Store, SubmitParts, Submitted, TaskRow,
-    Transition, Transitioned, User, WRITABLE, batch_bounds, control_sql, controls_of,
-    created_record, earlier_submit, is_unique_violation, raw_event, refused, settled_requests_sql,
-    status_after, task_record,
+    Transition, Transitioned, User, WRITABLE, batch_bounds, clear_outbox_query, control_sql,
+    controls_of, created_record, earlier_submit, is_unique_violation, raw_event, refused,
+    settled_requests_sql, status_after, task_record,
 };
 use crate::error::{Error, Result};
 use crate::event::{Event, RawEvent};
@@ -455,10 +455,12 @@ impl Store for SqliteStore {
             .collect())
     }
 
-    async fn mark_dispatched(&self, dispatch: Dispatch) -> Result<()> {
-        sqlx::query("DELETE FROM task_outbox WHERE task_id = ? AND seq = ?")
-            .bind(dispatch.task_id)
-            .bind(dispatch.seq as i64)
+    async fn mark_dispatched(&self, dispatches: &[Dispatch]) -> Result<()> {
+        if dispatches.is_empty() {
+            return Ok(());
+        }
+        clear_outbox_query(dispatches)
+            .build()
             .execute(&self.writer)
             .await?;
         Ok(())
