@@ -708,6 +708,18 @@ async fn a_lease_tells_a_redelivery_from_a_duplicate_job(backend: Backend) {
         }),
         "the old holder cannot renew a lease it lost"
     );
+
+    // The run's terminal event gives the lease up with it.
+    store
+        .append(task_id, &tokens(task_id, 2..=2))
+        .await
+        .unwrap();
+    assert!(store.lease(task_id).await.unwrap().is_some());
+    store
+        .append(task_id, &[complete(task_id, 3)])
+        .await
+        .unwrap();
+    assert_eq!(store.lease(task_id).await.unwrap(), None);
 }
 
 async fn a_run_that_ends_settles_the_pending_requests(backend: Backend) {

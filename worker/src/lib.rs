@@ -97,6 +97,11 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// The run's last append (its terminal event, or `task_paused`) gave the lease up.
+    fn released_lease(&self) -> bool {
+        matches!(self, Outcome::Finished { .. } | Outcome::Paused)
+    }
+
     fn retry(context: &str, error: &troupe_events::Error) -> Self {
         Outcome::Retry {
             reason: format!("{context}: {error}"),
@@ -209,6 +214,7 @@ impl Worker {
             other => other,
         };
         if self.lease().is_some()
+            && !outcome.released_lease()
             && let Err(e) = self.backends.store.release(task_id, holder).await
         {
             tracing::warn!(error = %e, "releasing the task's lease failed; it expires");

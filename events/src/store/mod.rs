@@ -348,11 +348,16 @@ const WRITABLE: &str = "status IN ('queued', 'running')";
 
 /// What an append does to the pending requests, given the batch's new status in `{status}`:
 /// a run that ended has carried out (or outlived) a cancel or a pause, a pause that took
-/// effect is no longer a request.
+/// effect is no longer a request; and a run that ended gives its lease up, which saves
+/// its worker a write of its own.
 fn settled_requests_sql(status: &str) -> String {
+    let ended = format!("COALESCE({status}, '') IN ('paused', 'completed', 'failed', 'cancelled')");
     format!(
         "cancel_requested = cancel_requested AND COALESCE({status}, '') NOT IN ('completed', 'failed', 'cancelled'),
-         pause_requested = pause_requested AND COALESCE({status}, '') NOT IN ('paused', 'completed', 'failed', 'cancelled')"
+         pause_requested = pause_requested AND NOT {ended},
+         holder = CASE WHEN {ended} THEN NULL ELSE holder END,
+         holder_job = CASE WHEN {ended} THEN NULL ELSE holder_job END,
+         lease_until = CASE WHEN {ended} THEN NULL ELSE lease_until END"
     )
 }
 

@@ -120,11 +120,18 @@ impl Store for PgStore {
 
     async fn create_task(&self, task: &NewTask) -> Result<Submitted> {
         let SubmitParts { now, spec, first } = SubmitParts::of(task);
-        let mut tx = self.pool.begin().await?;
-        let inserted = sqlx::query(
-            "INSERT INTO tasks (id, owner_id, spec, status, idempotency_key, request_hash, created_at, updated_at, last_seq)
-             VALUES ($1, $2, $3::jsonb, 'queued', $4, $5, $6, $6, 1)
-             ON CONFLICT DO NOTHING",
+        // One statement, so one round trip and one commit: the task, its first event and
+        // its outbox row, or (a repeated idempotency key) nothing at all.
+        let created = sqlx::query(
+            "WITH created AS (
+                 INSERT INTO tasks (id, owner_id, spec, status, idempotency_key, request_hash, created_at, updated_at, last_seq)
+                 VALUES ($1, $2, $3::jsonb, 'queued', $4, $5, $6, $6, 1)
+                 ON CONFLICT DO NOTHING
+                 RETURNING id),
+             first_event AS (
+                 INSERT INTO task_events (task_id, seq, type, at, data)
+                 SELECT id, 1, $7, $8, $9::json FROM created)
+             INSERT INTO task_outbox (task_id, created_at) SELECT id, $6 FROM created",
         )
         .bind(task.id)
         .bind(task.owner_id)
@@ -132,29 +139,18 @@ impl Store for PgStore {
         .bind(task.idempotency_key.as_deref())
         .bind(&task.request_hash)
         .bind(now)
-        .execute(&mut *tx)
+        .bind(&first.kind)
+        .bind(first.at)
+        .bind(first.json_str())
+        .execute(&self.pool)
         .await?
         .rows_affected();
-        if inserted == 0 {
-            tx.rollback().await?;
+        if created == 0 {
             let key = task.idempotency_key.as_deref().ok_or_else(|| {
                 Error::Corrupt(format!("task id {} was submitted twice", task.id))
             })?;
             return earlier_submit(task, self.find_by_key(task.owner_id, key).await?);
         }
-        sqlx::query("INSERT INTO task_events (task_id, seq, type, at, data) VALUES ($1, 1, $2, $3, $4::json)")
-            .bind(task.id)
-            .bind(&first.kind)
-            .bind(first.at)
-            .bind(first.json_str())
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("INSERT INTO task_outbox (task_id, created_at) VALUES ($1, $2)")
-            .bind(task.id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
         Ok(Submitted::Created(created_record(task, now)))
     }
 
@@ -190,47 +186,45 @@ impl Store for PgStore {
             return Ok(());
         };
         let status = status_after(events).map(TaskStatus::as_str);
-        let mut tx = self.pool.begin().await?;
+        let seqs: Vec<i64> = events.iter().map(|e| e.seq as i64).collect();
+        let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+        let ats: Vec<DateTime<Utc>> = events.iter().map(|e| e.at).collect();
+        let datas: Vec<&str> = events.iter().map(|e| e.json_str()).collect();
         // The conditional update is the fence: it takes the row lock, checks the log ends
-        // where this writer thinks it does, and refuses to extend a finished task.
-        let moved = sqlx::query(&format!(
-            "UPDATE tasks SET last_seq = $3, status = COALESCE($4, status), updated_at = now(), {}
-             WHERE id = $1 AND last_seq = $2 AND {WRITABLE}",
+        // where this writer thinks it does, and refuses to extend a finished task; the
+        // events go in only if it moved the row. One statement is one round trip and is
+        // atomic without a transaction of its own.
+        let inserted = sqlx::query(&format!(
+            "WITH moved AS (
+                 UPDATE tasks SET last_seq = $3, status = COALESCE($4, status), updated_at = now(), {}
+                 WHERE id = $1 AND last_seq = $2 AND {WRITABLE}
+                 RETURNING id)
+             INSERT INTO task_events (task_id, seq, type, at, data)
+             SELECT moved.id, s, t, a, d::json
+             FROM moved, UNNEST($5::bigint[], $6::text[], $7::timestamptz[], $8::text[]) AS u(s, t, a, d)",
             settled_requests_sql("$4::text")
         ))
         .bind(task_id)
         .bind(expected as i64)
         .bind(new_last as i64)
         .bind(status)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if moved == 0 {
-            return Err(Error::SeqConflict { task_id, expected });
-        }
-        let seqs: Vec<i64> = events.iter().map(|e| e.seq as i64).collect();
-        let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
-        let ats: Vec<DateTime<Utc>> = events.iter().map(|e| e.at).collect();
-        let datas: Vec<&str> = events.iter().map(|e| e.json_str()).collect();
-        sqlx::query(
-            "INSERT INTO task_events (task_id, seq, type, at, data)
-             SELECT $1, s, t, a, d::json FROM UNNEST($2::bigint[], $3::text[], $4::timestamptz[], $5::text[]) AS u(s, t, a, d)",
-        )
-        .bind(task_id)
         .bind(&seqs)
         .bind(&kinds)
         .bind(&ats)
         .bind(&datas)
-        .execute(&mut *tx)
+        .execute(&self.pool)
         .await
         .map_err(|e| {
             if is_unique_violation(&e) {
                 Error::SeqConflict { task_id, expected }
             } else {
-                e.into()
+                Error::from(e)
             }
-        })?;
-        tx.commit().await?;
+        })?
+        .rows_affected();
+        if inserted == 0 {
+            return Err(Error::SeqConflict { task_id, expected });
+        }
         Ok(())
     }
 
