@@ -2,6 +2,8 @@
 //! A second, narrower token reads one task's events, so that a browser's `EventSource`
 //! (which cannot send headers) can follow and reconnect with a plain URL.
 
+use std::sync::Arc;
+
 use std::time::Duration;
 
 use argon2::Argon2;
@@ -30,10 +32,11 @@ struct Claims {
     task: Option<Uuid>,
 }
 
+/// Cloned with the app state for every request: the keys are shared, not copied.
 #[derive(Clone)]
 pub struct Tokens {
-    encoding: EncodingKey,
-    decoding: DecodingKey,
+    encoding: Arc<EncodingKey>,
+    decoding: Arc<DecodingKey>,
     session_ttl: Duration,
     stream_ttl: Duration,
 }
@@ -42,8 +45,8 @@ impl Tokens {
     pub fn new(secret: &SecretString, session_ttl: Duration, stream_ttl: Duration) -> Self {
         let bytes = secret.expose_secret().as_bytes();
         Tokens {
-            encoding: EncodingKey::from_secret(bytes),
-            decoding: DecodingKey::from_secret(bytes),
+            encoding: Arc::new(EncodingKey::from_secret(bytes)),
+            decoding: Arc::new(DecodingKey::from_secret(bytes)),
             session_ttl,
             stream_ttl,
         }
