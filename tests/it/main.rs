@@ -5,6 +5,7 @@ mod control;
 mod faults;
 mod helpers;
 mod input;
+mod load;
 mod process;
 mod providers;
 mod resume;
