@@ -6,6 +6,12 @@ use troupe_events::runtime::{BackendArgs, init_tracing};
 use troupe_worker::cli::{ProviderArgs, WorkerArgs};
 use troupe_worker::shutdown_signal;
 
+/// An allocator that gives freed memory back to the system, from a background thread,
+/// even while the process is idle: glibc kept what a burst of streams had used (75 MiB
+/// after 1,000 watchers left; see BENCHMARKS.md). Its settings: `.cargo/config.toml`.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Troupe: run a task through a team of AI agents and watch every step live.
 ///
 /// With no DATABASE_URL and no NATS_URL everything runs in this one process (SQLite under

@@ -7,6 +7,12 @@ use troupe_worker::cli::ProviderArgs;
 use troupe_worker::providers::Providers;
 use troupe_worker::shutdown_signal;
 
+/// An allocator that gives freed memory back to the system, from a background thread,
+/// even while the process is idle: glibc kept what a burst of streams had used (75 MiB
+/// after 1,000 watchers left; see BENCHMARKS.md). Its settings: `.cargo/config.toml`.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Troupe api: REST and SSE in front of PostgreSQL and NATS. Run as many as you like.
 #[derive(Parser)]
 #[command(name = "api", version)]
