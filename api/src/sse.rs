@@ -24,23 +24,35 @@ const JOINED_MAX: usize = 64 * 1024;
 /// The SSE frame of a stored event: its seq as the id (what a reconnecting browser sends
 /// back as `Last-Event-ID`), its type as the event name, its JSON as the data.
 pub fn frame(event: &RawEvent) -> Bytes {
-    let seq = event.seq.to_string();
-    named_frame(Some(&seq), &event.kind, &event.json)
+    let mut out = BytesMut::with_capacity(event.json.len() + event.kind.len() + 32);
+    write_frame(&mut out, event);
+    out.freeze()
 }
 
-/// A frame with an optional id. A line break in `data` starts another `data:` line, as
-/// the format requires (stored JSON has none, but a frame must never be broken).
+/// Appends the frame of `event` to `out`: many frames in one buffer for a replay.
+pub fn write_frame(out: &mut BytesMut, event: &RawEvent) {
+    let mut seq = itoa::Buffer::new();
+    write_named(out, Some(seq.format(event.seq)), &event.kind, &event.json);
+}
+
+/// A frame with an optional id.
 pub fn named_frame(id: Option<&str>, name: &str, data: &[u8]) -> Bytes {
     let mut out = BytesMut::with_capacity(data.len() + name.len() + 32);
+    write_named(&mut out, id, name, data);
+    out.freeze()
+}
+
+/// A line break in `data` starts another `data:` line, as the format requires (stored
+/// JSON has none, but a frame must never be broken).
+fn write_named(out: &mut BytesMut, id: Option<&str>, name: &str, data: &[u8]) {
     if let Some(id) = id {
-        field(&mut out, "id", id.as_bytes());
+        field(out, "id", id.as_bytes());
     }
-    field(&mut out, "event", name.as_bytes());
+    field(out, "event", name.as_bytes());
     for line in data.split(|&b| b == b'\n') {
-        field(&mut out, "data", line.strip_suffix(b"\r").unwrap_or(line));
+        field(out, "data", line.strip_suffix(b"\r").unwrap_or(line));
     }
     out.extend_from_slice(b"\n");
-    out.freeze()
 }
 
 fn field(out: &mut BytesMut, name: &str, value: &[u8]) {

@@ -4,10 +4,11 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt};
 use serde::Deserialize;
 use tokio::sync::OwnedSemaphorePermit;
+use troupe_events::store::log_pages;
 use uuid::Uuid;
 
 use crate::auth::Reader;
@@ -68,12 +69,43 @@ pub async fn events(
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
     let permit = stream_permit(&state)?;
+    if task.status.is_terminal() {
+        return Ok(sse(&state, permit, replay(&state, task_id, cursor)));
+    }
     let events = state.feeds.follow(task_id, cursor).await?;
     Ok(sse(
         &state,
         permit,
         events.map(|event| event.map(|e| e.frame().clone())),
     ))
+}
+
+/// A finished task's log from the store, a page of frames per write, to its first
+/// terminal event after `after` (as a live stream ends; a retry reopens a log after
+/// one). Nothing live is needed, so no feed is started for it.
+fn replay(
+    state: &AppState,
+    task_id: Uuid,
+    after: u64,
+) -> impl Stream<Item = troupe_events::Result<Bytes>> + Send + 'static {
+    let pages = log_pages(state.backends.store.clone(), task_id, after);
+    let mut ended = false;
+    tokio_stream::StreamExt::map_while(pages, move |page| {
+        if ended {
+            return None;
+        }
+        Some(page.map(|page| {
+            let mut frames = BytesMut::with_capacity(page.iter().map(|e| e.json.len() + 64).sum());
+            for event in page.iter() {
+                crate::sse::write_frame(&mut frames, event);
+                if event.is_terminal() {
+                    ended = true;
+                    break;
+                }
+            }
+            frames.freeze()
+        }))
+    })
 }
 
 /// A place among the streams this process serves; taken before any work is done, so a
@@ -110,25 +142,14 @@ pub fn sse(
 
 /// The log as it is now, one JSON event per line.
 fn export(state: &AppState, task_id: Uuid, after: u64) -> Response {
-    let store = state.backends.store.clone();
-    let pages = futures::stream::unfold(Some(after), move |cursor| {
-        let store = store.clone();
-        async move {
-            let after = cursor?;
-            match store.events_after(task_id, after, 1000).await {
-                Ok(page) if page.is_empty() => None,
-                Ok(page) => {
-                    let next = page.last().map(|e| e.seq);
-                    let mut lines = Vec::with_capacity(page.iter().map(|e| e.json.len() + 1).sum());
-                    for event in &page {
-                        lines.extend_from_slice(&event.json);
-                        lines.push(b'\n');
-                    }
-                    Some((Ok::<_, std::io::Error>(lines), next))
-                }
-                Err(e) => Some((Err(std::io::Error::other(e.to_string())), None)),
-            }
+    let pages = log_pages(state.backends.store.clone(), task_id, after).map(|page| {
+        let page = page.map_err(|e| std::io::Error::other(e.to_string()))?;
+        let mut lines = Vec::with_capacity(page.iter().map(|e| e.json.len() + 1).sum());
+        for event in &page {
+            lines.extend_from_slice(&event.json);
+            lines.push(b'\n');
         }
+        Ok::<_, std::io::Error>(lines)
     });
     (
         [(header::CONTENT_TYPE, "application/x-ndjson")],

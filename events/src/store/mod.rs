@@ -120,6 +120,9 @@ pub const PAGE_BYTES: i64 = 1 << 20;
 
 /// Events per page when a whole log is read.
 pub const LOG_PAGE: u32 = 1000;
+/// Events of the first page of a replay ([`log_pages`]), and of each page after it.
+const REPLAY_FIRST_PAGE: u32 = 100;
+const REPLAY_PAGE: u32 = 5000;
 
 /// Whether a page of `events_after(.., limit)` reached the end of the log as it was when
 /// read: a page cut short by [`PAGE_BYTES`] holds at least that many bytes, so a page
@@ -127,6 +130,35 @@ pub const LOG_PAGE: u32 = 1000;
 pub fn is_last_page(page: &[RawEvent], limit: u32) -> bool {
     page.len() < limit as usize
         && page.iter().map(|e| e.json.len() as i64).sum::<i64>() < PAGE_BYTES
+}
+
+/// The log after `after` to its end as it is now, a page at a time. The next page is read
+/// while the caller sends the last one, so that a replay keeps the store and the network
+/// busy at once; the reader stops when the stream is dropped.
+pub fn log_pages(
+    store: std::sync::Arc<dyn Store>,
+    task_id: Uuid,
+    mut after: u64,
+) -> impl futures::Stream<Item = Result<Vec<RawEvent>>> + Send + 'static {
+    let (pages, received) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(async move {
+        // A short first page gets the first event out sooner; then pages as large as the
+        // byte cap allows, for fewer queries.
+        let mut limit = REPLAY_FIRST_PAGE;
+        loop {
+            let page = store.events_after(task_id, after, limit).await;
+            let last = page.as_ref().map_or(true, |p| is_last_page(p, limit));
+            limit = REPLAY_PAGE;
+            if let Ok(Some(event)) = page.as_ref().map(|p| p.last()) {
+                after = event.seq;
+            }
+            let empty = page.as_ref().is_ok_and(Vec::is_empty);
+            if (!empty && pages.send(page).await.is_err()) || last {
+                return;
+            }
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(received)
 }
 
 /// Hands every event after `after` to `each`, a page at a time, to the end of the log as
