@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use troupe_events::store::is_last_page;
 use troupe_events::task::{AgentDef, TaskSpec};
 use troupe_events::{
     Bus, Dispatch, Error, Event, EventBody, ExecutionMode, FeedConfig, Feeds, MemoryBus, NatsBus,
@@ -454,6 +455,23 @@ async fn a_page_of_large_events_stays_small(backend: Backend) {
     assert!(bytes < 2 << 20);
     let single = log.store.events_after(task_id, 2, 1).await.unwrap();
     assert_eq!(single.len(), 1, "the count still bounds a page");
+    // The NDJSON form of a page is the same page, each event's JSON and a line feed.
+    for (after, limit) in [(1, 1000), (2, 1), (0, 1000), (6, 10)] {
+        let page = log.store.events_after(task_id, after, limit).await.unwrap();
+        let lines = log.store.lines_after(task_id, after, limit).await.unwrap();
+        let Some(lines) = lines else {
+            assert!(page.is_empty());
+            continue;
+        };
+        let expected: Vec<u8> = page
+            .iter()
+            .flat_map(|e| e.json.iter().copied().chain([b'\n']))
+            .collect();
+        assert_eq!(lines.ndjson, expected);
+        assert_eq!(lines.events, page.len());
+        assert_eq!(lines.last_seq, page.last().unwrap().seq);
+        assert_eq!(lines.is_last_page(limit), is_last_page(&page, limit));
+    }
     // Read until an empty page: everything, in order.
     assert_eq!(
         all_seqs(log.store.as_ref(), task_id).await,

@@ -8,7 +8,7 @@ use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt};
 use serde::Deserialize;
 use tokio::sync::OwnedSemaphorePermit;
-use troupe_events::store::log_pages;
+use troupe_events::store::{log_pages, ndjson_pages};
 use uuid::Uuid;
 
 use crate::auth::Reader;
@@ -142,15 +142,8 @@ pub fn sse(
 
 /// The log as it is now, one JSON event per line.
 fn export(state: &AppState, task_id: Uuid, after: u64) -> Response {
-    let pages = log_pages(state.backends.store.clone(), task_id, after).map(|page| {
-        let page = page.map_err(|e| std::io::Error::other(e.to_string()))?;
-        let mut lines = Vec::with_capacity(page.iter().map(|e| e.json.len() + 1).sum());
-        for event in &page {
-            lines.extend_from_slice(&event.json);
-            lines.push(b'\n');
-        }
-        Ok::<_, std::io::Error>(lines)
-    });
+    let pages = ndjson_pages(state.backends.store.clone(), task_id, after)
+        .map(|page| page.map_err(|e| std::io::Error::other(e.to_string())));
     (
         [(header::CONTENT_TYPE, "application/x-ndjson")],
         Body::from_stream(pages),

@@ -4,9 +4,11 @@
 mod postgres;
 mod sqlite;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
@@ -103,6 +105,11 @@ pub trait Store: Send + Sync + 'static {
     /// answers) stays small in memory. [`is_last_page`] tells whether the log may go on.
     async fn events_after(&self, task_id: Uuid, after: u64, limit: u32) -> Result<Vec<RawEvent>>;
 
+    /// The same page as [`Store::events_after`], as NDJSON (each event's JSON and a line
+    /// feed) joined by the database into one value: what the export sends, without a row
+    /// per event. `None` when no event is left.
+    async fn lines_after(&self, task_id: Uuid, after: u64, limit: u32) -> Result<Option<Lines>>;
+
     /// Outbox rows older than `older_than` (task and the seq that queued it): committed
     /// but maybe never queued.
     async fn undispatched(&self, older_than: DateTime<Utc>, limit: u32) -> Result<Vec<Dispatch>>;
@@ -128,34 +135,99 @@ const REPLAY_PAGE: u32 = 5000;
 /// read: a page cut short by [`PAGE_BYTES`] holds at least that many bytes, so a page
 /// short of both limits saves the query that would only return nothing.
 pub fn is_last_page(page: &[RawEvent], limit: u32) -> bool {
-    page.len() < limit as usize
-        && page.iter().map(|e| e.json.len() as i64).sum::<i64>() < PAGE_BYTES
+    let bytes = page.iter().map(|e| e.json.len()).sum();
+    ends_log(page.len(), bytes, limit)
+}
+
+fn ends_log(events: usize, json_bytes: usize, limit: u32) -> bool {
+    events < limit as usize && (json_bytes as i64) < PAGE_BYTES
+}
+
+/// A page of the log as NDJSON lines ([`Store::lines_after`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lines {
+    pub last_seq: u64,
+    pub events: usize,
+    pub ndjson: Bytes,
+}
+
+impl Lines {
+    /// From the page's last seq, event count and JSON joined by line feeds (no final one).
+    fn of(last_seq: Option<i64>, events: i64, joined: Option<String>) -> Option<Lines> {
+        let mut ndjson = joined?.into_bytes();
+        ndjson.push(b'\n');
+        Some(Lines {
+            last_seq: last_seq? as u64,
+            events: events as usize,
+            ndjson: ndjson.into(),
+        })
+    }
+
+    pub fn is_last_page(&self, limit: u32) -> bool {
+        ends_log(self.events, self.ndjson.len() - self.events, limit)
+    }
 }
 
 /// The log after `after` to its end as it is now, a page at a time. The next page is read
 /// while the caller sends the last one, so that a replay keeps the store and the network
 /// busy at once; the reader stops when the stream is dropped.
 pub fn log_pages(
-    store: std::sync::Arc<dyn Store>,
+    store: Arc<dyn Store>,
     task_id: Uuid,
-    mut after: u64,
+    after: u64,
 ) -> impl futures::Stream<Item = Result<Vec<RawEvent>>> + Send + 'static {
+    read_ahead(after, move |after, limit| {
+        let store = store.clone();
+        async move {
+            let page = store.events_after(task_id, after, limit).await?;
+            let last = is_last_page(&page, limit);
+            Ok(page.last().map(|e| e.seq).map(|seq| (page, seq, last)))
+        }
+    })
+}
+
+/// [`log_pages`] as NDJSON, each page joined by the store.
+pub fn ndjson_pages(
+    store: Arc<dyn Store>,
+    task_id: Uuid,
+    after: u64,
+) -> impl futures::Stream<Item = Result<Bytes>> + Send + 'static {
+    read_ahead(after, move |after, limit| {
+        let store = store.clone();
+        async move {
+            let lines = store.lines_after(task_id, after, limit).await?;
+            Ok(lines
+                .map(|l| (l.is_last_page(limit), l))
+                .map(|(last, l)| (l.ndjson, l.last_seq, last)))
+        }
+    })
+}
+
+/// Pages from `read(after, limit)` (a page, its last seq, whether it ended the log; `None`
+/// for no more), one read ahead of the consumer. A short first page gets the first event
+/// out sooner; then pages as large as the byte cap allows, for fewer queries.
+fn read_ahead<P, F, Fut>(mut after: u64, mut read: F) -> impl futures::Stream<Item = Result<P>>
+where
+    P: Send + 'static,
+    F: FnMut(u64, u32) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<Option<(P, u64, bool)>>> + Send,
+{
     let (pages, received) = tokio::sync::mpsc::channel(1);
     tokio::spawn(async move {
-        // A short first page gets the first event out sooner; then pages as large as the
-        // byte cap allows, for fewer queries.
         let mut limit = REPLAY_FIRST_PAGE;
         loop {
-            let page = store.events_after(task_id, after, limit).await;
-            let last = page.as_ref().map_or(true, |p| is_last_page(p, limit));
-            limit = REPLAY_PAGE;
-            if let Ok(Some(event)) = page.as_ref().map(|p| p.last()) {
-                after = event.seq;
-            }
-            let empty = page.as_ref().is_ok_and(Vec::is_empty);
-            if (!empty && pages.send(page).await.is_err()) || last {
+            let (page, last) = match read(after, limit).await {
+                Ok(Some((page, last_seq, last))) => {
+                    after = last_seq;
+                    (Ok(page), last)
+                }
+                Ok(None) => return,
+                Err(e) => (Err(e), true),
+            };
+            if pages.send(page).await.is_err() || last {
                 return;
             }
+            limit = REPLAY_PAGE;
         }
     });
     tokio_stream::wrappers::ReceiverStream::new(received)

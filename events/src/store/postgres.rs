@@ -7,10 +7,10 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use uuid::Uuid;
 
 use super::{
-    CONTROLS_SQL, Claim, Dispatch, Lease, PAGE_BYTES, Store, SubmitParts, Submitted, TaskRow,
-    Transition, Transitioned, User, WRITABLE, batch_bounds, clear_outbox_query, control_sql,
-    controls_of, created_record, earlier_submit, is_unique_violation, raw_event, refused,
-    settled_requests_sql, status_after, task_record,
+    CONTROLS_SQL, Claim, Dispatch, Lease, Lines, PAGE_BYTES, Store, SubmitParts, Submitted,
+    TaskRow, Transition, Transitioned, User, WRITABLE, batch_bounds, clear_outbox_query,
+    control_sql, controls_of, created_record, earlier_submit, is_unique_violation, raw_event,
+    refused, settled_requests_sql, status_after, task_record,
 };
 use crate::error::{Error, Result};
 use crate::event::{Event, RawEvent};
@@ -254,6 +254,24 @@ impl Store for PgStore {
                 ))
             })
             .collect()
+    }
+
+    async fn lines_after(&self, task_id: Uuid, after: u64, limit: u32) -> Result<Option<Lines>> {
+        // The page of events_after, joined in the database: one row instead of one per event.
+        let (last, events, joined): (Option<i64>, i64, Option<String>) = sqlx::query_as(
+            "SELECT max(seq), count(*), string_agg(data, E'\\n' ORDER BY seq) FROM (
+                 SELECT seq, data::text AS data,
+                        sum(octet_length(data::text)) OVER (ORDER BY seq) AS upto
+                 FROM task_events WHERE task_id = $1 AND seq > $2 ORDER BY seq LIMIT $3
+             ) page WHERE upto - octet_length(data) < $4",
+        )
+        .bind(task_id)
+        .bind(after as i64)
+        .bind(i64::from(limit))
+        .bind(PAGE_BYTES)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(Lines::of(last, events, joined))
     }
 
     async fn transition(&self, task_id: Uuid, transition: &Transition) -> Result<Transitioned> {
