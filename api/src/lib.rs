@@ -6,6 +6,7 @@ pub mod cli;
 pub mod error;
 pub mod extract;
 pub mod routes;
+pub mod server;
 pub mod sse;
 pub mod state;
 
@@ -15,7 +16,6 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -124,25 +124,17 @@ pub async fn serve(
         shutdown.clone(),
     ));
     let closing = state.closing.clone();
-    let app = router(state);
-    let stop = shutdown.clone();
-    // Without TCP_NODELAY, the first small write of each response on a keep-alive
-    // connection waits for the client's delayed ACK: about 40 ms, the whole latency of a
-    // trivial task.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::warn!(error = %e, "setting TCP_NODELAY on a connection failed");
-        }
-    });
-    // A Router served as it is rebuilds its route table for every connection (axum 0.8's
-    // `Service<IncomingStream>` calls `with_state`): about 20 KiB per open stream. Made
-    // into a service once, each connection shares it.
-    axum::serve(listener, app.into_make_service())
-        .with_graceful_shutdown(async move {
-            stop.cancelled().await;
+    let stop = CancellationToken::new();
+    let stopping = {
+        let (shutdown, stop) = (shutdown.clone(), stop.clone());
+        async move {
+            shutdown.cancelled().await;
+            // Streams end first, so that graceful shutdown does not wait for tasks.
             closing.cancel();
-        })
-        .await?;
+            stop.cancel();
+        }
+    };
+    tokio::join!(server::run(listener, router(state), stop), stopping);
     shutdown.cancel();
     dispatcher.await?;
     Ok(())
