@@ -251,16 +251,7 @@ impl TestApp {
     }
 
     async fn wait_ready(&self) {
-        for _ in 0..100 {
-            let url = format!("{}/readyz", self.urls[0]);
-            if let Ok(r) = self.client.get(url).send().await
-                && r.status().is_success()
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("the app did not become ready");
+        wait_until_ready(&self.client, &self.urls[0]).await;
     }
 
     /// A connection of its own to the app's store, to put in the log what another
@@ -425,18 +416,7 @@ impl TestApp {
 
     /// The whole log as it is now, from the NDJSON export.
     pub async fn log(&self, token: &str, task_id: Uuid) -> Vec<Value> {
-        let text = self
-            .events_request(0, token, task_id)
-            .header("accept", "application/x-ndjson")
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
+        exported_log(&self.client, self.url(0), token, task_id).await
     }
 }
 
@@ -523,4 +503,58 @@ impl Drop for TestApp {
             }
         }
     }
+}
+
+/// Polls `/readyz` of the server at `url` until it answers 200; panics after 10 s.
+pub async fn wait_until_ready(client: &reqwest::Client, url: &str) {
+    for _ in 0..200 {
+        if let Ok(r) = client.get(format!("{url}/readyz")).send().await
+            && r.status().is_success()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{url} did not become ready in 10 s");
+}
+
+/// The `troupe` binary, embedded on `data_dir` (whatever the test's environment says)
+/// and bound to a free port; returns the command, for the caller's environment and
+/// output, and the url it will serve.
+pub fn troupe_command(data_dir: &std::path::Path) -> (std::process::Command, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_troupe"));
+    command
+        .args(["--data-dir", data_dir.to_str().unwrap()])
+        .args(["--bind", &format!("127.0.0.1:{port}")])
+        .env_remove("DATABASE_URL")
+        .env_remove("NATS_URL")
+        .stdout(std::process::Stdio::null());
+    (command, format!("http://127.0.0.1:{port}"))
+}
+
+/// A task's whole log as it is now, from the NDJSON export of the server at `url`.
+pub async fn exported_log(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    task_id: impl std::fmt::Display,
+) -> Vec<Value> {
+    let text = client
+        .get(format!("{url}/api/tasks/{task_id}/events"))
+        .bearer_auth(token)
+        .header("accept", "application/x-ndjson")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }

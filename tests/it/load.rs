@@ -3,7 +3,7 @@
 //! fan-out once more on a distributed Troupe.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -11,7 +11,9 @@ use troupe_load::{
     FanoutOptions, FanoutReport, LatencyOptions, ReplayOptions, Target, ThroughputOptions,
 };
 
-use crate::helpers::{Backend, TestApp, Tweaks, worker_config};
+use crate::helpers::{
+    Backend, TestApp, Tweaks, exported_log, troupe_command, wait_until_ready, worker_config,
+};
 
 /// A `troupe` process on a fresh data directory and a free port; killed on drop. Its log
 /// is kept (and its path printed) when the test fails.
@@ -27,18 +29,9 @@ impl Server {
         let id = uuid::Uuid::new_v4().simple().to_string();
         let dir = std::env::temp_dir().join(format!("troupe-load-{id}"));
         let log = std::env::temp_dir().join(format!("troupe-load-{id}.log"));
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(env!("CARGO_BIN_EXE_troupe"))
-            .args(["--data-dir", dir.to_str().unwrap()])
-            .args(["--bind", &format!("127.0.0.1:{port}")])
-            .env_remove("DATABASE_URL")
-            .env_remove("NATS_URL")
+        let (mut command, url) = troupe_command(&dir);
+        let child = command
             .env("TROUPE_TOKEN_FLUSH_MS", "10")
-            .stdout(Stdio::null())
             // A file, not a pipe: nobody reads a pipe, and a full one would stall the
             // server under load.
             .stderr(std::fs::File::create(&log).unwrap())
@@ -46,20 +39,12 @@ impl Server {
             .unwrap();
         let server = Server {
             child,
-            url: format!("http://127.0.0.1:{port}"),
+            url,
             dir,
             log,
         };
-        let client = reqwest::Client::new();
-        for _ in 0..400 {
-            if let Ok(r) = client.get(format!("{}/readyz", server.url)).send().await
-                && r.status().is_success()
-            {
-                return server;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!("troupe did not become ready in 10 s");
+        wait_until_ready(&reqwest::Client::new(), &server.url).await;
+        server
     }
 
     /// The server as troupe-load sees it, with its pid so resources are measured.
@@ -103,19 +88,7 @@ async fn register(url: &str) -> String {
 
 /// The task's log from the NDJSON export.
 async fn log(url: &str, token: &str, task_id: &str) -> Vec<Value> {
-    reqwest::Client::new()
-        .get(format!("{url}/api/tasks/{task_id}/events"))
-        .bearer_auth(token)
-        .header("accept", "application/x-ndjson")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    exported_log(&reqwest::Client::new(), url, token, task_id).await
 }
 
 /// Facts every measured resource report must have when the server's pid was given.

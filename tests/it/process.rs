@@ -5,6 +5,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use crate::helpers::{troupe_command, wait_until_ready};
+
 /// A `troupe` process on a fresh data directory and a free port, killed if a test fails.
 struct Troupe {
     child: Child,
@@ -15,37 +17,17 @@ struct Troupe {
 
 impl Troupe {
     fn start(data_dir: &std::path::Path, owns_dir: bool) -> Troupe {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(env!("CARGO_BIN_EXE_troupe"))
-            .args(["--data-dir", data_dir.to_str().unwrap()])
-            .args(["--bind", &format!("127.0.0.1:{port}")])
-            .env_remove("DATABASE_URL")
-            .env_remove("NATS_URL")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let (mut command, url) = troupe_command(data_dir);
+        let child = command.stderr(Stdio::piped()).spawn().unwrap();
         Troupe {
             child,
-            url: format!("http://127.0.0.1:{port}"),
+            url,
             owned_dir: owns_dir.then(|| data_dir.to_path_buf()),
         }
     }
 
     async fn wait_ready(&self, client: &reqwest::Client) {
-        for _ in 0..200 {
-            if let Ok(r) = client.get(format!("{}/readyz", self.url)).send().await
-                && r.status().is_success()
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("troupe did not become ready");
+        wait_until_ready(client, &self.url).await;
     }
 
     fn signal(&self, name: &str) {
