@@ -394,6 +394,17 @@ mod tests {
         ])
     }
 
+    /// Fails unless a violation at `seq` says `what`.
+    fn assert_found(violations: &[Violation], seq: u64, what: &str) {
+        assert!(
+            violations
+                .iter()
+                .any(|v| v.seq == Some(seq) && v.what.contains(what)),
+            "no violation at seq {seq} saying {what:?} among:\n{}",
+            whats(violations)
+        );
+    }
+
     fn whats(violations: &[Violation]) -> String {
         violations
             .iter()
@@ -426,12 +437,7 @@ mod tests {
         let again = log[2].clone();
         log.insert(3, again);
         let v = check_log(T, &log);
-        assert!(
-            v.iter()
-                .any(|v| v.seq == Some(3) && v.what.contains("repeat")),
-            "{}",
-            whats(&v)
-        );
+        assert_found(&v, 3, "repeat");
     }
 
     #[test]
@@ -468,7 +474,7 @@ mod tests {
         let mut other = log.clone();
         other[4]["agents"] = json!(["frontend"]);
         let v = check_log(T, &other);
-        assert!(v.iter().any(|v| v.seq == Some(6)), "{}", whats(&v));
+        assert_found(&v, 6, "");
     }
 
     #[test]
@@ -500,12 +506,7 @@ mod tests {
             ("task_cancelled", json!({})),
         ]);
         let v = check_log(T, &log2);
-        assert!(
-            v.iter()
-                .any(|v| v.seq == Some(4) && v.what.contains("agent_complete")),
-            "{}",
-            whats(&v)
-        );
+        assert_found(&v, 4, "agent_complete");
     }
 
     #[test]
@@ -577,12 +578,7 @@ mod tests {
             json!({"seq": 9, "taskId": T, "type": "agent_token", "agentRole": "qa", "attempt": 2});
         log.push(extra);
         let v = check_log(T, &log);
-        assert!(
-            v.iter()
-                .any(|v| v.seq == Some(9) && v.what.contains("after the terminal")),
-            "{}",
-            whats(&v)
-        );
+        assert_found(&v, 9, "after the terminal");
         let v = check_finished(T, &log, "completed");
         assert_eq!(v.len(), 1);
         assert!(v[0].what.contains("not finished"));
@@ -598,7 +594,7 @@ mod tests {
             token("qa", 1),
         ]);
         let v = check_log(T, &log);
-        assert!(v.iter().any(|v| v.seq == Some(4)), "{}", whats(&v));
+        assert_found(&v, 4, "");
     }
 
     fn received(log: &[Value]) -> Vec<Received> {

@@ -105,9 +105,18 @@ async fn assert_whole(
     json
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nats_restarting_mid_task_loses_nothing() {
-    let (mut cluster, api) = small_cluster().await;
+/// A small cluster running a long task, caught while its second agent streams, with a
+/// watcher on the task's stream.
+struct MidTask {
+    cluster: Cluster,
+    api: Api,
+    task: String,
+    done: CancellationToken,
+    watcher: tokio::task::JoinHandle<SseOutcome>,
+}
+
+async fn mid_task() -> MidTask {
+    let (cluster, api) = small_cluster().await;
     let task = submit_long_task(&api).await;
     let done = CancellationToken::new();
     let watcher = watch(&api, &task, &done);
@@ -118,6 +127,24 @@ async fn nats_restarting_mid_task_loses_nothing() {
         second_agent_streams,
     )
     .await;
+    MidTask {
+        cluster,
+        api,
+        task,
+        done,
+        watcher,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_restarting_mid_task_loses_nothing() {
+    let MidTask {
+        mut cluster,
+        api,
+        task,
+        done,
+        watcher,
+    } = mid_task().await;
 
     cluster.restart_nats(Duration::from_secs(3)).await;
 
@@ -128,17 +155,13 @@ async fn nats_restarting_mid_task_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_restarting_mid_task_loses_nothing_and_writes_nothing_twice() {
-    let (mut cluster, api) = small_cluster().await;
-    let task = submit_long_task(&api).await;
-    let done = CancellationToken::new();
-    let watcher = watch(&api, &task, &done);
-    wait_until(
-        &api,
-        &task,
-        "the second agent streams",
-        second_agent_streams,
-    )
-    .await;
+    let MidTask {
+        mut cluster,
+        api,
+        task,
+        done,
+        watcher,
+    } = mid_task().await;
 
     cluster.stop_postgres();
     let ready = api
