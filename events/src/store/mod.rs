@@ -498,6 +498,19 @@ const CONTROLS_SQL: &str = "SELECT t.cancel_requested, t.pause_requested, c.agen
             CAST(c.attempt AS BIGINT)
      FROM tasks t LEFT JOIN task_agent_cancels c ON c.task_id = t.id WHERE t.id = ";
 
+/// What a claim that moved `granted` rows comes to: none moved means another delivery
+/// holds the lease, unless it expired between the claim and this read, when the next
+/// delivery takes it.
+async fn settle_claim(store: &dyn Store, task_id: Uuid, granted: u64) -> Result<Claim> {
+    if granted > 0 {
+        return Ok(Claim::Granted);
+    }
+    Ok(match store.lease(task_id).await? {
+        Some(lease) => Claim::Held(lease),
+        None => Claim::Granted,
+    })
+}
+
 /// `DELETE` of the outbox rows of `dispatches`, for either store's placeholders.
 fn clear_outbox_query<'a, DB: sqlx::Database>(
     dispatches: &'a [Dispatch],

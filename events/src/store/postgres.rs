@@ -10,7 +10,7 @@ use super::{
     CONTROLS_SQL, Claim, Dispatch, Lease, Lines, PAGE_BYTES, Store, SubmitParts, Submitted,
     TaskRow, Transition, Transitioned, User, WRITABLE, batch_bounds, clear_outbox_query,
     control_sql, controls_of, created_record, earlier_submit, is_unique_violation, raw_event,
-    refused, settled_requests_sql, status_after, task_record,
+    refused, settle_claim, settled_requests_sql, status_after, task_record,
 };
 use crate::error::{Error, Result};
 use crate::event::{Event, RawEvent};
@@ -18,6 +18,14 @@ use crate::task::{ControlRequest, Controls, NewTask, TaskRecord, TaskStatus};
 
 const TASK_COLUMNS: &str = "id, owner_id, spec::text AS spec, status, created_at, updated_at, \
      last_seq, cancel_requested, pause_requested";
+
+/// A page of the log (`$1` task, after `$2`, at most `$3` events) with the running
+/// total of its JSON bytes; [`IN_PAGE`] stops it once the total has passed `$4`
+/// (`PAGE_BYTES`), so a page of whole agent answers stays small.
+const PAGE: &str = "SELECT seq, type, at, data::text AS data,
+            sum(octet_length(data::text)) OVER (ORDER BY seq) AS upto
+     FROM task_events WHERE task_id = $1 AND seq > $2 ORDER BY seq LIMIT $3";
+const IN_PAGE: &str = "upto - octet_length(data) < $4";
 
 #[derive(Clone)]
 pub struct PgStore {
@@ -229,14 +237,9 @@ impl Store for PgStore {
     }
 
     async fn events_after(&self, task_id: Uuid, after: u64, limit: u32) -> Result<Vec<RawEvent>> {
-        // The running total of bytes stops the page once it has passed PAGE_BYTES.
-        let rows = sqlx::query(
-            "SELECT seq, type, at, data FROM (
-                 SELECT seq, type, at, data::text AS data,
-                        sum(octet_length(data::text)) OVER (ORDER BY seq) AS upto
-                 FROM task_events WHERE task_id = $1 AND seq > $2 ORDER BY seq LIMIT $3
-             ) page WHERE upto - octet_length(data) < $4 ORDER BY seq",
-        )
+        let rows = sqlx::query(&format!(
+            "SELECT seq, type, at, data FROM ({PAGE}) page WHERE {IN_PAGE} ORDER BY seq"
+        ))
         .bind(task_id)
         .bind(after as i64)
         .bind(i64::from(limit))
@@ -258,13 +261,10 @@ impl Store for PgStore {
 
     async fn lines_after(&self, task_id: Uuid, after: u64, limit: u32) -> Result<Option<Lines>> {
         // The page of events_after, joined in the database: one row instead of one per event.
-        let (last, events, joined): (Option<i64>, i64, Option<String>) = sqlx::query_as(
-            "SELECT max(seq), count(*), string_agg(data, E'\\n' ORDER BY seq) FROM (
-                 SELECT seq, data::text AS data,
-                        sum(octet_length(data::text)) OVER (ORDER BY seq) AS upto
-                 FROM task_events WHERE task_id = $1 AND seq > $2 ORDER BY seq LIMIT $3
-             ) page WHERE upto - octet_length(data) < $4",
-        )
+        let (last, events, joined): (Option<i64>, i64, Option<String>) = sqlx::query_as(&format!(
+            "SELECT max(seq), count(*), string_agg(data, E'\\n' ORDER BY seq)
+                 FROM ({PAGE}) page WHERE {IN_PAGE}"
+        ))
         .bind(task_id)
         .bind(after as i64)
         .bind(i64::from(limit))
@@ -347,14 +347,7 @@ impl Store for PgStore {
         .execute(&self.pool)
         .await?
         .rows_affected();
-        if granted > 0 {
-            return Ok(Claim::Granted);
-        }
-        Ok(match self.lease(task_id).await? {
-            Some(lease) => Claim::Held(lease),
-            // Expired between the two statements: the next delivery takes it.
-            None => Claim::Granted,
-        })
+        settle_claim(self, task_id, granted).await
     }
 
     async fn renew(&self, task_id: Uuid, holder: Uuid, lease: Duration) -> Result<()> {

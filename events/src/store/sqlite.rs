@@ -15,11 +15,19 @@ use super::{
     CONTROLS_SQL, Claim, Dispatch, Lease, Lines, PAGE_BYTES, Store, SubmitParts, Submitted,
     TaskRow, Transition, Transitioned, User, WRITABLE, batch_bounds, clear_outbox_query,
     control_sql, controls_of, created_record, earlier_submit, is_unique_violation, raw_event,
-    refused, settled_requests_sql, status_after, task_record,
+    refused, settle_claim, settled_requests_sql, status_after, task_record,
 };
 use crate::error::{Error, Result};
 use crate::event::{Event, RawEvent};
 use crate::task::{ControlRequest, Controls, NewTask, TaskRecord, TaskStatus};
+
+/// A page of the log (`?1` task, after `?2`, at most `?3` events) with the running
+/// total of its JSON bytes; [`IN_PAGE`] stops it once the total has passed `?4`
+/// (`PAGE_BYTES`), so a page of whole agent answers stays small.
+const PAGE: &str = "SELECT seq, type, at, data,
+            sum(length(CAST(data AS BLOB))) OVER (ORDER BY seq) AS upto
+     FROM task_events WHERE task_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3";
+const IN_PAGE: &str = "upto - length(CAST(data AS BLOB)) < ?4";
 
 /// Connections that only read: replays and followers catching up, beside the writer.
 const READERS: u32 = 4;
@@ -284,14 +292,9 @@ impl Store for SqliteStore {
     }
 
     async fn events_after(&self, task_id: Uuid, after: u64, limit: u32) -> Result<Vec<RawEvent>> {
-        // The running total of bytes stops the page once it has passed PAGE_BYTES.
-        let rows = sqlx::query(
-            "SELECT seq, type, at, data FROM (
-                 SELECT seq, type, at, data,
-                        sum(length(CAST(data AS BLOB))) OVER (ORDER BY seq) AS upto
-                 FROM task_events WHERE task_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3
-             ) WHERE upto - length(CAST(data AS BLOB)) < ?4 ORDER BY seq",
-        )
+        let rows = sqlx::query(&format!(
+            "SELECT seq, type, at, data FROM ({PAGE}) WHERE {IN_PAGE} ORDER BY seq"
+        ))
         .bind(task_id)
         .bind(after as i64)
         .bind(i64::from(limit))
@@ -313,13 +316,10 @@ impl Store for SqliteStore {
 
     async fn lines_after(&self, task_id: Uuid, after: u64, limit: u32) -> Result<Option<Lines>> {
         // The page of events_after, joined in the database: one row instead of one per event.
-        let (last, events, joined): (Option<i64>, i64, Option<String>) = sqlx::query_as(
-            "SELECT max(seq), count(*), group_concat(data, char(10) ORDER BY seq) FROM (
-                 SELECT seq, data,
-                        sum(length(CAST(data AS BLOB))) OVER (ORDER BY seq) AS upto
-                 FROM task_events WHERE task_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3
-             ) WHERE upto - length(CAST(data AS BLOB)) < ?4",
-        )
+        let (last, events, joined): (Option<i64>, i64, Option<String>) = sqlx::query_as(&format!(
+            "SELECT max(seq), count(*), group_concat(data, char(10) ORDER BY seq)
+                 FROM ({PAGE}) WHERE {IN_PAGE}"
+        ))
         .bind(task_id)
         .bind(after as i64)
         .bind(i64::from(limit))
@@ -409,13 +409,7 @@ impl Store for SqliteStore {
         .execute(&self.writer)
         .await?
         .rows_affected();
-        if granted > 0 {
-            return Ok(Claim::Granted);
-        }
-        Ok(match self.lease(task_id).await? {
-            Some(lease) => Claim::Held(lease),
-            None => Claim::Granted,
-        })
+        settle_claim(self, task_id, granted).await
     }
 
     async fn renew(&self, task_id: Uuid, holder: Uuid, lease: Duration) -> Result<()> {
