@@ -276,9 +276,11 @@ impl Tail {
     }
 
     /// Adds the events that follow on from the tail (others are ignored) and wakes the
-    /// followers.
+    /// followers, only if there is something new for them: an idle check that finds
+    /// nothing must not wake every client of the task.
     fn extend(&self, events: impl IntoIterator<Item = Slot>) {
         let mut kept = self.log.lock().expect("tail lock");
+        let before = (kept.loaded, kept.first + kept.slots.len() as u64);
         for slot in events {
             let seq = match &slot {
                 Slot::Event(followed) => followed.seq,
@@ -297,9 +299,11 @@ impl Tail {
             }
         }
         kept.loaded = true;
-        let last = kept.first + kept.slots.len() as u64 - 1;
+        let next = kept.first + kept.slots.len() as u64;
         drop(kept);
-        self.changed.send_replace(last);
+        if before != (true, next) {
+            self.changed.send_replace(next - 1);
+        }
     }
 
     /// Starts an empty tail after `seq`: the log is longer than the tail keeps.
@@ -519,10 +523,48 @@ impl Follower {
             .events_after(task_id, self.last, self.page)
             .await?;
         if events.is_empty() {
-            // The tail moved on meanwhile; look again once it changes.
+            // Nothing the tail lacks is missing from the store, so this does not happen;
+            // should it, look again once the tail has grown.
             let _ = self.changed.changed().await;
         }
         self.pending.extend(events);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Event, EventBody};
+
+    fn slot(task_id: Uuid, seq: u64) -> Slot {
+        let body = EventBody::AgentProgress {
+            agent_role: "qa".into(),
+            message: "m".into(),
+        };
+        Slot::Event(Followed::new(
+            Event::new(task_id, seq, body).to_raw(),
+            |_| Bytes::new(),
+        ))
+    }
+
+    #[test]
+    fn followers_are_woken_only_when_the_tail_grows() {
+        let task_id = Uuid::now_v7();
+        let tail = Tail::new(&FeedConfig::default());
+        let mut changed = tail.changed.subscribe();
+
+        tail.extend([slot(task_id, 1)]);
+        assert!(changed.has_changed().unwrap(), "loaded");
+        changed.borrow_and_update();
+
+        // An idle check that found nothing, and a duplicate.
+        tail.extend([]);
+        tail.extend([slot(task_id, 1)]);
+        assert!(!changed.has_changed().unwrap());
+
+        tail.extend([slot(task_id, 2)]);
+        assert!(changed.has_changed().unwrap());
+        assert!(matches!(tail.next_after(1), Next::Ready(f) if f.seq == 2));
     }
 }
