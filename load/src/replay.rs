@@ -190,22 +190,23 @@ pub async fn replay(target: &Target, options: &ReplayOptions) -> Result<ReplayRe
     ));
     let sampler = Sampler::start(target.pid)?;
     let mut sse_runs = vec![];
-    for _ in 0..options.runs {
-        match sse_once(&client, &api.token, &url, log_events).await {
-            Ok(run) => sse_runs.push(run),
-            Err(e) => {
-                errors += 1;
-                samples.add(format!("SSE replay: {e}"));
-            }
-        }
-    }
     let mut ndjson_runs = vec![];
-    for _ in 0..options.runs {
-        match ndjson_once(&client, &api.token, &url, log_events).await {
-            Ok(run) => ndjson_runs.push(run),
-            Err(e) => {
-                errors += 1;
-                samples.add(format!("NDJSON export: {e}"));
+    for (what, runs, ndjson) in [
+        ("SSE replay", &mut sse_runs, false),
+        ("NDJSON export", &mut ndjson_runs, true),
+    ] {
+        for _ in 0..options.runs {
+            let run = if ndjson {
+                ndjson_once(&client, &api.token, &url, log_events).await
+            } else {
+                sse_once(&client, &api.token, &url, log_events).await
+            };
+            match run {
+                Ok(run) => runs.push(run),
+                Err(e) => {
+                    errors += 1;
+                    samples.add(format!("{what}: {e}"));
+                }
             }
         }
     }

