@@ -455,6 +455,7 @@ fn terminal_event(task_id: Uuid, seq: u64) -> RawEvent {
         task_id,
         seq,
         EventBody::TaskComplete {
+            usage: None,
             total_execution_time: 0,
             outputs: vec![],
         },
@@ -540,6 +541,7 @@ async fn tasks_of(store: &dyn Store, owner: Uuid, count: usize) -> anyhow::Resul
             id: Uuid::now_v7(),
             owner_id: owner,
             spec: TaskSpec {
+                budget: None,
                 title: "bench".into(),
                 description: "bench".into(),
                 agents: vec![qa.clone()],
@@ -1795,6 +1797,7 @@ fn large_output_log(task_id: Uuid, text: &str) -> Vec<RawEvent> {
             artifacts: vec![],
         },
         EventBody::TaskComplete {
+            usage: None,
             total_execution_time: 1000,
             outputs: vec![AgentOutput {
                 agent_role: role.clone(),

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::task::ExecutionMode;
+use crate::usage::{AttemptUsage, UsageTotals};
 
 /// `status` of `agent_complete`: a constant on the wire, kept as a type so it cannot drift.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,10 +105,27 @@ pub enum EventBody {
         #[serde(default)]
         output: String,
     },
+    /// What one agent attempt used, after its provider call ended (whatever the ending).
+    #[serde(rename_all = "camelCase")]
+    AgentUsage {
+        agent_role: String,
+        attempt: u32,
+        provider: String,
+        /// The model that answered.
+        model: String,
+        /// Milliseconds from the call to its first text; absent when no text came.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        time_to_first_token: Option<u64>,
+        #[serde(flatten)]
+        usage: AttemptUsage,
+    },
     #[serde(rename_all = "camelCase")]
     TaskComplete {
         total_execution_time: u64,
         outputs: Vec<AgentOutput>,
+        /// Every attempt's usage in the task's life; absent in logs from before usage.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        usage: Option<UsageTotals>,
     },
     #[serde(rename_all = "camelCase")]
     TaskError {
@@ -118,12 +136,16 @@ pub enum EventBody {
         /// by the writer so that every reader shows the same figure.
         #[serde(default)]
         total_execution_time: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        usage: Option<UsageTotals>,
     },
     #[serde(rename_all = "camelCase")]
     TaskCancelled {
         reason: String,
         #[serde(default)]
         total_execution_time: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        usage: Option<UsageTotals>,
     },
     /// No new agent starts until `task_unpaused`; the task holds no worker meanwhile.
     #[serde(rename_all = "camelCase")]
@@ -153,6 +175,7 @@ impl EventBody {
             EventBody::AgentToken { .. } => "agent_token",
             EventBody::AgentComplete { .. } => "agent_complete",
             EventBody::AgentError { .. } => "agent_error",
+            EventBody::AgentUsage { .. } => "agent_usage",
             EventBody::TaskComplete { .. } => "task_complete",
             EventBody::TaskError { .. } => "task_error",
             EventBody::TaskCancelled { .. } => "task_cancelled",
@@ -281,6 +304,7 @@ mod tests {
             task_id,
             9,
             EventBody::TaskError {
+                usage: None,
                 error: "boom".into(),
                 failed_agents: vec!["qa".into()],
                 total_execution_time: 5,

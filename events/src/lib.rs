@@ -14,6 +14,7 @@ pub mod runtime;
 pub mod store;
 pub mod task;
 pub mod trace;
+pub mod usage;
 
 pub use backend::{BackendConfig, Backends};
 pub use bus::{Bus, MemoryBus, NatsBus, Subjects};
@@ -29,3 +30,4 @@ pub use task::{
     AgentDef, ControlRequest, Controls, ExecutionMode, NewTask, RunLedger, TaskJob, TaskRecord,
     TaskSpec, TaskStatus, TaskView,
 };
+pub use usage::{AttemptUsage, Budget, Price, TokenCounts, UsageSource, UsageTotals};

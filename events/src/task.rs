@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::event::{Artifact, Event, EventBody};
+use crate::usage::{Budget, UsageTotals};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -40,6 +41,9 @@ pub struct TaskSpec {
     pub model: Option<String>,
     #[serde(default)]
     pub provider_options: serde_json::Map<String, serde_json::Value>,
+    /// The most the task may spend; absent: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<Budget>,
 }
 
 impl TaskSpec {
@@ -221,6 +225,11 @@ pub struct AgentView {
     pub error: Option<String>,
     pub has_artifacts: bool,
     pub artifacts: Vec<Artifact>,
+    /// Every attempt's usage: a retried agent cost its failed attempts too.
+    pub usage: UsageTotals,
+    /// The current attempt's model and time to first token, once its call has ended.
+    pub model: Option<String>,
+    pub time_to_first_token: Option<u64>,
 }
 
 /// How the task's runs went, as far as its log tells. A run starts with the first
@@ -291,6 +300,8 @@ pub struct TaskView {
     /// Why the task is paused or was cancelled.
     pub reason: Option<String>,
     pub agents: Vec<AgentView>,
+    /// Every agent attempt's usage so far.
+    pub usage: UsageTotals,
     pub last_seq: u64,
     #[serde(skip)]
     pub runs: RunLedger,
@@ -315,6 +326,7 @@ impl TaskView {
             error: None,
             reason: None,
             agents: spec.agents.iter().map(AgentView::pending).collect(),
+            usage: UsageTotals::default(),
             last_seq: 0,
             runs: RunLedger::default(),
             index: spec
@@ -404,6 +416,23 @@ impl TaskView {
                     a.output = output.clone();
                 }
             }
+            EventBody::AgentUsage {
+                agent_role,
+                attempt,
+                model,
+                time_to_first_token,
+                usage,
+                ..
+            } => {
+                self.usage.add(usage);
+                if let Some(a) = self.agent(agent_role) {
+                    a.usage.add(usage);
+                    if *attempt == a.attempt {
+                        a.model = Some(model.clone());
+                        a.time_to_first_token = *time_to_first_token;
+                    }
+                }
+            }
             EventBody::TaskComplete {
                 total_execution_time,
                 ..
@@ -419,6 +448,7 @@ impl TaskView {
             EventBody::TaskCancelled {
                 reason,
                 total_execution_time,
+                ..
             } => {
                 self.finish(event.at, *total_execution_time);
                 self.reason = Some(reason.clone());
@@ -478,6 +508,9 @@ impl AgentView {
             error: None,
             has_artifacts: false,
             artifacts: vec![],
+            usage: UsageTotals::default(),
+            model: None,
+            time_to_first_token: None,
         }
     }
 
@@ -504,6 +537,8 @@ impl AgentView {
         self.error = None;
         self.has_artifacts = false;
         self.artifacts.clear();
+        self.model = None;
+        self.time_to_first_token = None;
     }
 }
 
@@ -514,6 +549,7 @@ mod tests {
 
     fn spec() -> TaskSpec {
         TaskSpec {
+            budget: None,
             title: "t".into(),
             description: "d".into(),
             agents: vec![

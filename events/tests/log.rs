@@ -123,6 +123,7 @@ async fn new_task(log: &Log) -> Uuid {
         id: Uuid::now_v7(),
         owner_id: user.id,
         spec: TaskSpec {
+            budget: None,
             title: "t".into(),
             description: "d".into(),
             agents: vec![AgentDef {
@@ -160,6 +161,7 @@ fn complete(task_id: Uuid, seq: u64) -> RawEvent {
         task_id,
         seq,
         EventBody::TaskComplete {
+            usage: None,
             total_execution_time: 1,
             outputs: vec![],
         },
@@ -521,6 +523,7 @@ async fn control_requests_wait_for_the_worker_and_transitions_race_it_safely(bac
     let cancel = Transition {
         from: vec![TaskStatus::Queued],
         body: EventBody::TaskCancelled {
+            usage: None,
             reason: "r".into(),
             total_execution_time: 1,
         },

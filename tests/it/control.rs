@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{Backend, SseEvent, TestApp, Tweaks, both_backends};
+use crate::helpers::{Backend, SseEvent, TestApp, Tweaks, both_backends, of_type};
 
 both_backends!(
     cancelling_a_running_task_stops_it_and_keeps_partial_output,
@@ -51,10 +51,6 @@ fn running_with_output(role: &'static str) -> impl Fn(&Value) -> bool {
         let a = agent(view, role);
         a["status"] == "running" && !a["output"].as_str().unwrap().is_empty()
     }
-}
-
-fn of_type<'l>(log: &'l [Value], kind: &str) -> Vec<&'l Value> {
-    log.iter().filter(|e| e["type"] == kind).collect()
 }
 
 fn assert_dense(log: &[Value]) {

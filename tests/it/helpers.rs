@@ -433,6 +433,11 @@ impl SseEvent {
     }
 }
 
+/// The events of an exported log that have type `kind`.
+pub fn of_type<'l>(log: &'l [Value], kind: &str) -> Vec<&'l Value> {
+    log.iter().filter(|e| e["type"] == kind).collect()
+}
+
 pub async fn collect_sse(response: reqwest::Response, limit: Option<usize>) -> Vec<SseEvent> {
     let mut stream = response.bytes_stream().eventsource();
     let mut events = vec![];

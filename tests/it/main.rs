@@ -10,3 +10,4 @@ mod process;
 mod providers;
 mod resume;
 mod runs;
+mod usage;

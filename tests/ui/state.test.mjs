@@ -188,3 +188,27 @@ test('the actions offered follow the status and the requests under way', () => {
   assert.equal(availableActions(cancelledRunning).retry, true);
   assert.deepEqual(availableActions(cancelledRunning).retryAgents, ['qa']);
 });
+
+test('agent_usage adds to the agent and the task; the terminal event settles the totals', () => {
+  const usage = (role, attempt, input, output, cost) => ({
+    type: 'agent_usage', agentRole: role, attempt, provider: 'openai', model: 'm', source: 'reported',
+    inputTokens: input, outputTokens: output, timeToFirstToken: 120, ...(cost == null ? {} : { costUsd: cost }),
+  });
+  const state = replay([
+    start('qa', 1), usage('qa', 1, 100, 10, 0.5),
+    start('qa', 2), usage('qa', 2, 200, 20, null),
+    { type: 'agent_usage', agentRole: 'tech-lead', attempt: 0, provider: 'x', model: 'n', source: 'unknown' },
+  ]);
+  const qa = agent(state, 'qa');
+  assert.equal(qa.usage.inputTokens, 300);
+  assert.equal(qa.usage.costUsd, 0.5);
+  assert.equal(qa.usage.unpricedAttempts, 1);
+  assert.equal(qa.timeToFirstToken, 120);
+  assert.equal(qa.model, 'm');
+  assert.equal(state.usage.outputTokens, 30);
+  assert.equal(state.usage.unreportedAttempts, 1);
+
+  const settled = { inputTokens: 1, outputTokens: 2, costUsd: 3, unreportedAttempts: 0, unpricedAttempts: 0 };
+  applyEvent(state, { seq: 99, at: at(), type: 'task_complete', totalExecutionTime: 5, usage: settled });
+  assert.deepEqual(state.usage, settled);
+});

@@ -1,11 +1,13 @@
 //! The worker's flags and environment variables; the all-in-one binary uses them too.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
 use secrecy::SecretString;
 
 use crate::WorkerConfig;
+use crate::prices::Prices;
 use crate::providers::ProviderSettings;
 
 /// LLM providers. With no key and no base URL set, only `simulated` is available.
@@ -74,6 +76,10 @@ pub struct WorkerArgs {
     /// Milliseconds between agent_token events while an agent streams.
     #[arg(long, env = "TROUPE_TOKEN_FLUSH_MS", default_value_t = 200)]
     pub token_flush_ms: u64,
+    /// Prices per million tokens by model, as JSON:
+    /// {"gpt-4o-mini": {"inputPerMillion": 0.15, "outputPerMillion": 0.6}}.
+    #[arg(long, env = "TROUPE_PRICES", value_parser = Prices::parse)]
+    pub prices: Option<Prices>,
 }
 
 impl WorkerArgs {
@@ -84,6 +90,7 @@ impl WorkerArgs {
             max_runs: self.max_task_runs.max(1),
             max_deliveries: self.max_deliveries.max(1),
             token_flush: Duration::from_millis(self.token_flush_ms.max(10)),
+            prices: Arc::new(self.prices.clone().unwrap_or_default()),
             ..WorkerConfig::default()
         }
     }

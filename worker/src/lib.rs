@@ -6,6 +6,7 @@ pub mod cli;
 pub mod providers;
 
 mod appender;
+pub mod prices;
 mod run;
 
 use std::panic::AssertUnwindSafe;
@@ -22,6 +23,7 @@ use troupe_events::{
 use uuid::Uuid;
 
 use crate::appender::{AppendError, Appender, Emitter, Stopped};
+use crate::prices::Prices;
 use crate::providers::{Providers, SharedProvider};
 use crate::run::{Control, TaskRun};
 
@@ -47,6 +49,8 @@ pub struct WorkerConfig {
     pub control_poll: Duration,
     /// How long one queue poll waits for a job.
     pub poll_wait: Duration,
+    /// What each model costs, for `agent_usage`'s `costUsd`.
+    pub prices: Arc<Prices>,
 }
 
 impl Default for WorkerConfig {
@@ -60,6 +64,7 @@ impl Default for WorkerConfig {
             heartbeat: Duration::from_secs(10),
             control_poll: Duration::from_secs(2),
             poll_wait: Duration::from_secs(5),
+            prices: Arc::default(),
         }
     }
 }
@@ -287,6 +292,7 @@ impl Worker {
             task_id,
             task.last_seq + 1,
             EventBody::TaskError {
+                usage: None,
                 error: format!("gave up after {delivered} failed deliveries: {reason}"),
                 failed_agents: vec![],
                 total_execution_time: millis_since(task.created_at),
@@ -333,10 +339,12 @@ impl Worker {
         let run = TaskRun {
             provider: self.provider_for(&task),
             task,
+            usage: std::sync::Mutex::new(view.usage),
             view,
             emitter: emitter.clone(),
             agent_slots: self.agent_slots.clone(),
             token_flush: self.config.token_flush,
+            prices: self.config.prices.clone(),
             stop: halt,
             control,
         };
@@ -394,6 +402,7 @@ impl Worker {
         let crashed = run.view.runs.crashed_at_pickup();
         if crashed >= self.config.max_runs && !run.control.is_cancelled() {
             return Ok(EventBody::TaskError {
+                usage: None,
                 error: format!(
                     "gave up after {crashed} runs of the task ended in a crash or failure"
                 ),

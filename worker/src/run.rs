@@ -14,12 +14,14 @@ use tokio_util::sync::CancellationToken;
 use troupe_events::event::{AgentOutput, ErrorStatus, SuccessStatus};
 use troupe_events::task::{AgentState, AgentView};
 use troupe_events::{
-    AgentDef, Controls, EventBody, ExecutionMode, TaskRecord, TaskView, millis_since,
+    AgentDef, AttemptUsage, Controls, EventBody, ExecutionMode, TaskRecord, TaskView, UsageTotals,
+    millis_since,
 };
 
 use crate::appender::{Emitter, Stopped};
 use crate::artifacts::extract_artifacts;
-use crate::providers::{CompletionRequest, SharedProvider};
+use crate::prices::Prices;
+use crate::providers::{Chunk, CompletionRequest, SharedProvider, TokenCounts};
 
 /// Most text one agent may produce. A provider that never stops must not exhaust memory
 /// (or the log): past this, the agent fails.
@@ -63,6 +65,8 @@ pub(crate) struct Control {
     running: Mutex<HashMap<String, (u32, CancellationToken)>>,
     /// Agent cancels seen so far, kept so that one arriving before its agent starts applies.
     agent_cancels: Mutex<HashSet<(String, u32)>>,
+    /// Why the whole task was cancelled when it was not a user (its budget ran out).
+    reason: Mutex<Option<String>>,
 }
 
 impl Control {
@@ -85,6 +89,20 @@ impl Control {
 
     pub fn is_cancelled(&self) -> bool {
         self.cancel.is_cancelled()
+    }
+
+    /// Cancels the task as a user's cancel does, for `reason`.
+    fn cancel_for(&self, reason: String) {
+        self.reason
+            .lock()
+            .expect("control lock")
+            .get_or_insert(reason);
+        self.cancel.cancel();
+    }
+
+    fn cancel_reason(&self) -> String {
+        let reason = self.reason.lock().expect("control lock");
+        reason.clone().unwrap_or_else(|| CANCELLED_BY_USER.into())
     }
 
     fn is_paused(&self) -> bool {
@@ -124,6 +142,9 @@ pub(crate) struct TaskRun {
     pub emitter: Emitter,
     pub agent_slots: Arc<Semaphore>,
     pub token_flush: Duration,
+    pub prices: Arc<Prices>,
+    /// Every attempt's usage in the task's life: the log's before this run, and this run's.
+    pub usage: Mutex<UsageTotals>,
     /// Shutdown, or the appender has stopped: end without a closing event.
     pub stop: CancellationToken,
     pub control: Arc<Control>,
@@ -135,6 +156,8 @@ impl TaskRun {
     /// shutting down; no closing event must be written.
     pub async fn run(self: Arc<Self>) -> Result<EventBody, Stopped> {
         let mut ends: Vec<AgentEnd> = self.view.agents.iter().map(AgentEnd::from_view).collect();
+        // A run that resumes a task already over its budget stops at once.
+        self.hold_to_budget(&self.view.usage);
         self.cancel_interrupted_agents(&mut ends).await?;
         match self.task.spec.execution_mode {
             ExecutionMode::Sequential => self.clone().run_in_order(&mut ends).await?,
@@ -158,7 +181,7 @@ impl TaskRun {
                         agent_role: agent.role.clone(),
                         attempt: agent.attempt,
                         execution_time: agent.started_at.map_or(0, millis_since),
-                        reason: CANCELLED_BY_USER.into(),
+                        reason: self.control.cancel_reason(),
                         output: agent.output.clone(),
                     })
                     .await?;
@@ -239,9 +262,11 @@ impl TaskRun {
     fn conclude(&self, ends: Vec<AgentEnd>) -> EventBody {
         let agents = &self.task.spec.agents;
         let total = millis_since(self.task.created_at);
+        let usage = Some(*self.usage.lock().expect("usage lock"));
         if self.control.is_cancelled() {
             return EventBody::TaskCancelled {
-                reason: CANCELLED_BY_USER.into(),
+                usage,
+                reason: self.control.cancel_reason(),
                 total_execution_time: total,
             };
         }
@@ -263,6 +288,7 @@ impl TaskRun {
                 ),
             };
             return EventBody::TaskError {
+                usage,
                 error,
                 failed_agents: failures.iter().map(|(r, _)| r.to_string()).collect(),
                 total_execution_time: total,
@@ -276,6 +302,7 @@ impl TaskRun {
             .collect();
         if !cancelled.is_empty() {
             return EventBody::TaskCancelled {
+                usage,
                 reason: format!("{} cancelled by a user", cancelled.join(", ")),
                 total_execution_time: total,
             };
@@ -286,6 +313,7 @@ impl TaskRun {
             };
         }
         EventBody::TaskComplete {
+            usage,
             total_execution_time: total,
             outputs: agents
                 .iter()
@@ -395,7 +423,7 @@ impl TaskRun {
                     agent_role: role,
                     attempt,
                     execution_time,
-                    reason: CANCELLED_BY_USER.into(),
+                    reason: self.control.cancel_reason(),
                     output,
                 },
                 AgentEnd::Cancelled,
@@ -422,15 +450,55 @@ impl TaskRun {
             attempt,
             pending: String::new(),
         };
+        let mut call = Call::new();
         let streamed = tokio::select! {
             _ = self.stop.cancelled() => return Answer::Stopped,
             _ = cancel.cancelled() => Ok(Answer::Cancelled),
-            answer = self.stream_answer(agent, prompt, output, &mut tokens) => answer,
+            answer = self.stream_answer(agent, prompt, output, &mut tokens, &mut call) => answer,
         };
-        // What was received before a cancel is part of the log too.
-        match (streamed, tokens.flush().await) {
-            (Err(Stopped), _) | (_, Err(Stopped)) => Answer::Stopped,
-            (Ok(answer), Ok(())) => answer,
+        // What was received before a cancel is part of the log too, and so is its usage.
+        let flushed = tokens.flush().await;
+        let reported = self.report_usage(&agent.role, attempt, call).await;
+        match (streamed, flushed, reported) {
+            (Err(Stopped), _, _) | (_, Err(Stopped), _) | (_, _, Err(Stopped)) => Answer::Stopped,
+            (Ok(answer), Ok(()), Ok(())) => answer,
+        }
+    }
+
+    /// `agent_usage` for a call that was answered, and the task cancelled if it is now
+    /// over its budget.
+    async fn report_usage(&self, role: &str, attempt: u32, call: Call) -> Result<(), Stopped> {
+        let Some(model) = call.model else {
+            return Ok(());
+        };
+        let usage = AttemptUsage {
+            cost_usd: self.prices.of(&model).and_then(|p| p.cost(&call.usage)),
+            counts: call.usage,
+        };
+        let totals = {
+            let mut totals = self.usage.lock().expect("usage lock");
+            totals.add(&usage);
+            *totals
+        };
+        self.emitter
+            .emit(EventBody::AgentUsage {
+                agent_role: role.to_string(),
+                attempt,
+                provider: self.task.spec.provider.clone(),
+                model,
+                time_to_first_token: call.first_text.map(|ttft| ttft.as_millis() as u64),
+                usage,
+            })
+            .await?;
+        self.hold_to_budget(&totals);
+        Ok(())
+    }
+
+    /// Cancels the task, as a user's cancel would, once `totals` pass its budget.
+    fn hold_to_budget(&self, totals: &UsageTotals) {
+        let over = self.task.spec.budget.and_then(|b| b.exceeded(totals));
+        if let Some(reason) = over {
+            self.control.cancel_for(reason);
         }
     }
 
@@ -440,6 +508,7 @@ impl TaskRun {
         prompt: String,
         output: &mut String,
         tokens: &mut Tokens<'_>,
+        call: &mut Call,
     ) -> Result<Answer, Stopped> {
         let provider = match &self.provider {
             Ok(provider) => provider,
@@ -457,12 +526,15 @@ impl TaskRun {
             Ok(stream) => stream,
             Err(e) => return Ok(Answer::Failed(e.message)),
         };
+        call.model = Some(provider.model(request.model.as_deref()));
         let mut flush = tokio::time::interval(self.token_flush);
         flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 delta = stream.next() => match delta {
-                    Some(Ok(text)) => {
+                    Some(Ok(Chunk::Usage(usage))) => call.usage.merge(usage),
+                    Some(Ok(Chunk::Text(text))) => {
+                        call.first_text.get_or_insert_with(|| call.started.elapsed());
                         if output.len() + text.len() > MAX_AGENT_OUTPUT {
                             return Ok(Answer::Failed(format!(
                                 "the agent's answer grew past {} KiB and was stopped",
@@ -480,6 +552,26 @@ impl TaskRun {
                 },
                 _ = flush.tick() => tokens.flush().await?,
             }
+        }
+    }
+}
+
+/// One provider call as the worker saw it: what answered, how soon, what it used.
+struct Call {
+    started: Instant,
+    /// Set once the provider accepted the call: a call refused up front used nothing.
+    model: Option<String>,
+    first_text: Option<Duration>,
+    usage: TokenCounts,
+}
+
+impl Call {
+    fn new() -> Self {
+        Call {
+            started: Instant::now(),
+            model: None,
+            first_text: None,
+            usage: TokenCounts::unknown(),
         }
     }
 }

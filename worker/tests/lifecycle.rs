@@ -11,7 +11,7 @@ use troupe_events::{
     AgentDef, BackendConfig, Backends, Dispatch, ExecutionMode, NewTask, TaskSpec,
 };
 use troupe_worker::providers::{
-    CompletionRequest, Provider, ProviderError, ProviderSettings, Providers, TextStream,
+    Chunk, CompletionRequest, Provider, ProviderError, ProviderSettings, Providers, TextStream,
 };
 use troupe_worker::{Outcome, Worker, WorkerConfig};
 use uuid::Uuid;
@@ -28,11 +28,15 @@ impl Provider for Buggy {
             "backend" => Ok(futures::stream::iter(0..3)
                 .map(|i| {
                     assert!(i < 1, "the stream broke an invariant");
-                    Ok("words ".to_string())
+                    Ok(Chunk::Text("words ".to_string()))
                 })
                 .boxed()),
-            _ => Ok(futures::stream::iter([Ok("fine".to_string())]).boxed()),
+            _ => Ok(futures::stream::iter([Ok(Chunk::Text("fine".to_string()))]).boxed()),
         }
+    }
+
+    fn model(&self, _: Option<&str>) -> String {
+        "buggy".into()
     }
 }
 
@@ -55,6 +59,7 @@ async fn submit(backends: &Backends, roles: &[&str], mode: ExecutionMode) -> Uui
         id: Uuid::now_v7(),
         owner_id: owner.id,
         spec: TaskSpec {
+            budget: None,
             title: "t".into(),
             description: "d".into(),
             agents: roles

@@ -14,7 +14,8 @@ use futures::StreamExt;
 use secrecy::SecretString;
 use serde_json::{Value, json};
 use troupe_worker::providers::{
-    CompletionRequest, ProviderError, ProviderSettings, Providers, SharedProvider,
+    Chunk, CompletionRequest, ProviderError, ProviderSettings, Providers, SharedProvider,
+    TokenCounts,
 };
 
 const KEY: &str = "sk-test-KEY-0123456789";
@@ -258,18 +259,28 @@ fn request() -> CompletionRequest {
 
 /// The text streamed, and the error that ended it if one did.
 async fn complete(provider: &SharedProvider) -> (String, Option<ProviderError>) {
+    let (text, _, error) = complete_with_usage(provider).await;
+    (text, error)
+}
+
+/// The text, the usage reported (merged as the worker merges it), and the error.
+async fn complete_with_usage(
+    provider: &SharedProvider,
+) -> (String, TokenCounts, Option<ProviderError>) {
+    let mut usage = TokenCounts::unknown();
     let mut stream = match provider.stream(&request()).await {
         Ok(stream) => stream,
-        Err(error) => return (String::new(), Some(error)),
+        Err(error) => return (String::new(), usage, Some(error)),
     };
     let mut text = String::new();
     while let Some(item) = stream.next().await {
         match item {
-            Ok(delta) => text.push_str(&delta),
-            Err(error) => return (text, Some(error)),
+            Ok(Chunk::Text(delta)) => text.push_str(&delta),
+            Ok(Chunk::Usage(reported)) => usage.merge(reported),
+            Err(error) => return (text, usage, Some(error)),
         }
     }
-    (text, None)
+    (text, usage, None)
 }
 
 // ---- happy paths -----------------------------------------------------------------------
@@ -286,15 +297,16 @@ async fn openai_streams_text_and_sends_a_proper_request() {
         Part::Raw(format!("{tail}\n\n")),
         openai_chunk(json!({ "content": null })),
         openai_text("world"),
-        Part::Raw(r#"data: {"id":"c","object":"chat.completion.chunk","choices":[],"usage":{"total_tokens":9}}"#.to_string() + "\n\n"),
+        Part::Raw(r#"data: {"id":"c","object":"chat.completion.chunk","choices":[],"usage":{"prompt_tokens":21,"completion_tokens":3,"total_tokens":24}}"#.to_string() + "\n\n"),
         openai_done(),
     ])])
     .await;
 
-    let (text, error) = complete(&provider(&settings(&url), "openai")).await;
+    let (text, usage, error) = complete_with_usage(&provider(&settings(&url), "openai")).await;
 
     assert_eq!(error, None);
     assert_eq!(text, "Hello, world");
+    assert_eq!(usage, TokenCounts::reported(Some(21), Some(3)));
     assert_eq!(fake.hits(), 1);
     let (path, headers, body) = fake.request(0);
     assert_eq!(path, "/v1/chat/completions");
@@ -308,9 +320,18 @@ async fn openai_streams_text_and_sends_a_proper_request() {
                 { "role": "system", "content": "You are a senior backend engineer." },
                 { "role": "user", "content": "Build a todo app" }
             ],
-            "stream": true
+            "stream": true,
+            "stream_options": { "include_usage": true }
         })
     );
+}
+
+#[tokio::test]
+async fn a_server_that_ignores_include_usage_still_works_and_usage_is_unknown() {
+    let (url, _fake) = spawn_fake(vec![openai_answer(&["no", " usage"])]).await;
+    let (text, usage, error) = complete_with_usage(&provider(&settings(&url), "openai")).await;
+    assert_eq!((text.as_str(), error), ("no usage", None));
+    assert_eq!(usage, TokenCounts::unknown());
 }
 
 #[tokio::test]
@@ -331,7 +352,7 @@ async fn openai_compatible_servers_without_a_key_get_no_authorization_header() {
         .stream(&request)
         .await
         .unwrap();
-    assert_eq!(stream.next().await, Some(Ok("ok".to_string())));
+    assert_eq!(stream.next().await, Some(Ok(Chunk::Text("ok".to_string()))));
     assert_eq!(stream.next().await, None);
 
     let (_, headers, body) = fake.request(0);
@@ -345,10 +366,11 @@ async fn openai_compatible_servers_without_a_key_get_no_authorization_header() {
 async fn anthropic_streams_text_and_sends_a_proper_request() {
     let (url, fake) = spawn_fake(vec![anthropic_answer(&["Hi", " there", "!"])]).await;
 
-    let (text, error) = complete(&provider(&settings(&url), "anthropic")).await;
+    let (text, usage, error) = complete_with_usage(&provider(&settings(&url), "anthropic")).await;
 
     assert_eq!(error, None);
     assert_eq!(text, "Hi there!");
+    assert_eq!(usage, TokenCounts::reported(Some(25), Some(15)));
     let (path, headers, body) = fake.request(0);
     assert_eq!(path, "/v1/messages");
     assert_eq!(headers["x-api-key"], KEY);

@@ -105,6 +105,7 @@ pub async fn cancel(
             Transition {
                 from: vec![TaskStatus::Queued, TaskStatus::Paused],
                 body: EventBody::TaskCancelled {
+                    usage: None,
                     reason: BY_USER.into(),
                     total_execution_time: millis_since(task.created_at),
                 },

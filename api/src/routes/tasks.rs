@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use troupe_events::store::read_log;
 use troupe_events::task::TaskSpec;
-use troupe_events::{ExecutionMode, NewTask, Submitted, TaskRecord, TaskView};
+use troupe_events::{Budget, ExecutionMode, NewTask, Submitted, TaskRecord, TaskView};
 use uuid::Uuid;
 
 use crate::auth::AuthUser;
@@ -34,6 +34,7 @@ pub struct TaskRequest {
     provider: Option<String>,
     model: Option<String>,
     provider_options: Option<Value>,
+    budget: Option<Value>,
 }
 
 impl TaskRequest {
@@ -174,8 +175,27 @@ impl TaskRequest {
             provider,
             model,
             provider_options,
+            budget: budget(self.budget)?,
         })
     }
+}
+
+/// `budget: {"maxTokens": n, "maxCostUsd": x}`; null or absent: no limit.
+fn budget(value: Option<Value>) -> ApiResult<Option<Budget>> {
+    let invalid = |message: String| ApiError::invalid("invalid_budget", message);
+    let budget: Budget = match value {
+        None | Some(Value::Null) => return Ok(None),
+        Some(value @ Value::Object(_)) => serde_json::from_value(value).map_err(|e| {
+            invalid(format!(
+                "budget takes maxTokens (a positive whole number) and maxCostUsd (a positive number of US dollars): {e}"
+            ))
+        })?,
+        Some(_) => return Err(invalid("budget must be a JSON object".into())),
+    };
+    if let Some(problem) = budget.problem() {
+        return Err(invalid(problem.into()));
+    }
+    Ok((budget != Budget::default()).then_some(budget))
 }
 
 fn default_title(description: &str) -> String {

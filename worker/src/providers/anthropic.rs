@@ -8,7 +8,7 @@ use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 
 use super::http::{self, Endpoint, Step};
-use super::{CompletionRequest, Provider, ProviderError, TextStream, options};
+use super::{CompletionRequest, Provider, ProviderError, TextStream, TokenCounts, options};
 
 const LABEL: &str = "the Anthropic API";
 const API_VERSION: &str = "2023-06-01";
@@ -83,12 +83,22 @@ fn on_event(event: &Event) -> Step {
                 _ => Step::Skip,
             }
         }
+        // Input tokens come at the start; the output count there is a placeholder, the
+        // real one comes with message_delta.
+        "message_start" => match data.pointer("/message/usage/input_tokens") {
+            Some(input) => Step::Usage(TokenCounts::reported(input.as_u64(), None)),
+            None => Step::Skip,
+        },
+        "message_delta" => match data.pointer("/usage/output_tokens") {
+            Some(output) => Step::Usage(TokenCounts::reported(None, output.as_u64())),
+            None => Step::Skip,
+        },
         "message_stop" => Step::Done,
         "error" => Step::Fail(http::stream_error(
             LABEL,
             data.get("error").unwrap_or(&Value::Null),
         )),
-        // ping, message_start, content_block_start/stop, message_delta, and event types
+        // ping, content_block_start/stop, and event types
         // added after this was written: the API promises new ones may appear.
         _ => Step::Skip,
     }
@@ -128,6 +138,10 @@ impl Provider for AnthropicProvider {
             response,
             on_event,
         ))
+    }
+
+    fn model(&self, requested: Option<&str>) -> String {
+        self.endpoint.model(requested).to_string()
     }
 }
 
@@ -196,6 +210,18 @@ mod tests {
         ));
         let stop = r#"{"type":"message_stop"}"#;
         assert!(matches!(on_event(&event("message_stop", stop)), Step::Done));
+    }
+
+    #[test]
+    fn usage_comes_in_two_parts() {
+        let start = r#"{"type":"message_start","message":{"id":"m","content":[],"usage":{"input_tokens":25,"output_tokens":1}}}"#;
+        assert!(
+            matches!(on_event(&event("message_start", start)), Step::Usage(u) if u == TokenCounts::reported(Some(25), None))
+        );
+        let delta = r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":15}}"#;
+        assert!(
+            matches!(on_event(&event("message_delta", delta)), Step::Usage(u) if u == TokenCounts::reported(None, Some(15)))
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@ use futures::StreamExt;
 use reqwest::{RequestBuilder, Response, StatusCode};
 use secrecy::{ExposeSecret, SecretString};
 
-use super::{ProviderError, TextStream};
+use super::{Chunk, ProviderError, TextStream, TokenCounts};
 
 /// Where an HTTP provider sends its requests. `Debug` never shows the key.
 #[derive(Debug, Clone)]
@@ -113,6 +113,9 @@ pub(crate) async fn send(
 /// What a provider makes of one SSE event.
 pub(crate) enum Step {
     Text(String),
+    Usage(TokenCounts),
+    /// One event can carry the last text and the call's usage together.
+    TextAndUsage(String, TokenCounts),
     Skip,
     Done,
     Fail(ProviderError),
@@ -136,14 +139,19 @@ where
         on_event: F,
         endpoint: Endpoint,
         finished: bool,
+        queued: Option<TokenCounts>,
     }
     let state = State {
         events: response.bytes_stream().eventsource().boxed(),
         on_event,
         endpoint: endpoint.clone(),
         finished: false,
+        queued: None,
     };
     futures::stream::unfold(state, move |mut st| async move {
+        if let Some(usage) = st.queued.take() {
+            return Some((Ok(Chunk::Usage(usage)), st));
+        }
         if st.finished {
             return None;
         }
@@ -165,7 +173,12 @@ where
                     ProviderError::permanent(format!("{label} sent a malformed event stream: {e}"))
                 }
                 Ok(Some(Ok(event))) => match (st.on_event)(&event) {
-                    Step::Text(text) => return Some((Ok(text), st)),
+                    Step::Text(text) => return Some((Ok(Chunk::Text(text)), st)),
+                    Step::Usage(usage) => return Some((Ok(Chunk::Usage(usage)), st)),
+                    Step::TextAndUsage(text, usage) => {
+                        st.queued = Some(usage);
+                        return Some((Ok(Chunk::Text(text)), st));
+                    }
                     Step::Skip => continue,
                     Step::Done => return None,
                     Step::Fail(error) => error,

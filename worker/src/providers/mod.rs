@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;
+pub use troupe_events::TokenCounts;
 
 pub use anthropic::AnthropicProvider;
 pub use http::Endpoint;
@@ -37,8 +38,16 @@ pub struct CompletionRequest {
     pub options: serde_json::Map<String, serde_json::Value>,
 }
 
-/// Text deltas in order; the stream ends when the completion is done.
-pub type TextStream = BoxStream<'static, Result<String, ProviderError>>;
+/// What a completion's stream carries: its text in order, and what the call used as
+/// the provider reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Chunk {
+    Text(String),
+    Usage(TokenCounts),
+}
+
+/// Text deltas and usage reports in order; the stream ends when the completion is done.
+pub type TextStream = BoxStream<'static, Result<Chunk, ProviderError>>;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
@@ -79,6 +88,9 @@ pub trait Provider: Send + Sync + 'static {
     /// Starts a completion. Errors before the first delta come from here; errors after it
     /// come through the stream.
     async fn stream(&self, request: &CompletionRequest) -> Result<TextStream, ProviderError>;
+
+    /// The model that answers `requested` (`None`: the configured default).
+    fn model(&self, requested: Option<&str>) -> String;
 }
 
 pub type SharedProvider = Arc<dyn Provider>;

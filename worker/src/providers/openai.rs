@@ -7,7 +7,7 @@ use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 
 use super::http::{self, Endpoint, Step};
-use super::{CompletionRequest, Provider, ProviderError, TextStream, options};
+use super::{CompletionRequest, Provider, ProviderError, TextStream, TokenCounts, options};
 
 const LABEL: &str = "the OpenAI-compatible provider";
 
@@ -40,7 +40,13 @@ pub(crate) fn request_body(
         messages.push(json!({ "role": "system", "content": request.system }));
     }
     messages.push(json!({ "role": "user", "content": request.prompt }));
-    let mut body = json!({ "model": model, "messages": messages, "stream": true });
+    // Servers that do not know `stream_options` ignore it; then usage is reported unknown.
+    let mut body = json!({
+        "model": model,
+        "messages": messages,
+        "stream": true,
+        "stream_options": { "include_usage": true },
+    });
     if let Some(temperature) = options::number(&request.options, "temperature")? {
         body["temperature"] = json!(temperature);
     }
@@ -68,13 +74,28 @@ fn on_event(event: &Event) -> Step {
         return Step::Fail(http::stream_error(LABEL, error));
     }
     // Role-only first chunks, usage chunks with no choices and empty deltas carry no text.
-    match chunk
+    let text = chunk
         .pointer("/choices/0/delta/content")
         .and_then(Value::as_str)
-    {
-        Some(text) if !text.is_empty() => Step::Text(text.to_string()),
-        _ => Step::Skip,
+        .filter(|text| !text.is_empty())
+        .map(str::to_string);
+    match (text, usage(&chunk)) {
+        (Some(text), Some(usage)) => Step::TextAndUsage(text, usage),
+        (Some(text), None) => Step::Text(text),
+        (None, Some(usage)) => Step::Usage(usage),
+        (None, None) => Step::Skip,
     }
+}
+
+/// `usage: {prompt_tokens, completion_tokens}`: on the last chunk when asked for with
+/// `include_usage`, on every chunk from some servers (running totals).
+fn usage(chunk: &Value) -> Option<TokenCounts> {
+    let usage = chunk.get("usage").filter(|u| u.is_object())?;
+    let count = |name: &str| usage.get(name).and_then(Value::as_u64);
+    Some(TokenCounts::reported(
+        count("prompt_tokens"),
+        count("completion_tokens"),
+    ))
 }
 
 #[async_trait]
@@ -104,6 +125,10 @@ impl Provider for OpenAiProvider {
             response,
             on_event,
         ))
+    }
+
+    fn model(&self, requested: Option<&str>) -> String {
+        self.endpoint.model(requested).to_string()
     }
 }
 
@@ -142,6 +167,7 @@ mod tests {
                     {"role": "user", "content": "Build a todo app"}
                 ],
                 "stream": true,
+                "stream_options": {"include_usage": true},
                 "temperature": 0.2,
                 "max_tokens": 100
             })
@@ -169,5 +195,19 @@ mod tests {
             matches!(on_event(&event(error)), Step::Fail(e) if e.transient && e.message.contains("boom"))
         );
         assert!(matches!(on_event(&event("not json")), Step::Fail(e) if !e.transient));
+    }
+
+    #[test]
+    fn usage_is_read_alone_or_beside_text() {
+        let last = r#"{"choices":[],"usage":{"prompt_tokens":12,"completion_tokens":30,"total_tokens":42}}"#;
+        assert!(
+            matches!(on_event(&event(last)), Step::Usage(u) if u == TokenCounts::reported(Some(12), Some(30)))
+        );
+        let both = r#"{"choices":[{"index":0,"delta":{"content":"!"}}],"usage":{"prompt_tokens":12,"completion_tokens":31}}"#;
+        assert!(
+            matches!(on_event(&event(both)), Step::TextAndUsage(t, u) if t == "!" && u.output_tokens == Some(31))
+        );
+        let null = r#"{"choices":[{"index":0,"delta":{"content":"a"}}],"usage":null}"#;
+        assert!(matches!(on_event(&event(null)), Step::Text(_)));
     }
 }

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use rand::Rng;
 
-use super::{CompletionRequest, Provider, ProviderError, TextStream};
+use super::{Chunk, CompletionRequest, Provider, ProviderError, TextStream};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetryPolicy {
@@ -88,14 +88,13 @@ impl<P: Provider> Provider for Retrying<P> {
         let mut attempt = 1;
         loop {
             let error = match self.inner.stream(request).await {
-                Ok(mut stream) => match stream.next().await {
-                    Some(Ok(first)) => {
-                        return Ok(futures::stream::once(async move { Ok(first) })
+                Ok(mut stream) => match until_text(&mut stream).await {
+                    Ok(read) => {
+                        return Ok(futures::stream::iter(read.into_iter().map(Ok))
                             .chain(stream)
                             .boxed());
                     }
-                    None => return Ok(futures::stream::empty().boxed()),
-                    Some(Err(error)) => error,
+                    Err(error) => error,
                 },
                 Err(error) => error,
             };
@@ -123,6 +122,25 @@ impl<P: Provider> Provider for Retrying<P> {
             attempt += 1;
         }
     }
+
+    fn model(&self, requested: Option<&str>) -> String {
+        self.inner.model(requested)
+    }
+}
+
+/// The chunks up to and including the first text (or the end): a usage report may come
+/// before any text (Anthropic's message start), and a call is retried until text came.
+async fn until_text(stream: &mut TextStream) -> Result<Vec<Chunk>, ProviderError> {
+    let mut read = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        let text = matches!(chunk, Chunk::Text(_));
+        read.push(chunk);
+        if text {
+            break;
+        }
+    }
+    Ok(read)
 }
 
 #[cfg(test)]
@@ -143,7 +161,7 @@ mod tests {
     enum Outcome {
         Fail(ProviderError),
         /// The call succeeds, then the stream yields these items.
-        Stream(Vec<Result<String, ProviderError>>),
+        Stream(Vec<Result<Chunk, ProviderError>>),
     }
 
     impl Scripted {
@@ -174,6 +192,14 @@ mod tests {
                 Outcome::Stream(items) => Ok(futures::stream::iter(items).boxed()),
             }
         }
+
+        fn model(&self, _: Option<&str>) -> String {
+            "scripted".into()
+        }
+    }
+
+    fn text(text: &str) -> Result<Chunk, ProviderError> {
+        Ok(Chunk::Text(text.into()))
     }
 
     fn request() -> CompletionRequest {
@@ -195,8 +221,29 @@ mod tests {
         }
     }
 
-    async fn collect(stream: TextStream) -> Vec<Result<String, ProviderError>> {
+    async fn collect(stream: TextStream) -> Vec<Result<Chunk, ProviderError>> {
         stream.collect().await
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_error_after_a_usage_report_but_before_text_is_retried() {
+        let usage = Ok(Chunk::Usage(crate::providers::TokenCounts::reported(
+            Some(5),
+            None,
+        )));
+        let provider = Retrying::new(
+            Scripted::new(vec![
+                Outcome::Stream(vec![
+                    usage.clone(),
+                    Err(ProviderError::transient("overloaded")),
+                ]),
+                Outcome::Stream(vec![usage.clone(), text("fine")]),
+            ]),
+            policy(4),
+        );
+        let items = collect(provider.stream(&request()).await.unwrap()).await;
+        assert_eq!(items, vec![usage, text("fine")]);
+        assert_eq!(provider.inner().calls().len(), 2);
     }
 
     #[test]
@@ -241,12 +288,12 @@ mod tests {
             Scripted::new(vec![
                 Outcome::Fail(ProviderError::transient("busy")),
                 Outcome::Fail(ProviderError::transient("busy")),
-                Outcome::Stream(vec![Ok("a".into()), Ok("b".into())]),
+                Outcome::Stream(vec![text("a"), text("b")]),
             ]),
             policy(4),
         );
         let items = collect(provider.stream(&request()).await.unwrap()).await;
-        assert_eq!(items, vec![Ok("a".to_string()), Ok("b".to_string())]);
+        assert_eq!(items, vec![text("a"), text("b")]);
         let calls = provider.inner().calls();
         assert_eq!(calls.len(), 3);
         let first_pause = calls[1] - calls[0];
@@ -270,7 +317,7 @@ mod tests {
                     ProviderError::transient("slow down")
                         .with_retry_after(Some(Duration::from_millis(320))),
                 ),
-                Outcome::Stream(vec![Ok("ok".into())]),
+                Outcome::Stream(vec![text("ok")]),
             ]),
             policy(4),
         );
@@ -326,12 +373,12 @@ mod tests {
         let provider = Retrying::new(
             Scripted::new(vec![
                 Outcome::Stream(vec![Err(ProviderError::transient("overloaded"))]),
-                Outcome::Stream(vec![Ok("fine".into())]),
+                Outcome::Stream(vec![text("fine")]),
             ]),
             policy(4),
         );
         let items = collect(provider.stream(&request()).await.unwrap()).await;
-        assert_eq!(items, vec![Ok("fine".to_string())]);
+        assert_eq!(items, vec![text("fine")]);
         assert_eq!(provider.inner().calls().len(), 2);
     }
 
@@ -339,14 +386,11 @@ mod tests {
     async fn an_error_after_a_delta_is_passed_on_untouched() {
         let cut = ProviderError::transient("connection broke");
         let provider = Retrying::new(
-            Scripted::new(vec![Outcome::Stream(vec![
-                Ok("half".into()),
-                Err(cut.clone()),
-            ])]),
+            Scripted::new(vec![Outcome::Stream(vec![text("half"), Err(cut.clone())])]),
             policy(4),
         );
         let items = collect(provider.stream(&request()).await.unwrap()).await;
-        assert_eq!(items, vec![Ok("half".to_string()), Err(cut)]);
+        assert_eq!(items, vec![text("half"), Err(cut)]);
         assert_eq!(provider.inner().calls().len(), 1);
     }
 

@@ -6,7 +6,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::StreamExt;
 
-use super::{CompletionRequest, Provider, ProviderError, TextStream, options};
+use super::{Chunk, CompletionRequest, Provider, ProviderError, TextStream, TokenCounts, options};
+use troupe_events::UsageSource;
 
 /// Options it reads from `providerOptions`: `tokens` (chunks to stream, 1..=2000, default
 /// 24), `latencyMs` (pause between chunks, 0..=10000, default 40), `failAgents` (roles
@@ -88,17 +89,40 @@ impl Provider for SimulatedProvider {
         if let (Some(failure), true) = (&failure, chunks.is_empty()) {
             return Err(failure.clone());
         }
+        let usage = TokenCounts {
+            source: UsageSource::Simulated,
+            input_tokens: Some(
+                estimated_tokens(&request.system) + estimated_tokens(&request.prompt),
+            ),
+            output_tokens: Some(estimated_tokens(&chunks.concat())),
+        };
         let latency = settings.latency;
-        let items = chunks.into_iter().map(Ok).chain(failure.map(Err));
+        let items = chunks
+            .into_iter()
+            .map(|text| Ok(Chunk::Text(text)))
+            .chain(std::iter::once(Ok(Chunk::Usage(usage))))
+            .chain(failure.map(Err));
         Ok(futures::stream::iter(items.enumerate())
             .then(move |(i, item)| async move {
-                if i > 0 && !latency.is_zero() {
+                // A pause before each piece of text after the first, as a model streams.
+                let text = matches!(item, Ok(Chunk::Text(_)));
+                if i > 0 && text && !latency.is_zero() {
                     tokio::time::sleep(latency).await;
                 }
                 item
             })
             .boxed())
     }
+
+    fn model(&self, requested: Option<&str>) -> String {
+        requested.unwrap_or("simulated").to_string()
+    }
+}
+
+/// About four characters a token, as for English text with common tokenizers: plausible
+/// figures for a demo, labelled `simulated` wherever they appear.
+fn estimated_tokens(text: &str) -> u64 {
+    (text.chars().count() as u64).div_ceil(4)
 }
 
 /// `n` pieces of nearly equal length (fewer when the text is shorter), cut on characters.
@@ -368,16 +392,45 @@ mod tests {
         }
     }
 
+    /// The text pieces and the error of a call; its usage report is checked to come once,
+    /// after the text.
     async fn run(request: &CompletionRequest) -> (Vec<String>, Option<ProviderError>) {
+        let (chunks, usage, error) = run_with_usage(request).await;
+        let usage = usage.expect("a usage report");
+        assert_eq!(usage.source, UsageSource::Simulated);
+        assert!(usage.input_tokens.unwrap() > 0);
+        (chunks, error)
+    }
+
+    async fn run_with_usage(
+        request: &CompletionRequest,
+    ) -> (Vec<String>, Option<TokenCounts>, Option<ProviderError>) {
         let mut stream = SimulatedProvider.stream(request).await.unwrap();
-        let mut chunks = Vec::new();
+        let (mut chunks, mut usage) = (Vec::new(), None);
         while let Some(item) = stream.next().await {
             match item {
-                Ok(chunk) => chunks.push(chunk),
-                Err(e) => return (chunks, Some(e)),
+                Ok(Chunk::Text(text)) => {
+                    assert!(usage.is_none(), "text after the usage report");
+                    chunks.push(text)
+                }
+                Ok(Chunk::Usage(reported)) => {
+                    assert!(usage.replace(reported).is_none(), "two usage reports")
+                }
+                Err(e) => return (chunks, usage, Some(e)),
             }
         }
-        (chunks, None)
+        (chunks, usage, None)
+    }
+
+    #[tokio::test]
+    async fn usage_is_labelled_simulated_and_grows_with_the_text() {
+        let short = request("qa", json!({"tokens": 2, "latencyMs": 0}));
+        let (text, usage, _) = run_with_usage(&short).await;
+        let usage = usage.unwrap();
+        let chars = text.concat().chars().count() as u64;
+        assert_eq!(usage.output_tokens, Some(chars.div_ceil(4)));
+        assert_eq!(SimulatedProvider.model(None), "simulated");
+        assert_eq!(SimulatedProvider.model(Some("big")), "big");
     }
 
     #[test]
