@@ -300,6 +300,7 @@ export async function snapshot(page) {
         outputHtml: part('agent-output').innerHTML,
         error: part('agent-error').hidden ? null : part('agent-error').textContent,
         attempt: part('agent-attempt')?.textContent ?? '',
+        usage: part('agent-usage')?.textContent ?? '',
       };
     });
     return {
@@ -308,6 +309,7 @@ export async function snapshot(page) {
       elapsed: q('[data-testid=task-elapsed]')?.textContent,
       elapsedMs: q('[data-testid=task-elapsed]')?.dataset.ms ?? null,
       progress: q('[data-testid=task-progress]')?.textContent,
+      usage: q('[data-testid=task-usage]')?.textContent,
       summary: q('[data-testid=summary-text]')?.textContent ?? null,
       cards,
     };

@@ -43,7 +43,9 @@ test('register, build a team of three, execute: every card completes with its ti
       assert.ok(Number(card.timeMs) > 0, `${card.role} has data-ms`);
       assert.ok(!card.outputHidden && card.outputText.includes('Simulated output'), `${card.role} shows its output`);
       assert.equal(card.error, null);
+      assert.match(card.usage, /^[\d,]+ tokens · first token \d+(\.\d)? (ms|s)$/, `${card.role} shows its usage`);
     }
+    assert.match(shown.usage, /^[\d,]+ tokens$/, 'the task shows its total usage');
     assert.match(shown.summary, /3 agents completed/);
 
     // Every card went pending → running → completed, one after the other, in team order.

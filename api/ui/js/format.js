@@ -58,6 +58,24 @@ export const AGENT_STATUS_LABEL = {
   cancelled: 'Cancelled',
 };
 
+/**
+ * Usage in a line: "1,234 tokens · $0.0012 · first token 320 ms". A floor is marked with
+ * "≥" when some attempts did not report tokens or had no price; empty before any usage.
+ */
+export function formatUsage(usage, timeToFirstToken = null) {
+  if (!usage) return '';
+  const tokens = usage.inputTokens + usage.outputTokens;
+  const reported = tokens > 0 || usage.unreportedAttempts > 0 || usage.costUsd > 0;
+  if (!reported && timeToFirstToken == null) return '';
+  const parts = [];
+  const floor = (n) => (n > 0 ? '≥ ' : '');
+  parts.push(usage.unreportedAttempts && !tokens ? 'tokens not reported'
+    : `${floor(usage.unreportedAttempts)}${tokens.toLocaleString('en-US')} tokens`);
+  if (usage.costUsd > 0) parts.push(`${floor(usage.unpricedAttempts)}$${usage.costUsd.toFixed(4)}`);
+  if (timeToFirstToken != null) parts.push(`first token ${formatDuration(timeToFirstToken)}`);
+  return parts.join(' · ');
+}
+
 export function plural(n, one, many = `${one}s`) {
   return `${n} ${n === 1 ? one : many}`;
 }

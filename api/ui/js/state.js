@@ -16,7 +16,28 @@ export const EVENT_TYPES = [
   'task_created', 'task_resumed', 'agent_start', 'agent_progress', 'agent_token',
   'agent_complete', 'agent_error', 'agent_cancelled', 'task_complete', 'task_error',
   'task_cancelled', 'task_paused', 'task_unpaused', 'task_retried', 'task_released',
+  'agent_usage',
 ];
+
+/** Usage totals as the server keeps them (UsageTotals), zero when absent. */
+export function usageFrom(u) {
+  return {
+    inputTokens: u?.inputTokens || 0,
+    outputTokens: u?.outputTokens || 0,
+    costUsd: u?.costUsd || 0,
+    unreportedAttempts: u?.unreportedAttempts || 0,
+    unpricedAttempts: u?.unpricedAttempts || 0,
+  };
+}
+
+/** One agent_usage added to totals, as the server's UsageTotals::add does. */
+function addUsage(totals, ev) {
+  if (ev.inputTokens == null && ev.outputTokens == null) totals.unreportedAttempts += 1;
+  totals.inputTokens += ev.inputTokens || 0;
+  totals.outputTokens += ev.outputTokens || 0;
+  if (ev.costUsd == null) totals.unpricedAttempts += 1;
+  else totals.costUsd += ev.costUsd;
+}
 
 function agentFrom(a) {
   return {
@@ -33,6 +54,9 @@ function agentFrom(a) {
     hasArtifacts: Boolean(a.hasArtifacts),
     artifacts: Array.isArray(a.artifacts) ? a.artifacts : [],
     progress: null, // the last agent_progress message (UI only)
+    usage: usageFrom(a.usage),
+    model: a.model || null,
+    timeToFirstToken: a.timeToFirstToken ?? null,
   };
 }
 
@@ -56,6 +80,7 @@ export function fromView(view) {
     failedAgents: [],
     outputs: null,
     lastSeq: view.lastSeq || 0,
+    usage: usageFrom(view.usage),
     agents: (view.agents || []).map(agentFrom),
   };
 }
@@ -75,6 +100,8 @@ function resetAgent(a) {
   a.hasArtifacts = false;
   a.artifacts = [];
   a.progress = null;
+  a.model = null;
+  a.timeToFirstToken = null;
 }
 
 function findAgent(state, role) {
@@ -93,6 +120,7 @@ function finish(state, ev, status) {
   state.totalExecutionTime = ev.totalExecutionTime ?? null;
   state.cancelRequested = false;
   state.pauseRequested = false;
+  if (ev.usage) state.usage = usageFrom(ev.usage);
 }
 
 /**
@@ -204,6 +232,17 @@ export function applyEvent(state, ev) {
       // The partial text the agent had written is kept (the event carries all of it).
       a.output = typeof ev.output === 'string' ? ev.output : '';
       a.progress = null;
+      roles.push(a.role);
+      break;
+    }
+    case 'agent_usage': {
+      const a = findAgent(state, ev.agentRole);
+      addUsage(state.usage, ev);
+      addUsage(a.usage, ev);
+      if (ev.attempt === a.attempt) {
+        a.model = ev.model || null;
+        a.timeToFirstToken = ev.timeToFirstToken ?? null;
+      }
       roles.push(a.role);
       break;
     }

@@ -11,7 +11,7 @@ import { ActionRunner } from './actions.js';
 import { api } from './api.js';
 import { submittedStreams } from './builder.js';
 import { h, setText, uid } from './dom.js';
-import { AGENT_STATUS_LABEL, TASK_STATUS_LABEL, formatDate, formatDuration, plural, sentence } from './format.js';
+import { AGENT_STATUS_LABEL, TASK_STATUS_LABEL, formatDate, formatDuration, formatUsage, plural, sentence } from './format.js';
 import { highlight, renderMarkdown } from './markdown.js';
 import { notifyTaskFinished } from './notify.js';
 import { applyEvent, availableActions, displayStatus, fromView, isTerminal, progressFromLog } from './state.js';
@@ -84,6 +84,7 @@ function mountViewer(page, heading, view) {
   const elapsed = h('span', { class: 'elapsed', 'data-testid': 'task-elapsed' });
   const connectionEl = h('span', { class: 'connection', 'data-testid': 'connection-status', 'aria-live': 'polite' });
   const progressText = h('span', { class: 'progress-text', 'data-testid': 'task-progress' });
+  const usageText = h('span', { class: 'usage-text', 'data-testid': 'task-usage' });
   const announcer = h('p', { class: 'visually-hidden', 'aria-live': 'polite', 'data-testid': 'announcer' });
   statusBadge.setAttribute('tabindex', '-1'); // where focus goes when the pressed button goes away
 
@@ -98,6 +99,7 @@ function mountViewer(page, heading, view) {
     h('div', { class: 'status-item' }, h('span', { class: 'status-key' }, 'Status'), statusBadge),
     h('div', { class: 'status-item' }, h('span', { class: 'status-key' }, 'Elapsed'), elapsed),
     h('div', { class: 'status-item' }, h('span', { class: 'status-key' }, 'Agents'), progressText),
+    h('div', { class: 'status-item' }, h('span', { class: 'status-key' }, 'Usage'), usageText),
     h('div', { class: 'status-item' }, h('span', { class: 'status-key' }, 'Connection'), connectionEl));
 
   const description = state.description
@@ -270,6 +272,7 @@ function mountViewer(page, heading, view) {
     const parts = [[count('error'), 'failed'], [count('cancelled'), 'cancelled'], [count('running'), 'running']]
       .filter(([n]) => n).map(([n, what]) => `, ${n} ${what}`);
     setText(progressText, `${done} of ${state.agents.length} completed${parts.join('')}`);
+    setText(usageText, formatUsage(state.usage) || '—');
     tickElapsed();
     setText(connectionEl, CONNECTION_LABEL[connection] || connection);
     connectionEl.dataset.state = connection;
@@ -549,6 +552,7 @@ function createCard(agent, { openArtifacts, cancelAgent, retryAgent }) {
   });
   const error = h('p', { class: 'agent-error', 'data-testid': `agent-error-${role}`, hidden: true });
   const attempt = h('span', { class: 'agent-attempt', 'data-testid': `agent-attempt-${role}` });
+  const usage = h('span', { class: 'agent-usage', 'data-testid': `agent-usage-${role}` });
   const artifacts = h('button', {
     type: 'button', class: 'btn btn-small artifacts-button', 'data-testid': `artifacts-button-${role}`, hidden: true,
     'aria-haspopup': 'dialog', onclick: (e) => openArtifacts(role, e.currentTarget),
@@ -572,7 +576,7 @@ function createCard(agent, { openArtifacts, cancelAgent, retryAgent }) {
     output,
     error,
     actionError,
-    h('footer', { class: 'agent-foot' }, h('span', { class: 'agent-actions' }, artifacts, cancel, retry), attempt));
+    h('footer', { class: 'agent-foot' }, h('span', { class: 'agent-actions' }, artifacts, cancel, retry), usage, attempt));
 
   let renderedOutput = null;
 
@@ -618,6 +622,8 @@ function createCard(agent, { openArtifacts, cancelAgent, retryAgent }) {
     setText(error, a.error || '');
     error.hidden = !a.error;
     setText(attempt, a.attempt > 1 ? `Attempt ${a.attempt}` : '');
+    setText(usage, formatUsage(a.usage, a.timeToFirstToken));
+    usage.title = a.model ? `Model: ${a.model}` : '';
     cancel.hidden = !ctl.canCancel;
     retry.hidden = !ctl.canRetry;
     cancel.disabled = ctl.busy;
