@@ -542,6 +542,7 @@ async fn tasks_of(store: &dyn Store, owner: Uuid, count: usize) -> anyhow::Resul
             owner_id: owner,
             spec: TaskSpec {
                 budget: None,
+                fallback: None,
                 title: "bench".into(),
                 description: "bench".into(),
                 agents: vec![qa.clone()],

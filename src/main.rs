@@ -55,7 +55,7 @@ async fn main() -> anyhow::Result<()> {
     let url = format!("http://{}", listener.local_addr()?);
     let settings = Settings {
         backend,
-        providers: cli.providers.settings(),
+        providers: cli.providers.settings()?,
         worker: cli.worker.config(),
         api: cli.api,
     };

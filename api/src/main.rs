@@ -58,7 +58,7 @@ async fn main() -> anyhow::Result<()> {
     let state = troupe_api::state(
         backends,
         cli.api.catalogue()?,
-        Providers::from_settings(&cli.providers.settings()),
+        Providers::from_settings(&cli.providers.settings()?),
         tokens,
         cli.api.http(),
     );

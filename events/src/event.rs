@@ -119,6 +119,19 @@ pub enum EventBody {
         #[serde(flatten)]
         usage: AttemptUsage,
     },
+    /// An agent's provider kept failing before any text (rate limits, 5xx, timeouts, after
+    /// its retries), and the fallback took over the same attempt.
+    #[serde(rename_all = "camelCase")]
+    AgentFailover {
+        agent_role: String,
+        attempt: u32,
+        from_provider: String,
+        from_model: String,
+        to_provider: String,
+        to_model: String,
+        /// The failing provider's last error.
+        reason: String,
+    },
     #[serde(rename_all = "camelCase")]
     TaskComplete {
         total_execution_time: u64,
@@ -176,6 +189,7 @@ impl EventBody {
             EventBody::AgentComplete { .. } => "agent_complete",
             EventBody::AgentError { .. } => "agent_error",
             EventBody::AgentUsage { .. } => "agent_usage",
+            EventBody::AgentFailover { .. } => "agent_failover",
             EventBody::TaskComplete { .. } => "task_complete",
             EventBody::TaskError { .. } => "task_error",
             EventBody::TaskCancelled { .. } => "task_cancelled",

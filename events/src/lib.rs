@@ -27,7 +27,7 @@ pub use store::{
     Claim, Dispatch, Lease, PgStore, SqliteStore, Store, Submitted, Transition, Transitioned, User,
 };
 pub use task::{
-    AgentDef, ControlRequest, Controls, ExecutionMode, NewTask, RunLedger, TaskJob, TaskRecord,
-    TaskSpec, TaskStatus, TaskView,
+    AgentDef, ControlRequest, Controls, ExecutionMode, NewTask, ProviderRoute, RunLedger, TaskJob,
+    TaskRecord, TaskSpec, TaskStatus, TaskView,
 };
 pub use usage::{AttemptUsage, Budget, Price, TokenCounts, UsageSource, UsageTotals};

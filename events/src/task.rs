@@ -44,9 +44,59 @@ pub struct TaskSpec {
     /// The most the task may spend; absent: no limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget: Option<Budget>,
+    /// Where an agent's call goes when `provider` keeps failing before any text; absent:
+    /// the worker's configured fallback for `provider`, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<ProviderRoute>,
+}
+
+/// A provider and, optionally, its model: `anthropic` or `openai:llama3.2:3b` as text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProviderRoute {
+    pub provider: String,
+    /// `None`: the provider's configured default model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+}
+
+impl std::str::FromStr for ProviderRoute {
+    type Err = String;
+
+    /// Splits at the first `:` only: model names have colons of their own (Ollama tags).
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let (provider, model) = match text.trim().split_once(':') {
+            Some((provider, model)) => (provider.trim(), Some(model.trim())),
+            None => (text.trim(), None),
+        };
+        if provider.is_empty() || provider.contains(char::is_whitespace) {
+            return Err(format!("{text:?} is not provider[:model]"));
+        }
+        Ok(ProviderRoute {
+            provider: provider.to_string(),
+            model: model.filter(|m| !m.is_empty()).map(str::to_string),
+        })
+    }
+}
+
+impl std::fmt::Display for ProviderRoute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.model {
+            Some(model) => write!(f, "{} ({model})", self.provider),
+            None => f.write_str(&self.provider),
+        }
+    }
 }
 
 impl TaskSpec {
+    /// The provider and model the task asked for.
+    pub fn route(&self) -> ProviderRoute {
+        ProviderRoute {
+            provider: self.provider.clone(),
+            model: self.model.clone(),
+        }
+    }
+
     pub fn roles(&self) -> Vec<String> {
         self.agents.iter().map(|a| a.role.clone()).collect()
     }
@@ -227,7 +277,9 @@ pub struct AgentView {
     pub artifacts: Vec<Artifact>,
     /// Every attempt's usage: a retried agent cost its failed attempts too.
     pub usage: UsageTotals,
-    /// The current attempt's model and time to first token, once its call has ended.
+    /// The current attempt's provider and model (the fallback's once it took over), and
+    /// its time to first token once its call has ended.
+    pub provider: Option<String>,
     pub model: Option<String>,
     pub time_to_first_token: Option<u64>,
 }
@@ -416,18 +468,33 @@ impl TaskView {
                     a.output = output.clone();
                 }
             }
+            EventBody::AgentFailover {
+                agent_role,
+                attempt,
+                to_provider,
+                to_model,
+                ..
+            } => {
+                if let Some(a) = self.agent(agent_role)
+                    && *attempt == a.attempt
+                {
+                    a.provider = Some(to_provider.clone());
+                    a.model = Some(to_model.clone());
+                }
+            }
             EventBody::AgentUsage {
                 agent_role,
                 attempt,
+                provider,
                 model,
                 time_to_first_token,
                 usage,
-                ..
             } => {
                 self.usage.add(usage);
                 if let Some(a) = self.agent(agent_role) {
                     a.usage.add(usage);
                     if *attempt == a.attempt {
+                        a.provider = Some(provider.clone());
                         a.model = Some(model.clone());
                         a.time_to_first_token = *time_to_first_token;
                     }
@@ -509,6 +576,7 @@ impl AgentView {
             has_artifacts: false,
             artifacts: vec![],
             usage: UsageTotals::default(),
+            provider: None,
             model: None,
             time_to_first_token: None,
         }
@@ -537,6 +605,7 @@ impl AgentView {
         self.error = None;
         self.has_artifacts = false;
         self.artifacts.clear();
+        self.provider = None;
         self.model = None;
         self.time_to_first_token = None;
     }
@@ -550,6 +619,7 @@ mod tests {
     fn spec() -> TaskSpec {
         TaskSpec {
             budget: None,
+            fallback: None,
             title: "t".into(),
             description: "d".into(),
             agents: vec![

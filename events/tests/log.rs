@@ -124,6 +124,7 @@ async fn new_task(log: &Log) -> Uuid {
         owner_id: user.id,
         spec: TaskSpec {
             budget: None,
+            fallback: None,
             title: "t".into(),
             description: "d".into(),
             agents: vec![AgentDef {

@@ -13,7 +13,12 @@ use troupe_worker::providers::ProviderSettings;
 
 use crate::helpers::{Backend, SseEvent, TestApp, Tweaks, both_backends, worker_config};
 
-both_backends!(an_openai_compatible_server_drives_the_agents);
+both_backends!(
+    an_openai_compatible_server_drives_the_agents,
+    a_failing_provider_hands_the_agent_to_the_operators_fallback,
+    a_task_names_its_own_fallback_and_without_one_the_agent_fails,
+    a_fallback_that_cannot_be_used_is_refused_and_nothing_is_stored,
+);
 
 const KEY: &str = "sk-test-key-that-must-never-leak";
 
@@ -148,4 +153,239 @@ fn assert_usage_reported_and_priced(events: &[SseEvent]) {
     assert!((done["usage"]["costUsd"].as_f64().unwrap() - 2.0 * cost).abs() < 1e-12);
     assert_eq!(done["usage"]["unreportedAttempts"], 0);
     assert_eq!(done["usage"]["unpricedAttempts"], 0);
+}
+
+/// Answers every completion with 503, counting the calls: a provider in an outage.
+async fn unavailable(State(calls): State<Arc<Mutex<u32>>>) -> impl IntoResponse {
+    *calls.lock().unwrap() += 1;
+    (
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        "upstream overloaded",
+    )
+}
+
+/// Anthropic's Messages API streaming "Taking over." with its usage, noting each body.
+async fn anthropic_messages(State(seen): State<Seen>, body: String) -> impl IntoResponse {
+    let body: Value = serde_json::from_str(&body).unwrap();
+    let model = body["model"].clone();
+    seen.requests.lock().unwrap().push((None, body));
+    let events = [
+        json!({"type": "message_start", "message": {"id": "msg_1", "type": "message",
+               "role": "assistant", "content": [], "model": model, "stop_reason": null,
+               "stop_sequence": null, "usage": {"input_tokens": 300, "output_tokens": 1}}}),
+        json!({"type": "content_block_start", "index": 0,
+               "content_block": {"type": "text", "text": ""}}),
+        json!({"type": "content_block_delta", "index": 0,
+               "delta": {"type": "text_delta", "text": "Taking over."}}),
+        json!({"type": "content_block_stop", "index": 0}),
+        json!({"type": "message_delta", "delta": {"stop_reason": "end_turn",
+               "stop_sequence": null}, "usage": {"output_tokens": 12}}),
+        json!({"type": "message_stop"}),
+    ];
+    let stream: String = events
+        .iter()
+        .map(|e| format!("event: {}\ndata: {e}\n\n", e["type"].as_str().unwrap()))
+        .collect();
+    ([("content-type", "text/event-stream")], stream)
+}
+
+/// Two fake providers: an OpenAI-compatible one that only ever answers 503, and an
+/// Anthropic one that works.
+struct TwoServers {
+    failing_calls: Arc<Mutex<u32>>,
+    anthropic: Seen,
+    settings: ProviderSettings,
+}
+
+async fn serve(router: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    url
+}
+
+async fn two_servers() -> TwoServers {
+    let failing_calls = Arc::new(Mutex::new(0));
+    let failing = axum::Router::new()
+        .route("/v1/chat/completions", axum::routing::post(unavailable))
+        .with_state(failing_calls.clone());
+    let anthropic = Seen::default();
+    let working = axum::Router::new()
+        .route("/v1/messages", axum::routing::post(anthropic_messages))
+        .with_state(anthropic.clone());
+    let settings = ProviderSettings {
+        openai_base_url: Some(format!("{}/v1", serve(failing).await)),
+        openai_model: "fake-gpt".into(),
+        anthropic_api_key: Some("sk-ant-test".to_string().into()),
+        anthropic_base_url: serve(working).await,
+        anthropic_model: "fake-claude".into(),
+        max_attempts: 2,
+        retry_base_delay: std::time::Duration::from_millis(5),
+        retry_max_delay: std::time::Duration::from_millis(20),
+        ..ProviderSettings::default()
+    };
+    TwoServers {
+        failing_calls,
+        anthropic,
+        settings,
+    }
+}
+
+fn on_openai(extra: Value) -> Value {
+    let mut body = json!({"description": "Say hello", "selectedAgents": ["tech-lead", "qa"],
+                          "executionMode": "parallel", "provider": "openai"});
+    body.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    body
+}
+
+fn of_event<'a>(events: &'a [SseEvent], kind: &str) -> Vec<&'a Value> {
+    events
+        .iter()
+        .filter(|e| e.event == kind)
+        .map(|e| &e.data)
+        .collect()
+}
+
+async fn a_failing_provider_hands_the_agent_to_the_operators_fallback(backend: Backend) {
+    let mut servers = two_servers().await;
+    servers
+        .settings
+        .fallbacks
+        .insert("openai".into(), "anthropic:claude-standby".parse().unwrap());
+    let tweaks = Tweaks {
+        providers: servers.settings.clone(),
+        ..Tweaks::default()
+    };
+    let app = TestApp::spawn_with(backend, tweaks).await;
+    let token = app.user().await;
+    let task_id = app.submit(&token, &on_openai(json!({}))).await;
+    let events = app.read_events(0, &token, task_id, None, None).await;
+
+    assert_eq!(events.last().unwrap().event, "task_complete");
+    let failovers = of_event(&events, "agent_failover");
+    assert_eq!(failovers.len(), 2, "one per agent");
+    for failover in &failovers {
+        assert_eq!(failover["fromProvider"], "openai");
+        assert_eq!(failover["fromModel"], "fake-gpt");
+        assert_eq!(failover["toProvider"], "anthropic");
+        assert_eq!(failover["toModel"], "claude-standby");
+        assert_eq!(failover["attempt"], 1);
+        let reason = failover["reason"].as_str().unwrap();
+        assert!(
+            reason.contains("503") && reason.contains("2 attempts"),
+            "{reason}"
+        );
+    }
+    for usage in of_event(&events, "agent_usage") {
+        assert_eq!(usage["provider"], "anthropic", "{usage}");
+        assert_eq!(usage["model"], "claude-standby");
+        assert_eq!(usage["inputTokens"], 300);
+        assert_eq!(usage["outputTokens"], 12);
+    }
+    // Each agent spent its retries on the failing server, then one call on the fallback.
+    assert_eq!(*servers.failing_calls.lock().unwrap(), 4);
+    let requests = servers.anthropic.requests.lock().unwrap().clone();
+    assert_eq!(requests.len(), 2);
+    assert!(
+        requests
+            .iter()
+            .all(|(_, body)| body["model"] == "claude-standby")
+    );
+    let view = app.wait_finished(&token, task_id).await;
+    for agent in view["agents"].as_array().unwrap() {
+        assert_eq!(agent["output"], "Taking over.");
+        assert_eq!(agent["provider"], "anthropic");
+        assert_eq!(agent["model"], "claude-standby");
+    }
+}
+
+async fn a_task_names_its_own_fallback_and_without_one_the_agent_fails(backend: Backend) {
+    let servers = two_servers().await;
+    let tweaks = Tweaks {
+        providers: servers.settings.clone(),
+        ..Tweaks::default()
+    };
+    let app = TestApp::spawn_with(backend, tweaks).await;
+    let token = app.user().await;
+
+    let alone = app.submit(&token, &on_openai(json!({}))).await;
+    let events = app.read_events(0, &token, alone, None, None).await;
+    assert_eq!(events.last().unwrap().event, "task_error");
+    assert!(of_event(&events, "agent_failover").is_empty());
+    assert_eq!(of_event(&events, "agent_error").len(), 2);
+
+    // The task's own fallback; no model: the fallback provider's default.
+    let body = on_openai(json!({"fallback": {"provider": "anthropic"}}));
+    let covered = app.submit(&token, &body).await;
+    let events = app.read_events(0, &token, covered, None, None).await;
+    assert_eq!(events.last().unwrap().event, "task_complete");
+    let failovers = of_event(&events, "agent_failover");
+    assert_eq!(failovers.len(), 2);
+    assert!(failovers.iter().all(|f| f["toModel"] == "fake-claude"));
+    let requests = servers.anthropic.requests.lock().unwrap().clone();
+    assert!(
+        requests
+            .iter()
+            .all(|(_, body)| body["model"] == "fake-claude")
+    );
+    let view = app.wait_finished(&token, covered).await;
+    assert_eq!(view["status"], "completed");
+}
+
+async fn a_fallback_that_cannot_be_used_is_refused_and_nothing_is_stored(backend: Backend) {
+    let servers = two_servers().await;
+    let tweaks = Tweaks {
+        providers: ProviderSettings {
+            anthropic_api_key: None,
+            ..servers.settings
+        },
+        ..Tweaks::default()
+    };
+    let app = TestApp::spawn_with(backend, tweaks).await;
+    let token = app.user().await;
+    for (fallback, code, says) in [
+        (
+            json!("anthropic"),
+            "invalid_fallback",
+            "must be a JSON object",
+        ),
+        (json!({"model": "x"}), "invalid_fallback", "provider"),
+        (
+            json!({"provider": "gpt"}),
+            "unknown_provider",
+            "unknown fallback provider",
+        ),
+        (
+            json!({"provider": "anthropic"}),
+            "provider_not_configured",
+            "not configured",
+        ),
+        (
+            json!({"provider": "openai"}),
+            "invalid_fallback",
+            "the task's own provider",
+        ),
+        (
+            json!({"provider": "simulated", "model": "m".repeat(201)}),
+            "invalid_fallback",
+            "200 characters",
+        ),
+    ] {
+        let r = app
+            .post(
+                "/api/tasks",
+                &token,
+                &on_openai(json!({ "fallback": fallback })),
+            )
+            .await;
+        assert_eq!(r.status(), 422, "{fallback}");
+        let error: Value = r.json().await.unwrap();
+        assert_eq!(error["error"]["code"], code, "{fallback}: {error}");
+        let message = error["error"]["message"].as_str().unwrap();
+        assert!(message.contains(says), "{error}");
+    }
+    let tasks: Value = app.get("/api/tasks", &token).await.json().await.unwrap();
+    assert_eq!(tasks["tasks"].as_array().unwrap().len(), 0, "{tasks}");
 }

@@ -1,5 +1,6 @@
 //! The worker's flags and environment variables; the all-in-one binary uses them too.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,7 +9,11 @@ use secrecy::SecretString;
 
 use crate::WorkerConfig;
 use crate::prices::Prices;
-use crate::providers::ProviderSettings;
+use crate::providers::{ProviderSettings, Providers};
+use troupe_events::ProviderRoute;
+
+/// `TROUPE_FALLBACK_OPENAI=anthropic:claude-haiku-4-5` gives `openai` a fallback.
+const FALLBACK_ENV_PREFIX: &str = "TROUPE_FALLBACK_";
 
 /// LLM providers. With no key and no base URL set, only `simulated` is available.
 #[derive(Clone, Args)]
@@ -35,10 +40,23 @@ pub struct ProviderArgs {
     /// Attempts per agent call on rate limits, 5xx and timeouts.
     #[arg(long, env = "TROUPE_PROVIDER_MAX_ATTEMPTS", default_value_t = 4)]
     pub provider_max_attempts: u32,
+    /// PROVIDER=FALLBACK[:MODEL], repeatable: where PROVIDER's calls go once its retries
+    /// on rate limits, 5xx and timeouts are spent. Also TROUPE_FALLBACK_<PROVIDER>.
+    #[arg(long = "fallback", value_name = "PROVIDER=FALLBACK[:MODEL]")]
+    pub fallbacks: Vec<String>,
 }
 
 impl ProviderArgs {
-    pub fn settings(&self) -> ProviderSettings {
+    /// The settings these flags and the environment give; an unusable fallback is an
+    /// error at startup rather than a surprise during an outage.
+    pub fn settings(&self) -> anyhow::Result<ProviderSettings> {
+        Ok(ProviderSettings {
+            fallbacks: fallbacks(&self.fallbacks, std::env::vars())?,
+            ..self.connections()
+        })
+    }
+
+    fn connections(&self) -> ProviderSettings {
         let some = |v: &Option<String>| v.clone().filter(|v| !v.trim().is_empty());
         let defaults = ProviderSettings::default();
         ProviderSettings {
@@ -55,6 +73,54 @@ impl ProviderArgs {
             ..defaults
         }
     }
+}
+
+/// Fallbacks from `--fallback` flags, then `TROUPE_FALLBACK_<PROVIDER>` variables (a flag
+/// wins over a variable for the same provider).
+fn fallbacks(
+    flags: &[String],
+    env: impl Iterator<Item = (String, String)>,
+) -> anyhow::Result<BTreeMap<String, ProviderRoute>> {
+    let from_env = env.filter_map(|(name, value)| {
+        let provider = name.strip_prefix(FALLBACK_ENV_PREFIX)?.to_ascii_lowercase();
+        Some((provider, value, name))
+    });
+    let from_flags = flags.iter().map(|flag| {
+        let (provider, route) = flag.split_once('=').unwrap_or((flag, ""));
+        (
+            provider.trim().to_string(),
+            route.to_string(),
+            format!("--fallback {flag}"),
+        )
+    });
+    let mut fallbacks = BTreeMap::new();
+    for (provider, route, source) in from_env.chain(from_flags) {
+        let route = fallback(&provider, &route).map_err(|e| anyhow::anyhow!("{source}: {e}"))?;
+        fallbacks.insert(provider, route);
+    }
+    Ok(fallbacks)
+}
+
+fn fallback(provider: &str, route: &str) -> Result<ProviderRoute, String> {
+    let known = |name: &str| Providers::NAMES.contains(&name);
+    if !known(provider) {
+        return Err(format!(
+            "unknown provider {provider:?}; providers: {}",
+            Providers::NAMES.join(", ")
+        ));
+    }
+    let route: ProviderRoute = route.parse()?;
+    if !known(&route.provider) {
+        return Err(format!(
+            "unknown fallback provider {:?}; providers: {}",
+            route.provider,
+            Providers::NAMES.join(", ")
+        ));
+    }
+    if route.provider == provider && route.model.is_none() {
+        return Err(format!("{provider} would fall back to itself"));
+    }
+    Ok(route)
 }
 
 #[derive(Clone, Args)]
@@ -93,5 +159,76 @@ impl WorkerArgs {
             prices: Arc::new(self.prices.clone().unwrap_or_default()),
             ..WorkerConfig::default()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> impl Iterator<Item = (String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<Vec<_>>()
+            .into_iter()
+    }
+
+    #[test]
+    fn fallbacks_come_from_variables_and_flags_and_flags_win() {
+        let env = vars(&[
+            ("TROUPE_FALLBACK_OPENAI", "anthropic"),
+            ("TROUPE_FALLBACK_ANTHROPIC", "openai:llama3.2:3b"),
+            ("PATH", "/usr/bin"),
+        ]);
+        let flags = ["openai=anthropic:claude-haiku-4-5".to_string()];
+        let fallbacks = fallbacks(&flags, env).unwrap();
+        assert_eq!(fallbacks.len(), 2);
+        assert_eq!(
+            fallbacks["openai"],
+            ProviderRoute {
+                provider: "anthropic".into(),
+                model: Some("claude-haiku-4-5".into())
+            }
+        );
+        // The model keeps its own colon.
+        assert_eq!(fallbacks["anthropic"].model.as_deref(), Some("llama3.2:3b"));
+    }
+
+    #[test]
+    fn an_unusable_fallback_stops_startup_naming_its_source() {
+        for (env, flag, expected) in [
+            (
+                ("TROUPE_FALLBACK_GPT", "anthropic"),
+                None,
+                "TROUPE_FALLBACK_GPT: unknown provider",
+            ),
+            (
+                ("TROUPE_FALLBACK_OPENAI", "claude"),
+                None,
+                "unknown fallback provider \"claude\"",
+            ),
+            (
+                ("TROUPE_FALLBACK_OPENAI", ""),
+                None,
+                "is not provider[:model]",
+            ),
+            (
+                ("X", ""),
+                Some("openai=openai"),
+                "--fallback openai=openai: openai would fall back to itself",
+            ),
+            (("X", ""), Some("openai"), "--fallback openai: "),
+        ] {
+            let flags: Vec<String> = flag.into_iter().map(String::from).collect();
+            let error = fallbacks(&flags, vars(&[env])).unwrap_err().to_string();
+            assert!(error.contains(expected), "{error}");
+        }
+    }
+
+    #[test]
+    fn a_provider_may_fall_back_to_another_model_of_its_own() {
+        let fallbacks = fallbacks(&["openai=openai:gpt-4o-mini".into()], vars(&[])).unwrap();
+        assert_eq!(fallbacks["openai"].provider, "openai");
     }
 }

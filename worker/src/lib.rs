@@ -18,14 +18,15 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use troupe_events::{
-    Backends, Claim, Delivery, Event, EventBody, TaskRecord, TaskStatus, TaskView, millis_since,
+    Backends, Claim, Delivery, Event, EventBody, ProviderRoute, TaskRecord, TaskStatus, TaskView,
+    millis_since,
 };
 use uuid::Uuid;
 
 use crate::appender::{AppendError, Appender, Emitter, Stopped};
 use crate::prices::Prices;
-use crate::providers::{Providers, SharedProvider};
-use crate::run::{Control, TaskRun};
+use crate::providers::Providers;
+use crate::run::{Control, Route, TaskRun};
 
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -337,7 +338,8 @@ impl Worker {
             halt.clone(),
         );
         let run = TaskRun {
-            provider: self.provider_for(&task),
+            provider: self.route(&task.spec.route()),
+            fallback: self.fallback_for(&task),
             task,
             usage: std::sync::Mutex::new(view.usage),
             view,
@@ -383,13 +385,32 @@ impl Worker {
         Ok(Some((task, view)))
     }
 
-    fn provider_for(&self, task: &TaskRecord) -> Result<SharedProvider, String> {
-        self.providers.get(&task.spec.provider).ok_or_else(|| {
+    /// `route`'s provider on this worker, ready to call.
+    fn route(&self, route: &ProviderRoute) -> Result<Route, String> {
+        let provider = self.providers.get(&route.provider).ok_or_else(|| {
             format!(
                 "provider {} is not configured on this worker",
-                task.spec.provider
+                route.provider
             )
+        })?;
+        Ok(Route {
+            name: route.provider.clone(),
+            model: route.model.clone(),
+            provider,
         })
+    }
+
+    /// The task's own fallback, else this worker's for the task's provider. One this worker
+    /// cannot call is left out, and the log says so.
+    fn fallback_for(&self, task: &TaskRecord) -> Option<Route> {
+        let wanted = task
+            .spec
+            .fallback
+            .as_ref()
+            .or_else(|| self.providers.fallback(&task.spec.provider))?;
+        self.route(wanted)
+            .inspect_err(|e| tracing::warn!(error = %e, "the task runs without its fallback"))
+            .ok()
     }
 
     /// The event that closes this run: the agents' outcome, or a give-up when the task has

@@ -41,7 +41,7 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("connecting to the store and NATS")?;
     tracing::info!(backends = %backends.description, "worker starting");
-    let providers = Providers::from_settings(&cli.providers.settings());
+    let providers = Providers::from_settings(&cli.providers.settings()?);
     let worker = Arc::new(Worker::new(backends, providers, cli.worker.config()));
     let shutdown = shutdown_signal();
     worker.run(shutdown).await;

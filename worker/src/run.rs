@@ -21,7 +21,7 @@ use troupe_events::{
 use crate::appender::{Emitter, Stopped};
 use crate::artifacts::extract_artifacts;
 use crate::prices::Prices;
-use crate::providers::{Chunk, CompletionRequest, SharedProvider, TokenCounts};
+use crate::providers::{Chunk, CompletionRequest, SharedProvider, TextStream, TokenCounts};
 
 /// Most text one agent may produce. A provider that never stops must not exhaust memory
 /// (or the log): past this, the agent fails.
@@ -134,11 +134,28 @@ impl Control {
     }
 }
 
+/// A provider to call, under the name and model its events give it.
+pub(crate) struct Route {
+    pub name: String,
+    /// `None`: the provider's configured default.
+    pub model: Option<String>,
+    pub provider: SharedProvider,
+}
+
+impl Route {
+    /// The model that answers on this route.
+    fn model(&self) -> String {
+        self.provider.model(self.model.as_deref())
+    }
+}
+
 /// Everything a task's agents share while it runs.
 pub(crate) struct TaskRun {
     pub task: TaskRecord,
     pub view: TaskView,
-    pub provider: Result<SharedProvider, String>,
+    pub provider: Result<Route, String>,
+    /// Takes over a call whose provider keeps failing before any text.
+    pub fallback: Option<Route>,
     pub emitter: Emitter,
     pub agent_slots: Arc<Semaphore>,
     pub token_flush: Duration,
@@ -468,7 +485,7 @@ impl TaskRun {
     /// `agent_usage` for a call that was answered, and the task cancelled if it is now
     /// over its budget.
     async fn report_usage(&self, role: &str, attempt: u32, call: Call) -> Result<(), Stopped> {
-        let Some(model) = call.model else {
+        let Some((provider, model)) = call.answered_by else {
             return Ok(());
         };
         let usage = AttemptUsage {
@@ -484,7 +501,7 @@ impl TaskRun {
             .emit(EventBody::AgentUsage {
                 agent_role: role.to_string(),
                 attempt,
-                provider: self.task.spec.provider.clone(),
+                provider,
                 model,
                 time_to_first_token: call.first_text.map(|ttft| ttft.as_millis() as u64),
                 usage,
@@ -502,6 +519,51 @@ impl TaskRun {
         }
     }
 
+    /// Opens the call on the task's provider, or on the fallback once the provider's
+    /// retries on rate limits, 5xx and timeouts are spent before any text. A permanent
+    /// error (a bad key, a bad request) would fail on any provider the same way: no
+    /// fallback for those.
+    async fn open<'r>(
+        &'r self,
+        primary: &'r Route,
+        mut request: CompletionRequest,
+        call: &mut Call,
+    ) -> Result<Result<(&'r Route, TextStream), String>, Stopped> {
+        let error = match primary.provider.stream(&request).await {
+            Ok(stream) => return Ok(Ok((primary, stream))),
+            Err(error) => error,
+        };
+        let Some(fallback) = self.fallback.as_ref().filter(|_| error.transient) else {
+            return Ok(Err(error.message));
+        };
+        self.emitter
+            .emit(EventBody::AgentFailover {
+                agent_role: request.agent_role.clone(),
+                attempt: request.attempt,
+                from_provider: primary.name.clone(),
+                from_model: primary.model(),
+                to_provider: fallback.name.clone(),
+                to_model: fallback.model(),
+                reason: error.message,
+            })
+            .await?;
+        tracing::warn!(
+            agent_role = %request.agent_role,
+            from = %primary.name,
+            to = %fallback.name,
+            "provider kept failing; the fallback takes over"
+        );
+        // Time to first token is the answering model's own.
+        call.started = Instant::now();
+        request.model = fallback.model.clone();
+        Ok(fallback
+            .provider
+            .stream(&request)
+            .await
+            .map(|stream| (fallback, stream))
+            .map_err(|e| format!("{} (fallback {})", e.message, fallback.name)))
+    }
+
     async fn stream_answer(
         &self,
         agent: &AgentDef,
@@ -510,8 +572,8 @@ impl TaskRun {
         tokens: &mut Tokens<'_>,
         call: &mut Call,
     ) -> Result<Answer, Stopped> {
-        let provider = match &self.provider {
-            Ok(provider) => provider,
+        let primary = match &self.provider {
+            Ok(primary) => primary,
             Err(message) => return Ok(Answer::Failed(message.clone())),
         };
         let request = CompletionRequest {
@@ -519,14 +581,14 @@ impl TaskRun {
             attempt: tokens.attempt,
             system: agent.prompt.clone(),
             prompt,
-            model: self.task.spec.model.clone(),
+            model: primary.model.clone(),
             options: self.task.spec.provider_options.clone(),
         };
-        let mut stream = match provider.stream(&request).await {
-            Ok(stream) => stream,
-            Err(e) => return Ok(Answer::Failed(e.message)),
+        let (route, mut stream) = match self.open(primary, request, call).await? {
+            Ok(opened) => opened,
+            Err(message) => return Ok(Answer::Failed(message)),
         };
-        call.model = Some(provider.model(request.model.as_deref()));
+        call.answered_by = Some((route.name.clone(), route.model()));
         let mut flush = tokio::time::interval(self.token_flush);
         flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -559,8 +621,9 @@ impl TaskRun {
 /// One provider call as the worker saw it: what answered, how soon, what it used.
 struct Call {
     started: Instant,
-    /// Set once the provider accepted the call: a call refused up front used nothing.
-    model: Option<String>,
+    /// The provider and model, once one accepted the call: a call refused up front used
+    /// nothing.
+    answered_by: Option<(String, String)>,
     first_text: Option<Duration>,
     usage: TokenCounts,
 }
@@ -569,7 +632,7 @@ impl Call {
     fn new() -> Self {
         Call {
             started: Instant::now(),
-            model: None,
+            answered_by: None,
             first_text: None,
             usage: TokenCounts::unknown(),
         }

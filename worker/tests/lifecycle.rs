@@ -60,6 +60,7 @@ async fn submit(backends: &Backends, roles: &[&str], mode: ExecutionMode) -> Uui
         owner_id: owner.id,
         spec: TaskSpec {
             budget: None,
+            fallback: None,
             title: "t".into(),
             description: "d".into(),
             agents: roles

@@ -237,6 +237,7 @@ fn settings(url: &str) -> ProviderSettings {
         max_attempts: 3,
         retry_base_delay: Duration::from_millis(10),
         retry_max_delay: Duration::from_millis(40),
+        fallbacks: Default::default(),
     }
 }
 

@@ -9,7 +9,9 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use troupe_events::store::read_log;
 use troupe_events::task::TaskSpec;
-use troupe_events::{Budget, ExecutionMode, NewTask, Submitted, TaskRecord, TaskView};
+use troupe_events::{
+    Budget, ExecutionMode, NewTask, ProviderRoute, Submitted, TaskRecord, TaskView,
+};
 use uuid::Uuid;
 
 use crate::auth::AuthUser;
@@ -35,6 +37,7 @@ pub struct TaskRequest {
     model: Option<String>,
     provider_options: Option<Value>,
     budget: Option<Value>,
+    fallback: Option<Value>,
 }
 
 impl TaskRequest {
@@ -121,42 +124,11 @@ impl TaskRequest {
         };
         let provider = match self.provider.filter(|p| !p.is_empty()) {
             None => state.providers.default_name().to_string(),
-            Some(name) => {
-                let info = state
-                    .providers
-                    .catalogue()
-                    .into_iter()
-                    .find(|p| p.name == name)
-                    .ok_or_else(|| {
-                        ApiError::invalid(
-                            "unknown_provider",
-                            format!(
-                                "unknown provider {:?}; providers: openai, anthropic, simulated",
-                                truncate(&name, 32)
-                            ),
-                        )
-                    })?;
-                if !info.configured {
-                    return Err(ApiError::invalid(
-                        "provider_not_configured",
-                        format!(
-                            "provider {name} is not configured on this server (see GET /api/providers)"
-                        ),
-                    ));
-                }
-                name
-            }
+            Some(name) => usable_provider(state, "provider", name)?,
         };
-        let model = self
-            .model
-            .map(|m| m.trim().to_string())
-            .filter(|m| !m.is_empty());
-        if model.as_ref().is_some_and(|m| m.len() > 200) {
-            return Err(ApiError::invalid(
-                "invalid_model",
-                "model must be at most 200 characters",
-            ));
-        }
+        let model = model_name(self.model)
+            .map_err(|message| ApiError::invalid("invalid_model", format!("model {message}")))?;
+        let fallback = fallback(state, self.fallback, &provider, &model)?;
         let provider_options = match self.provider_options {
             None | Some(Value::Null) => Default::default(),
             Some(Value::Object(map)) => map,
@@ -176,8 +148,75 @@ impl TaskRequest {
             model,
             provider_options,
             budget: budget(self.budget)?,
+            fallback,
         })
     }
+}
+
+/// `name` if this server knows the provider and has it configured.
+fn usable_provider(state: &AppState, field: &str, name: String) -> ApiResult<String> {
+    let info = state
+        .providers
+        .catalogue()
+        .into_iter()
+        .find(|p| p.name == name)
+        .ok_or_else(|| {
+            ApiError::invalid(
+                "unknown_provider",
+                format!(
+                    "unknown {field} {:?}; providers: openai, anthropic, simulated",
+                    truncate(&name, 32)
+                ),
+            )
+        })?;
+    if !info.configured {
+        return Err(ApiError::invalid(
+            "provider_not_configured",
+            format!("{field} {name} is not configured on this server (see GET /api/providers)"),
+        ));
+    }
+    Ok(name)
+}
+
+/// A trimmed model name; blank means the provider's default.
+fn model_name(model: Option<String>) -> Result<Option<String>, &'static str> {
+    let model = model
+        .map(|m| m.trim().to_string())
+        .filter(|m| !m.is_empty());
+    if model.as_ref().is_some_and(|m| m.len() > 200) {
+        return Err("must be at most 200 characters");
+    }
+    Ok(model)
+}
+
+/// `fallback: {"provider": "anthropic", "model": "claude-haiku-4-5"}`: where an agent's
+/// call goes when the task's provider keeps failing; null or absent: the server's own.
+fn fallback(
+    state: &AppState,
+    value: Option<Value>,
+    provider: &str,
+    model: &Option<String>,
+) -> ApiResult<Option<ProviderRoute>> {
+    let invalid = |message: String| ApiError::invalid("invalid_fallback", message);
+    let route: ProviderRoute = match value {
+        None | Some(Value::Null) => return Ok(None),
+        Some(value @ Value::Object(_)) => serde_json::from_value(value).map_err(|e| {
+            invalid(format!(
+                "fallback takes provider (a provider's name) and optionally model: {e}"
+            ))
+        })?,
+        Some(_) => return Err(invalid("fallback must be a JSON object".into())),
+    };
+    let route = ProviderRoute {
+        provider: usable_provider(state, "fallback provider", route.provider)?,
+        model: model_name(route.model).map_err(|m| invalid(format!("fallback model {m}")))?,
+    };
+    if route.provider == provider && route.model == *model {
+        return Err(invalid(format!(
+            "the fallback is the task's own provider and model ({route})"
+        )));
+    }
+    Ok(Some(route))
 }
 
 /// `budget: {"maxTokens": n, "maxCostUsd": x}`; null or absent: no limit.

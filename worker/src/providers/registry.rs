@@ -1,11 +1,13 @@
 //! Which providers this worker can use, built once from settings: a task names one
 //! ("openai", "anthropic", "simulated") and the api shows the catalogue to users.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
+use troupe_events::ProviderRoute;
 
 use super::SharedProvider;
 use super::anthropic::AnthropicProvider;
@@ -30,6 +32,8 @@ pub struct ProviderSettings {
     pub max_attempts: u32,
     pub retry_base_delay: Duration,
     pub retry_max_delay: Duration,
+    /// Where each provider's calls go when it keeps failing, by provider name.
+    pub fallbacks: BTreeMap<String, ProviderRoute>,
 }
 
 impl Default for ProviderSettings {
@@ -46,6 +50,7 @@ impl Default for ProviderSettings {
             max_attempts: retry.max_attempts,
             retry_base_delay: retry.base_delay,
             retry_max_delay: retry.max_delay,
+            fallbacks: BTreeMap::new(),
         }
     }
 }
@@ -68,6 +73,7 @@ pub struct Providers {
     simulated: SharedProvider,
     openai_model: String,
     anthropic_model: String,
+    fallbacks: BTreeMap<String, ProviderRoute>,
 }
 
 impl std::fmt::Debug for Providers {
@@ -77,6 +83,7 @@ impl std::fmt::Debug for Providers {
             .field("anthropic", &self.anthropic.is_some())
             .field("openai_model", &self.openai_model)
             .field("anthropic_model", &self.anthropic_model)
+            .field("fallbacks", &self.fallbacks)
             .finish_non_exhaustive()
     }
 }
@@ -123,8 +130,17 @@ impl Providers {
             simulated: Arc::new(SimulatedProvider),
             openai_model: settings.openai_model.clone(),
             anthropic_model: settings.anthropic_model.clone(),
+            fallbacks: settings.fallbacks.clone(),
         }
     }
+
+    /// The operator's fallback for `name`'s calls, if one is set.
+    pub fn fallback(&self, name: &str) -> Option<&ProviderRoute> {
+        self.fallbacks.get(name)
+    }
+
+    /// Provider names this build knows, for messages that list them.
+    pub const NAMES: [&'static str; 3] = ["openai", "anthropic", "simulated"];
 
     /// These providers with `name` served by `provider` instead: for embedding Troupe with
     /// a provider of one's own, and for tests.
