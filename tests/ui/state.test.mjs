@@ -212,3 +212,30 @@ test('agent_usage adds to the agent and the task; the terminal event settles the
   applyEvent(state, { seq: 99, at: at(), type: 'task_complete', totalExecutionTime: 5, usage: settled });
   assert.deepEqual(state.usage, settled);
 });
+
+test('agent_failover marks the attempt as answered by the fallback, until the next attempt', () => {
+  const failover = {
+    type: 'agent_failover', agentRole: 'qa', attempt: 1, fromProvider: 'openai', fromModel: 'gpt',
+    toProvider: 'anthropic', toModel: 'claude', reason: 'HTTP 503; gave up after 4 attempts',
+  };
+  const state = replay([start('qa', 1), failover]);
+  const qa = agent(state, 'qa');
+  assert.equal(qa.fallback, 'anthropic (claude)');
+  assert.equal(qa.provider, 'anthropic');
+  assert.match(qa.fallbackReason, /^openai \(gpt\) kept failing: HTTP 503/);
+  applyEvent(state, { seq: 3, taskId: TASK, at: at(), ...start('qa', 2) });
+  assert.equal(agent(state, 'qa').fallback, null);
+});
+
+test('a reloaded view shows the fallback of an agent answered by another provider', () => {
+  const view = {
+    taskId: 't', status: 'completed', provider: 'openai',
+    agents: [
+      { role: 'qa', status: 'completed', provider: 'anthropic', model: 'claude' },
+      { role: 'tech-lead', status: 'completed', provider: 'openai', model: 'gpt' },
+    ],
+  };
+  const state = fromView(view);
+  assert.equal(state.agents[0].fallback, 'anthropic (claude)');
+  assert.equal(state.agents[1].fallback, null);
+});

@@ -16,7 +16,7 @@ export const EVENT_TYPES = [
   'task_created', 'task_resumed', 'agent_start', 'agent_progress', 'agent_token',
   'agent_complete', 'agent_error', 'agent_cancelled', 'task_complete', 'task_error',
   'task_cancelled', 'task_paused', 'task_unpaused', 'task_retried', 'task_released',
-  'agent_usage',
+  'agent_usage', 'agent_failover',
 ];
 
 /** Usage totals as the server keeps them (UsageTotals), zero when absent. */
@@ -57,7 +57,14 @@ function agentFrom(a) {
     usage: usageFrom(a.usage),
     model: a.model || null,
     timeToFirstToken: a.timeToFirstToken ?? null,
+    provider: a.provider || null,
+    fallback: null, // "anthropic (claude-haiku)" once a fallback answered this attempt
+    fallbackReason: null,
   };
+}
+
+function routeLabel(provider, model) {
+  return model ? `${provider} (${model})` : provider;
 }
 
 /** State from the projected view of GET /api/tasks/{id}. */
@@ -81,7 +88,15 @@ export function fromView(view) {
     outputs: null,
     lastSeq: view.lastSeq || 0,
     usage: usageFrom(view.usage),
-    agents: (view.agents || []).map(agentFrom),
+    agents: (view.agents || []).map((a) => {
+      const agent = agentFrom(a);
+      // The view keeps who answered, not why: a provider other than the task's means
+      // its fallback took over.
+      if (agent.provider && view.provider && agent.provider !== view.provider) {
+        agent.fallback = routeLabel(agent.provider, agent.model);
+      }
+      return agent;
+    }),
   };
 }
 
@@ -102,6 +117,9 @@ function resetAgent(a) {
   a.progress = null;
   a.model = null;
   a.timeToFirstToken = null;
+  a.provider = null;
+  a.fallback = null;
+  a.fallbackReason = null;
 }
 
 function findAgent(state, role) {
@@ -242,6 +260,17 @@ export function applyEvent(state, ev) {
       if (ev.attempt === a.attempt) {
         a.model = ev.model || null;
         a.timeToFirstToken = ev.timeToFirstToken ?? null;
+      }
+      roles.push(a.role);
+      break;
+    }
+    case 'agent_failover': {
+      const a = findAgent(state, ev.agentRole);
+      if (ev.attempt === a.attempt) {
+        a.provider = ev.toProvider || null;
+        a.model = ev.toModel || null;
+        a.fallback = routeLabel(ev.toProvider, ev.toModel);
+        a.fallbackReason = `${routeLabel(ev.fromProvider, ev.fromModel)} kept failing: ${ev.reason}`;
       }
       roles.push(a.role);
       break;

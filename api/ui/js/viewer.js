@@ -553,6 +553,7 @@ function createCard(agent, { openArtifacts, cancelAgent, retryAgent }) {
   const error = h('p', { class: 'agent-error', 'data-testid': `agent-error-${role}`, hidden: true });
   const attempt = h('span', { class: 'agent-attempt', 'data-testid': `agent-attempt-${role}` });
   const usage = h('span', { class: 'agent-usage', 'data-testid': `agent-usage-${role}` });
+  const fallback = h('span', { class: 'agent-fallback', 'data-testid': `agent-fallback-${role}`, hidden: true });
   const artifacts = h('button', {
     type: 'button', class: 'btn btn-small artifacts-button', 'data-testid': `artifacts-button-${role}`, hidden: true,
     'aria-haspopup': 'dialog', onclick: (e) => openArtifacts(role, e.currentTarget),
@@ -576,7 +577,7 @@ function createCard(agent, { openArtifacts, cancelAgent, retryAgent }) {
     output,
     error,
     actionError,
-    h('footer', { class: 'agent-foot' }, h('span', { class: 'agent-actions' }, artifacts, cancel, retry), usage, attempt));
+    h('footer', { class: 'agent-foot' }, h('span', { class: 'agent-actions' }, artifacts, cancel, retry), fallback, usage, attempt));
 
   let renderedOutput = null;
 
@@ -624,6 +625,9 @@ function createCard(agent, { openArtifacts, cancelAgent, retryAgent }) {
     setText(attempt, a.attempt > 1 ? `Attempt ${a.attempt}` : '');
     setText(usage, formatUsage(a.usage, a.timeToFirstToken));
     usage.title = a.model ? `Model: ${a.model}` : '';
+    setText(fallback, a.fallback ? `via ${a.fallback}` : '');
+    fallback.title = a.fallbackReason || '';
+    fallback.hidden = !a.fallback;
     cancel.hidden = !ctl.canCancel;
     retry.hidden = !ctl.canRetry;
     cancel.disabled = ctl.busy;
