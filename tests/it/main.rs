@@ -7,6 +7,8 @@ mod helpers;
 mod input;
 mod load;
 mod process;
+#[path = "../support/procs.rs"]
+mod procs;
 mod providers;
 mod resume;
 mod runs;
