@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use futures::{FutureExt, StreamExt};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use troupe_events::event::{AgentOutput, ErrorStatus, SuccessStatus};
 use troupe_events::task::{AgentState, AgentView};
 use troupe_events::{
@@ -235,7 +236,8 @@ impl TaskRun {
             .filter(|(_, end)| matches!(end, AgentEnd::Waiting))
         {
             let run = self.clone();
-            running.spawn(async move {
+            // In the task's span, so that the agent's span is a child of the task's.
+            running.spawn(Instrument::in_current_span(async move {
                 let permit = tokio::select! {
                     permit = run.agent_slots.clone().acquire_owned() => permit,
                     _ = run.control.cancel.cancelled() => return (i, Ok(AgentEnd::Waiting)),
@@ -248,7 +250,7 @@ impl TaskRun {
                 let end = run.run_agent(i, prompt, progress).await;
                 drop(permit);
                 (i, end)
-            });
+            }));
         }
         while let Some(joined) = running.join_next().await {
             // run_agent contains its own panics; a join error means the runtime is going.
@@ -361,6 +363,10 @@ impl TaskRun {
 
     /// One attempt of one agent, from `agent_start` to its closing event. A panic inside
     /// fails the agent instead of the worker.
+    #[tracing::instrument(name = "agent", skip_all, fields(
+        role = %self.task.spec.agents[index].role,
+        attempt = self.view.agents[index].attempt + 1,
+    ))]
     async fn run_agent(
         self: Arc<Self>,
         index: usize,
@@ -502,6 +508,10 @@ impl TaskRun {
         }
     }
 
+    #[tracing::instrument(name = "provider_call", skip_all, fields(
+        provider = %self.task.spec.provider,
+        model = tracing::field::Empty,
+    ))]
     async fn stream_answer(
         &self,
         agent: &AgentDef,
@@ -522,6 +532,7 @@ impl TaskRun {
             model: self.task.spec.model.clone(),
             options: self.task.spec.provider_options.clone(),
         };
+        tracing::Span::current().record("model", provider.model(request.model.as_deref()).as_str());
         let mut stream = match provider.stream(&request).await {
             Ok(stream) => stream,
             Err(e) => return Ok(Answer::Failed(e.message)),
