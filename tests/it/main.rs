@@ -12,4 +12,5 @@ mod procs;
 mod providers;
 mod resume;
 mod runs;
+mod traces;
 mod usage;
