@@ -14,12 +14,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, MatchedPath};
+use axum::http::{Request, Response};
 use axum::routing::{get, post};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnResponse, OnResponse, TraceLayer};
+use tracing::Span;
 use troupe_events::dispatch::Outbox;
 use troupe_events::{Backends, Catalogue, FeedConfig, Feeds};
 use troupe_worker::providers::Providers;
@@ -90,9 +93,58 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.http.max_body_bytes))
-        .layer(TraceLayer::new_for_http())
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(request_span)
+                .on_response(request_done),
+        )
         .layer(CatchPanicLayer::new())
         .with_state(state)
+}
+
+/// Each request's span, at INFO so that the default log filter keeps it: a task's trace
+/// starts at the request that submitted it, or joins the caller's trace when the request
+/// carries a `traceparent`. Health probes get a DEBUG span, which stays out of traces.
+fn request_span(request: &Request<Body>) -> Span {
+    let method = request.method().as_str();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(MatchedPath::as_str);
+    if matches!(route, Some("/healthz" | "/readyz")) {
+        return tracing::debug_span!("request", http.request.method = %method, http.route = route);
+    }
+    let span = tracing::info_span!(
+        "request",
+        otel.name = %route.map_or_else(|| method.to_string(), |route| format!("{method} {route}")),
+        otel.kind = "server",
+        http.request.method = %method,
+        http.route = route,
+        http.response.status_code = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+    );
+    let caller: troupe_events::trace::TraceHeaders = ["traceparent", "tracestate"]
+        .into_iter()
+        .filter_map(|name| {
+            let value = request.headers().get(name)?.to_str().ok()?;
+            Some((name.to_string(), value.to_string()))
+        })
+        .collect();
+    troupe_events::trace::link(&span, &caller);
+    troupe_events::trace::record_trace_id(&span);
+    span
+}
+
+/// The response's status on the request's span (a 5xx marks it failed); then tower-http's
+/// own log line, at DEBUG.
+fn request_done(response: &Response<Body>, latency: Duration, span: &Span) {
+    let status = response.status();
+    span.record("http.response.status_code", status.as_u16());
+    if status.is_server_error() {
+        span.record("otel.status_code", "error");
+    }
+    DefaultOnResponse::default().on_response(response, latency, span);
 }
 
 async fn not_found() -> ApiError {

@@ -293,10 +293,15 @@ impl NatsBus {
 #[async_trait]
 impl Bus for NatsBus {
     async fn publish(&self, events: &[RawEvent]) -> Result<()> {
+        // The append's trace context, so that a consumer of the events can join the task's trace.
+        let trace = crate::trace::current();
         for event in events {
             let mut headers = async_nats::HeaderMap::new();
             headers.insert(SEQ_HEADER, event.seq.to_string().as_str());
             headers.insert(AT_HEADER, event.at.to_rfc3339().as_str());
+            for (name, value) in &trace {
+                headers.insert(name.as_str(), value.as_str());
+            }
             self.client
                 .publish_with_headers(
                     self.subjects.event(event.task_id, &event.kind),

@@ -8,6 +8,7 @@ use std::time::Duration;
 use chrono::Utc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::error::Result;
 use crate::queue::TaskQueue;
@@ -40,9 +41,11 @@ impl Outbox {
         }
     }
 
-    /// Queues the task now; if that fails, the dispatcher queues it from its row.
+    /// Queues the task now; if that fails, the dispatcher queues it from its row. The
+    /// `enqueue` span's context travels with the job: the worker's run is its child.
     pub async fn dispatch(&self, dispatch: Dispatch) -> Result<()> {
-        self.queue.enqueue(dispatch).await?;
+        let span = tracing::info_span!("enqueue", task_id = %dispatch.task_id, seq = dispatch.seq);
+        self.queue.enqueue(dispatch).instrument(span).await?;
         if self.cleared.try_send(dispatch).is_err() {
             self.store.mark_dispatched(&[dispatch]).await?;
         }

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use clap::Args;
 use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
@@ -69,21 +71,42 @@ impl BackendArgs {
     }
 }
 
-/// Keeps the OpenTelemetry exporter alive; dropping it flushes pending spans.
+/// Keeps the OpenTelemetry pipeline alive; dropping it exports the spans still pending.
+/// Drop it on the runtime's thread before the runtime goes (the end of `main`): the
+/// export runs on the runtime.
 pub struct Telemetry {
-    provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+    provider: Option<SdkTracerProvider>,
 }
+
+/// How long a process that is exiting waits for its last spans to be exported.
+const FLUSH_AT_EXIT: Duration = Duration::from_secs(5);
 
 impl Drop for Telemetry {
     fn drop(&mut self) {
-        if let Some(provider) = self.provider.take() {
-            let _ = provider.shutdown();
+        let Some(provider) = self.provider.take() else {
+            return;
+        };
+        // The shutdown blocks until the batch task on the runtime has exported what is
+        // pending, without a bound of its own: wait from another thread, boundedly, so that
+        // a collector that does not answer cannot hold up the exit.
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = done.send(provider.shutdown());
+        });
+        match finished.recv_timeout(FLUSH_AT_EXIT) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("exporting the last spans failed: {e}"),
+            Err(_) => eprintln!(
+                "exporting the last spans took over {} s; they are dropped",
+                FLUSH_AT_EXIT.as_secs()
+            ),
         }
     }
 }
 
 /// Logs to stderr (`TROUPE_LOG_FORMAT=json` for JSON lines, filtered by `RUST_LOG`), and
-/// exports spans over OTLP/HTTP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
+/// exports spans over OTLP/HTTP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set. Call it on the
+/// tokio runtime: spans are exported from a task on it.
 pub fn init_tracing(service: &'static str) -> Telemetry {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,async_nats=warn,tower_http=info"));
@@ -102,21 +125,9 @@ pub fn init_tracing(service: &'static str) -> Telemetry {
         .ok()
         .filter(|e| !e.is_empty())
         .and_then(|_| {
-            let exporter = opentelemetry_otlp::SpanExporter::builder()
-                .with_http()
-                .build()
+            tracer_provider(service)
                 .map_err(|e| eprintln!("OpenTelemetry export disabled: {e}"))
-                .ok()?;
-            Some(
-                opentelemetry_sdk::trace::SdkTracerProvider::builder()
-                    .with_batch_exporter(exporter)
-                    .with_resource(
-                        opentelemetry_sdk::Resource::builder()
-                            .with_service_name(service)
-                            .build(),
-                    )
-                    .build(),
-            )
+                .ok()
         });
     let otel = provider
         .as_ref()
@@ -127,4 +138,27 @@ pub fn init_tracing(service: &'static str) -> Telemetry {
         .with(otel)
         .try_init();
     Telemetry { provider }
+}
+
+/// Spans batched and exported over OTLP/HTTP by a task on the tokio runtime. The SDK's
+/// default batch processor exports from a thread of its own, where the HTTP client, which
+/// needs a tokio reactor, panics. The `OTEL_BSP_*` and `OTEL_EXPORTER_OTLP_*` variables
+/// apply.
+fn tracer_provider(service: &'static str) -> Result<SdkTracerProvider, String> {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return Err("tracing was set up outside the tokio runtime".into());
+    }
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let batch = BatchSpanProcessor::builder(exporter, opentelemetry_sdk::runtime::Tokio).build();
+    Ok(SdkTracerProvider::builder()
+        .with_span_processor(batch)
+        .with_resource(
+            opentelemetry_sdk::Resource::builder()
+                .with_service_name(service)
+                .build(),
+        )
+        .build())
 }

@@ -30,6 +30,17 @@ pub fn link(span: &tracing::Span, headers: &TraceHeaders) {
     }
 }
 
+/// Records `span`'s trace id in its `trace_id` field (declared `Empty`), so that every log
+/// line inside the span names its trace. Call it after [`link`]: reading the id settles the
+/// span's parent. Nothing is recorded when no trace is being recorded.
+pub fn record_trace_id(span: &tracing::Span) {
+    let context = span.context();
+    let trace_id = context.span().span_context().trace_id();
+    if trace_id != opentelemetry::trace::TraceId::INVALID {
+        span.record("trace_id", tracing::field::display(trace_id));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use opentelemetry::trace::TracerProvider as _;
@@ -48,8 +59,9 @@ mod tests {
             let trace_id = request.context().span().span_context().trace_id();
             assert!(sent["traceparent"].contains(&trace_id.to_string()));
 
-            let task = tracing::info_span!("task");
+            let task = tracing::info_span!("task", trace_id = tracing::field::Empty);
             link(&task, &sent);
+            record_trace_id(&task);
             assert_eq!(task.context().span().span_context().trace_id(), trace_id);
         });
     }

@@ -15,6 +15,8 @@ mod clients;
 mod cluster;
 mod driver;
 mod plan;
+#[path = "../support/procs.rs"]
+mod procs;
 mod restarts;
 
 use std::collections::{BTreeMap, HashMap};

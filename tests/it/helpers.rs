@@ -146,14 +146,7 @@ impl TestApp {
             }
             Backend::Distributed => {
                 let schema = format!("it_{id}");
-                let admin = sqlx::PgPool::connect(&database_url()).await.expect(
-                    "PostgreSQL must be reachable at TEST_DATABASE_URL (scripts/test and .ci/run start it)",
-                );
-                sqlx::query(&format!("CREATE SCHEMA {schema}"))
-                    .execute(&admin)
-                    .await
-                    .unwrap();
-                admin.close().await;
+                create_schema(&schema).await;
                 let prefix = format!("it_{id}");
                 let config = distributed_config(&schema, &prefix, &tweaks);
                 let shutdown = CancellationToken::new();
@@ -465,7 +458,7 @@ fn distributed_config(schema: &str, prefix: &str, tweaks: &Tweaks) -> BackendCon
             ack_wait: tweaks.ack_wait,
             ..Default::default()
         },
-        database_url: Some(format!("{}?options[search_path]={schema}", database_url())),
+        database_url: Some(schema_database_url(schema)),
         nats_url: Some(nats_url()),
         nats_prefix: prefix.to_string(),
         db_max_connections: 5,
@@ -483,31 +476,51 @@ impl Drop for TestApp {
             Cleanup::DataDir(dir) => {
                 let _ = std::fs::remove_dir_all(dir);
             }
-            Cleanup::Remote { schema, prefix } => {
-                // Drop runs outside any runtime we may block: clean up on a thread of its own.
-                let (schema, prefix) = (schema.clone(), prefix.clone());
-                let _ = std::thread::spawn(move || {
-                    tokio::runtime::Runtime::new()
-                        .unwrap()
-                        .block_on(async move {
-                            if let Ok(pool) = sqlx::PgPool::connect(&database_url()).await {
-                                let _ = sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
-                                    .execute(&pool)
-                                    .await;
-                            }
-                            if let Ok(client) = async_nats::connect(nats_url()).await {
-                                let js = async_nats::jetstream::new(client);
-                                let subjects = Subjects::new(&prefix);
-                                for name in ["EVENTS", "TASKS"] {
-                                    let _ = js.delete_stream(subjects.stream_name(name)).await;
-                                }
-                            }
-                        })
-                })
-                .join();
-            }
+            Cleanup::Remote { schema, prefix } => drop_remote(schema, prefix),
         }
     }
+}
+
+/// Creates a PostgreSQL schema of a test's own.
+pub async fn create_schema(schema: &str) {
+    let admin = sqlx::PgPool::connect(&database_url()).await.expect(
+        "PostgreSQL must be reachable at TEST_DATABASE_URL (scripts/test and .ci/run start it)",
+    );
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+}
+
+/// The test database's URL with `schema` as the search path.
+pub fn schema_database_url(schema: &str) -> String {
+    format!("{}?options[search_path]={schema}", database_url())
+}
+
+/// Drops a test's schema and the NATS streams of its prefix. Drop runs outside any runtime
+/// we may block: the clean-up runs on a thread of its own.
+pub fn drop_remote(schema: &str, prefix: &str) {
+    let (schema, prefix) = (schema.to_string(), prefix.to_string());
+    let _ = std::thread::spawn(move || {
+        tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(async move {
+                if let Ok(pool) = sqlx::PgPool::connect(&database_url()).await {
+                    let _ = sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+                        .execute(&pool)
+                        .await;
+                }
+                if let Ok(client) = async_nats::connect(nats_url()).await {
+                    let js = async_nats::jetstream::new(client);
+                    let subjects = Subjects::new(&prefix);
+                    for name in ["EVENTS", "TASKS"] {
+                        let _ = js.delete_stream(subjects.stream_name(name)).await;
+                    }
+                }
+            })
+    })
+    .join();
 }
 
 /// Polls `/readyz` of the server at `url` until it answers 200; panics after 10 s.

@@ -7,7 +7,10 @@ mod helpers;
 mod input;
 mod load;
 mod process;
+#[path = "../support/procs.rs"]
+mod procs;
 mod providers;
 mod resume;
 mod runs;
+mod traces;
 mod usage;

@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use troupe_events::{Bus, Event, EventBody, RawEvent, Store};
 use uuid::Uuid;
 
@@ -64,13 +65,14 @@ impl Appender {
         halt: CancellationToken,
     ) -> (Appender, Emitter) {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let join = tokio::spawn(async move {
+        // In the task's span: its appends are children of the run.
+        let join = tokio::spawn(Instrument::in_current_span(async move {
             let result = run(store, bus, task_id, last_seq, rx, &halt).await;
             if result.is_err() {
                 halt.cancel();
             }
             result
-        });
+        }));
         (Appender { task_id, join }, Emitter { tx })
     }
 
@@ -98,9 +100,13 @@ async fn run(
             .enumerate()
             .map(|(i, body)| Event::new(task_id, last_seq + 1 + i as u64, body).to_raw())
             .collect();
-        store_batch(store.as_ref(), task_id, last_seq, &events, halt).await?;
+        let append =
+            tracing::info_span!("append", %task_id, from_seq = last_seq + 1, events = events.len());
+        store_batch(store.as_ref(), task_id, last_seq, &events, halt)
+            .instrument(append.clone())
+            .await?;
         last_seq += events.len() as u64;
-        if let Err(e) = bus.publish(&events).await {
+        if let Err(e) = bus.publish(&events).instrument(append).await {
             // Followers fill the gap from the store; the log is what counts.
             tracing::warn!(%task_id, error = %e, "publishing events failed");
         }

@@ -179,9 +179,11 @@ impl Worker {
         let span = tracing::info_span!(
             "run_task",
             task_id = %delivery.job.task_id(),
-            delivered = delivery.delivered
+            delivered = delivery.delivered,
+            trace_id = tracing::field::Empty,
         );
         troupe_events::trace::link(&span, &delivery.trace);
+        troupe_events::trace::record_trace_id(&span);
         // Who holds the task's lease for this delivery: one per delivery, so that two
         // deliveries of one message in one process are told apart too.
         let holder = Uuid::now_v7();

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use futures::{FutureExt, StreamExt};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use troupe_events::event::{AgentOutput, ErrorStatus, SuccessStatus};
 use troupe_events::task::{AgentState, AgentView};
 use troupe_events::{
@@ -252,7 +253,8 @@ impl TaskRun {
             .filter(|(_, end)| matches!(end, AgentEnd::Waiting))
         {
             let run = self.clone();
-            running.spawn(async move {
+            // In the task's span, so that the agent's span is a child of the task's.
+            running.spawn(Instrument::in_current_span(async move {
                 let permit = tokio::select! {
                     permit = run.agent_slots.clone().acquire_owned() => permit,
                     _ = run.control.cancel.cancelled() => return (i, Ok(AgentEnd::Waiting)),
@@ -265,7 +267,7 @@ impl TaskRun {
                 let end = run.run_agent(i, prompt, progress).await;
                 drop(permit);
                 (i, end)
-            });
+            }));
         }
         while let Some(joined) = running.join_next().await {
             // run_agent contains its own panics; a join error means the runtime is going.
@@ -378,6 +380,10 @@ impl TaskRun {
 
     /// One attempt of one agent, from `agent_start` to its closing event. A panic inside
     /// fails the agent instead of the worker.
+    #[tracing::instrument(name = "agent", skip_all, fields(
+        role = %self.task.spec.agents[index].role,
+        attempt = self.view.agents[index].attempt + 1,
+    ))]
     async fn run_agent(
         self: Arc<Self>,
         index: usize,
@@ -564,6 +570,11 @@ impl TaskRun {
             .map_err(|e| format!("{} (fallback {})", e.message, fallback.name)))
     }
 
+    /// The span records the route that answered: the fallback's after a failover.
+    #[tracing::instrument(name = "provider_call", skip_all, fields(
+        provider = tracing::field::Empty,
+        model = tracing::field::Empty,
+    ))]
     async fn stream_answer(
         &self,
         agent: &AgentDef,
@@ -588,7 +599,11 @@ impl TaskRun {
             Ok(opened) => opened,
             Err(message) => return Ok(Answer::Failed(message)),
         };
-        call.answered_by = Some((route.name.clone(), route.model()));
+        let model = route.model();
+        let span = tracing::Span::current();
+        span.record("provider", route.name.as_str());
+        span.record("model", model.as_str());
+        call.answered_by = Some((route.name.clone(), model));
         let mut flush = tokio::time::interval(self.token_flush);
         flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
