@@ -9,6 +9,7 @@ pub mod dispatch;
 pub mod error;
 pub mod event;
 pub mod follow;
+pub mod metrics;
 pub mod queue;
 pub mod runtime;
 pub mod store;
