@@ -43,6 +43,8 @@ pub async fn run(
         tokens,
         settings.api.http(),
     );
+    // One recorder, one /metrics: the api's port serves the worker's series too.
+    troupe_worker::metrics::install();
     let mut worker_config = settings.worker;
     if backends.volatile_queue {
         // Polling the in-process queue costs nothing; short polls make ctrl-c prompt.

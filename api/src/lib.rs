@@ -5,6 +5,7 @@ pub mod auth;
 pub mod cli;
 pub mod error;
 pub mod extract;
+pub mod metrics;
 pub mod routes;
 pub mod server;
 pub mod sse;
@@ -31,7 +32,8 @@ pub use crate::cli::ApiArgs;
 use crate::error::ApiError;
 pub use crate::state::{AppState, HttpConfig};
 
-/// Everything the api needs besides the listener.
+/// Everything the api needs besides the listener. Installs the process's metrics
+/// recorder, which `/metrics` renders.
 pub fn state(
     backends: Backends,
     catalogue: Catalogue,
@@ -39,6 +41,7 @@ pub fn state(
     tokens: auth::Tokens,
     http: HttpConfig,
 ) -> AppState {
+    metrics::install();
     let feeds = Feeds::new(
         backends.store.clone(),
         backends.bus.clone(),
@@ -90,6 +93,7 @@ pub fn router(state: AppState) -> Router {
         .route("/ui/{*path}", get(ui::asset))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/metrics", get(routes::metrics::metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.http.max_body_bytes))

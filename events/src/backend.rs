@@ -183,6 +183,14 @@ impl Backends {
         !self.volatile_queue
     }
 
+    /// Whether the store, bus and queue answer now: what `/readyz` reports, on the api's
+    /// port and on the worker's.
+    pub async fn readiness(&self) -> Readiness {
+        let (store, bus, queue) =
+            tokio::join!(self.store.ping(), self.bus.ping(), self.queue.ping());
+        Readiness { store, bus, queue }
+    }
+
     /// After a restart with the in-process queue, every unfinished task goes back to the
     /// outbox so that the dispatcher queues it again and a worker resumes it.
     pub async fn recover(&self) -> Result<u64> {
@@ -191,6 +199,37 @@ impl Backends {
         } else {
             Ok(0)
         }
+    }
+}
+
+/// The answer of each backend to a ping.
+pub struct Readiness {
+    pub store: Result<()>,
+    pub bus: Result<()>,
+    pub queue: Result<()>,
+}
+
+impl Readiness {
+    pub fn is_ready(&self) -> bool {
+        self.store.is_ok() && self.bus.is_ok() && self.queue.is_ok()
+    }
+
+    /// `{"status": "ready" | "not_ready", "store": "ok" | "unreachable", "bus": …, "queue": …}`;
+    /// what failed is logged, never answered.
+    pub fn to_json(&self) -> serde_json::Value {
+        let check = |r: &Result<()>| match r {
+            Ok(()) => serde_json::json!("ok"),
+            Err(e) => {
+                tracing::warn!(error = %e, "readiness check failed");
+                serde_json::json!("unreachable")
+            }
+        };
+        serde_json::json!({
+            "status": if self.is_ready() { "ready" } else { "not_ready" },
+            "store": check(&self.store),
+            "bus": check(&self.bus),
+            "queue": check(&self.queue),
+        })
     }
 }
 

@@ -222,6 +222,7 @@ impl Bus for MemoryBus {
         for event in events {
             self.events.send(event.task_id, event.clone());
         }
+        crate::metrics::published(events.len());
         Ok(())
     }
 
@@ -295,22 +296,27 @@ impl Bus for NatsBus {
     async fn publish(&self, events: &[RawEvent]) -> Result<()> {
         // The append's trace context, so that a consumer of the events can join the task's trace.
         let trace = crate::trace::current();
-        for event in events {
+        for (sent, event) in events.iter().enumerate() {
             let mut headers = async_nats::HeaderMap::new();
             headers.insert(SEQ_HEADER, event.seq.to_string().as_str());
             headers.insert(AT_HEADER, event.at.to_rfc3339().as_str());
             for (name, value) in &trace {
                 headers.insert(name.as_str(), value.as_str());
             }
-            self.client
+            let published = self
+                .client
                 .publish_with_headers(
                     self.subjects.event(event.task_id, &event.kind),
                     headers,
                     event.json.clone(),
                 )
-                .await
-                .map_err(Error::nats)?;
+                .await;
+            if let Err(e) = published {
+                crate::metrics::published(sent);
+                return Err(Error::nats(e));
+            }
         }
+        crate::metrics::published(events.len());
         Ok(())
     }
 

@@ -18,6 +18,8 @@ use crate::store::{Dispatch, Store};
 const CLEAR_BATCH: usize = 256;
 /// Rows waiting to be cleared; past that, a dispatch clears its own row.
 const CLEAR_QUEUE: usize = 4096;
+/// Rows one dispatcher round takes.
+const ROUND: u32 = 100;
 
 /// Gets committed tasks onto the queue and clears their outbox rows. Rows are cleared in
 /// the background, many per statement, so that a submit waits for one write, not two; a
@@ -65,13 +67,22 @@ impl Outbox {
                 _ = tokio::time::sleep(every) => {}
             }
             let older_than = Utc::now() - chrono::Duration::from_std(grace).unwrap_or_default();
-            let pending = match self.store.undispatched(older_than, 100).await {
+            let pending = match self.store.undispatched(older_than, ROUND).await {
                 Ok(pending) => pending,
                 Err(e) => {
                     tracing::warn!(error = %e, "reading the outbox failed");
                     continue;
                 }
             };
+            // A round short of its limit has seen the whole backlog; only a full one counts.
+            let backlog = match pending.len() as u64 {
+                seen if seen < u64::from(ROUND) => Ok(seen),
+                _ => self.store.count_undispatched(older_than).await,
+            };
+            match backlog {
+                Ok(rows) => crate::metrics::outbox_backlog(rows),
+                Err(e) => tracing::warn!(error = %e, "counting the outbox failed"),
+            }
             for pending in pending {
                 let task_id = pending.task_id;
                 match self.dispatch(pending).await {

@@ -9,6 +9,7 @@ pub mod dispatch;
 pub mod error;
 pub mod event;
 pub mod follow;
+pub mod metrics;
 pub mod queue;
 pub mod runtime;
 pub mod store;
@@ -16,7 +17,7 @@ pub mod task;
 pub mod trace;
 pub mod usage;
 
-pub use backend::{BackendConfig, Backends};
+pub use backend::{BackendConfig, Backends, Readiness};
 pub use bus::{Bus, MemoryBus, NatsBus, Subjects};
 pub use catalogue::Catalogue;
 pub use error::{Error, Result};

@@ -166,24 +166,25 @@ impl TaskQueue for MemoryQueue {
             let mut rx = self.rx.lock().await;
             rx.recv().await
         });
-        match received.await {
-            Ok(Some((job, delivered, trace))) => Ok(Some(Delivery {
-                job: job.clone(),
+        let Ok(Some((job, delivered, trace))) = received.await else {
+            return Ok(None);
+        };
+        crate::metrics::delivered(delivered);
+        Ok(Some(Delivery {
+            job: job.clone(),
+            delivered,
+            // The in-process queue holds a task once: there are never two messages.
+            job_id: 0,
+            trace: trace.clone(),
+            handle: Box::new(MemoryHandle {
+                job,
                 delivered,
-                // The in-process queue holds a task once: there are never two messages.
-                job_id: 0,
-                trace: trace.clone(),
-                handle: Box::new(MemoryHandle {
-                    job,
-                    delivered,
-                    trace,
-                    tx: self.tx.clone(),
-                    held: self.held.clone(),
-                    requeued: false.into(),
-                }),
-            })),
-            Ok(None) | Err(_) => Ok(None),
-        }
+                trace,
+                tx: self.tx.clone(),
+                held: self.held.clone(),
+                requeued: false.into(),
+            }),
+        }))
     }
 
     async fn ping(&self) -> Result<()> {
@@ -344,6 +345,7 @@ impl TaskQueue for NatsQueue {
         let message = message.map_err(Error::nats)?;
         let info = message.info().map_err(Error::nats)?;
         let (delivered, job_id) = (info.delivered.max(1) as u64, info.stream_sequence);
+        crate::metrics::delivered(delivered);
         let (message, acker) = message.split();
         let trace: TraceHeaders = ["traceparent", "tracestate"]
             .into_iter()

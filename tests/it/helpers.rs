@@ -265,6 +265,17 @@ impl TestApp {
         }
     }
 
+    /// Connections of their own to the app's store, bus and queue, as a further worker
+    /// process would have (distributed only).
+    pub async fn backends(&self) -> Backends {
+        let Cleanup::Remote { schema, prefix } = &self.cleanup else {
+            panic!("separate backends exist only when distributed");
+        };
+        Backends::connect(&distributed_config(schema, prefix, &self.tweaks))
+            .await
+            .unwrap()
+    }
+
     /// Stops every process of the app as ctrl-c would, and waits (bounded) until they
     /// have all exited.
     pub async fn stop(&mut self) {

@@ -6,6 +6,7 @@ mod faults;
 mod helpers;
 mod input;
 mod load;
+mod metrics;
 mod process;
 #[path = "../support/procs.rs"]
 mod procs;

@@ -6,8 +6,10 @@ pub mod cli;
 pub mod providers;
 
 mod appender;
+pub mod metrics;
 pub mod prices;
 mod run;
+pub mod status;
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -187,6 +189,7 @@ impl Worker {
         // Who holds the task's lease for this delivery: one per delivery, so that two
         // deliveries of one message in one process are told apart too.
         let holder = Uuid::now_v7();
+        let _running = metrics::Running::new();
         async {
             // The heartbeat covers the whole delivery, reading the log included: a store
             // outage must not let the job's lease lapse while it waits.

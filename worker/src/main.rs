@@ -1,7 +1,9 @@
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
+use tokio_util::sync::CancellationToken;
 use troupe_events::Backends;
 use troupe_events::runtime::{BackendArgs, init_tracing};
 use troupe_worker::cli::{ProviderArgs, WorkerArgs};
@@ -24,6 +26,10 @@ struct Cli {
     providers: ProviderArgs,
     #[command(flatten)]
     worker: WorkerArgs,
+    /// Address of the worker's own HTTP port: /healthz, /readyz and /metrics (e.g.
+    /// 0.0.0.0:9465). Unset: no port, so that several workers can share a host.
+    #[arg(long, env = "TROUPE_WORKER_BIND")]
+    worker_bind: Option<SocketAddr>,
 }
 
 #[tokio::main]
@@ -41,10 +47,32 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("connecting to the store and NATS")?;
     tracing::info!(backends = %backends.description, "worker starting");
+    // The port answers until the worker has drained, so probes see it stopping, not gone.
+    let status_stop = CancellationToken::new();
+    let status = match cli.worker_bind {
+        Some(bind) => {
+            // Before the first delivery, so that nothing goes uncounted.
+            troupe_worker::metrics::install();
+            let listener = tokio::net::TcpListener::bind(bind)
+                .await
+                .with_context(|| format!("binding {bind}"))?;
+            tracing::info!(url = %format!("http://{}", listener.local_addr()?), "worker port listening: /healthz, /readyz, /metrics");
+            Some(tokio::spawn(troupe_worker::status::serve(
+                listener,
+                backends.clone(),
+                status_stop.clone(),
+            )))
+        }
+        None => None,
+    };
     let providers = Providers::from_settings(&cli.providers.settings()?);
     let worker = Arc::new(Worker::new(backends, providers, cli.worker.config()));
     let shutdown = shutdown_signal();
     worker.run(shutdown).await;
+    status_stop.cancel();
+    if let Some(status) = status {
+        status.await?.context("serving the worker port")?;
+    }
     tracing::info!("worker stopped");
     Ok(())
 }

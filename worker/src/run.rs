@@ -414,7 +414,8 @@ impl TaskRun {
             .await
             .unwrap_or_else(|panic| Answer::Failed(crash_message(panic.as_ref())));
         self.control.agent_ended(&agent.role);
-        let execution_time = started.elapsed().as_millis() as u64;
+        let took = started.elapsed();
+        let execution_time = took.as_millis() as u64;
         let role = agent.role.clone();
         let (event, end) = match answer {
             Answer::Stopped => return Err(Stopped),
@@ -453,6 +454,12 @@ impl TaskRun {
             ),
         };
         self.emitter.emit(event).await?;
+        let outcome = match end {
+            AgentEnd::Completed(_) => "completed",
+            AgentEnd::Failed(_) => "failed",
+            AgentEnd::Cancelled | AgentEnd::Waiting => "cancelled",
+        };
+        crate::metrics::agent_finished(&agent.role, outcome, took);
         Ok(end)
     }
 
@@ -479,6 +486,7 @@ impl TaskRun {
             _ = cancel.cancelled() => Ok(Answer::Cancelled),
             answer = self.stream_answer(agent, prompt, output, &mut tokens, &mut call) => answer,
         };
+        call.took = call.started.elapsed();
         // What was received before a cancel is part of the log too, and so is its usage.
         let flushed = tokens.flush().await;
         let reported = self.report_usage(&agent.role, attempt, call).await;
@@ -498,6 +506,15 @@ impl TaskRun {
             cost_usd: self.prices.of(&model).and_then(|p| p.cost(&call.usage)),
             counts: call.usage,
         };
+        // Counted whether or not the event can still be stored: the call was made.
+        crate::metrics::answered(crate::metrics::Answered {
+            provider: &provider,
+            model: &model,
+            took: call.took,
+            first_text: call.first_text,
+            counts: &usage.counts,
+            cost_usd: usage.cost_usd,
+        });
         let totals = {
             let mut totals = self.usage.lock().expect("usage lock");
             totals.add(&usage);
@@ -636,6 +653,8 @@ impl TaskRun {
 /// One provider call as the worker saw it: what answered, how soon, what it used.
 struct Call {
     started: Instant,
+    /// From the call to the end of its answer (or its cancel).
+    took: Duration,
     /// The provider and model, once one accepted the call: a call refused up front used
     /// nothing.
     answered_by: Option<(String, String)>,
@@ -647,6 +666,7 @@ impl Call {
     fn new() -> Self {
         Call {
             started: Instant::now(),
+            took: Duration::ZERO,
             answered_by: None,
             first_text: None,
             usage: TokenCounts::unknown(),

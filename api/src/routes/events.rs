@@ -14,6 +14,7 @@ use uuid::Uuid;
 use crate::auth::Reader;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Path, Query};
+use crate::metrics::{Sent, StreamOpen};
 use crate::routes::tasks::owned_task;
 use crate::state::AppState;
 
@@ -69,14 +70,20 @@ pub async fn events(
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
     let permit = stream_permit(&state)?;
+    let sent = Sent::new(task.last_seq);
     if task.status.is_terminal() {
-        return Ok(sse(&state, permit, replay(&state, task_id, cursor)));
+        return Ok(sse(&state, permit, replay(&state, task_id, cursor, sent)));
     }
     let events = state.feeds.follow(task_id, cursor).await?;
     Ok(sse(
         &state,
         permit,
-        events.map(|event| event.map(|e| e.frame().clone())),
+        events.map(move |event| {
+            event.map(|e| {
+                sent.event(e.seq);
+                e.frame().clone()
+            })
+        }),
     ))
 }
 
@@ -87,6 +94,7 @@ fn replay(
     state: &AppState,
     task_id: Uuid,
     after: u64,
+    sent: Sent,
 ) -> impl Stream<Item = troupe_events::Result<Bytes>> + Send + 'static {
     let pages = log_pages(state.backends.store.clone(), task_id, after);
     let mut ended = false;
@@ -96,13 +104,16 @@ fn replay(
         }
         Some(page.map(|page| {
             let mut frames = BytesMut::with_capacity(page.iter().map(|e| e.json.len() + 64).sum());
+            let mut written = 0;
             for event in page.iter() {
                 crate::sse::write_frame(&mut frames, event);
+                written += 1;
                 if event.is_terminal() {
                     ended = true;
                     break;
                 }
             }
+            sent.replayed(written);
             frames.freeze()
         }))
     })
@@ -126,9 +137,10 @@ pub fn sse(
     frames: impl Stream<Item = troupe_events::Result<Bytes>> + Send + 'static,
 ) -> Response {
     let frames = frames.take_until(state.closing.clone().cancelled_owned());
+    let open = StreamOpen::new();
     // The permit lives as long as the stream: dropped when the client goes or it ends.
     let frames = tokio_stream::StreamExt::map_while(frames, move |frame| {
-        let _held = &permit;
+        let _held = (&permit, &open);
         match frame {
             Ok(frame) => Some(frame),
             Err(e) => {

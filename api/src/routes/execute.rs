@@ -12,6 +12,7 @@ use troupe_events::RawEvent;
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Json;
+use crate::metrics::Sent;
 use crate::routes::events::{sse, stream_permit};
 use crate::routes::tasks::{TaskRequest, submit, view};
 use crate::state::AppState;
@@ -25,9 +26,13 @@ pub async fn execute_stream(
     Json(body): Json<TaskRequest>,
 ) -> ApiResult<Response> {
     let permit = stream_permit(&state)?;
-    let task_id = submit(&state, user, &headers, body).await?.task().id;
+    let submitted = submit(&state, user, &headers, body).await?;
+    let (task_id, sent) = (submitted.task().id, Sent::new(submitted.task().last_seq));
     let events = state.feeds.follow(task_id, 0).await?;
     let with_closing = events.flat_map(move |event| {
+        if let Ok(event) = &event {
+            sent.event(event.seq);
+        }
         let frames = match event {
             Ok(event) if event.is_terminal() => {
                 vec![Ok(event.frame().clone()), Ok(closing(&event))]

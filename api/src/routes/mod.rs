@@ -4,5 +4,6 @@ pub mod control;
 pub mod events;
 pub mod execute;
 pub mod health;
+pub mod metrics;
 pub mod tasks;
 pub mod ui;

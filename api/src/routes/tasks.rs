@@ -294,6 +294,11 @@ pub async fn submit(
             // Stored and in the outbox: the dispatcher queues it shortly.
             tracing::warn!(task_id = %record.id, error = %e, "queueing a new task failed; the outbox will retry");
         }
+        let mode = match record.spec.execution_mode {
+            ExecutionMode::Sequential => "sequential",
+            ExecutionMode::Parallel => "parallel",
+        };
+        crate::metrics::submitted(mode, &record.spec.provider);
         tracing::info!(task_id = %record.id, "task submitted");
     }
     Ok(submitted)

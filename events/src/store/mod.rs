@@ -114,6 +114,9 @@ pub trait Store: Send + Sync + 'static {
     /// but maybe never queued.
     async fn undispatched(&self, older_than: DateTime<Utc>, limit: u32) -> Result<Vec<Dispatch>>;
 
+    /// How many outbox rows are older than `older_than`: the dispatcher's backlog.
+    async fn count_undispatched(&self, older_than: DateTime<Utc>) -> Result<u64>;
+
     /// Clears the outbox rows, except those a newer one (a later retry) replaced.
     async fn mark_dispatched(&self, dispatches: &[Dispatch]) -> Result<()>;
 

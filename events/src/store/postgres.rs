@@ -161,6 +161,7 @@ impl Store for PgStore {
             })?;
             return earlier_submit(task, self.find_by_key(task.owner_id, key).await?);
         }
+        crate::metrics::committed(std::slice::from_ref(&first));
         Ok(Submitted::Created(created_record(task, now)))
     }
 
@@ -235,6 +236,7 @@ impl Store for PgStore {
         if inserted == 0 {
             return Err(Error::SeqConflict { task_id, expected });
         }
+        crate::metrics::appended(events);
         Ok(())
     }
 
@@ -314,6 +316,7 @@ impl Store for PgStore {
             .await?;
         }
         tx.commit().await?;
+        crate::metrics::committed(std::slice::from_ref(&event));
         Ok(Transitioned::Applied(event))
     }
 
@@ -406,6 +409,15 @@ impl Store for PgStore {
                 seq: seq as u64,
             })
             .collect())
+    }
+
+    async fn count_undispatched(&self, older_than: DateTime<Utc>) -> Result<u64> {
+        let rows: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM task_outbox WHERE created_at < $1")
+                .bind(older_than)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(rows as u64)
     }
 
     async fn mark_dispatched(&self, dispatches: &[Dispatch]) -> Result<()> {

@@ -219,6 +219,7 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        crate::metrics::committed(std::slice::from_ref(&first));
         Ok(Submitted::Created(created_record(task, now)))
     }
 
@@ -289,6 +290,7 @@ impl Store for SqliteStore {
             }
         })?;
         tx.commit().await?;
+        crate::metrics::appended(events);
         Ok(())
     }
 
@@ -372,6 +374,7 @@ impl Store for SqliteStore {
             .await?;
         }
         tx.commit().await?;
+        crate::metrics::committed(std::slice::from_ref(&event));
         Ok(Transitioned::Applied(event))
     }
 
@@ -466,6 +469,14 @@ impl Store for SqliteStore {
                 seq: seq as u64,
             })
             .collect())
+    }
+
+    async fn count_undispatched(&self, older_than: DateTime<Utc>) -> Result<u64> {
+        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM task_outbox WHERE created_at < ?")
+            .bind(older_than)
+            .fetch_one(&self.readers)
+            .await?;
+        Ok(rows as u64)
     }
 
     async fn mark_dispatched(&self, dispatches: &[Dispatch]) -> Result<()> {
