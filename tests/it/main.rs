@@ -11,3 +11,4 @@ mod providers;
 mod resume;
 mod runs;
 mod usage;
+mod usage_page;

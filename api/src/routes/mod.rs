@@ -6,3 +6,4 @@ pub mod execute;
 pub mod health;
 pub mod tasks;
 pub mod ui;
+pub mod usage;
