@@ -62,10 +62,13 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 /** One embedded troupe server on a fixed port and data dir; can be stopped and started again. */
 export class Troupe {
-  constructor({ port, dataDir, logFile }) {
+  /** `env` and `args` are added to the process's environment and flags. */
+  constructor({ port, dataDir, logFile, env = {}, args = [] }) {
     this.port = port;
     this.dataDir = dataDir;
     this.logFile = logFile;
+    this.extraEnv = env;
+    this.extraArgs = args;
     this.url = `http://127.0.0.1:${port}`;
     this.child = null;
     this.exited = null;
@@ -78,12 +81,12 @@ export class Troupe {
       throw new Error(`no troupe binary at ${TROUPE_BIN}: run \`cargo build --bin troupe\` or set TROUPE_BIN`);
     }
     this.starts += 1;
-    const env = { ...process.env, RUST_LOG: process.env.RUST_LOG || 'info', NO_COLOR: '1' };
+    const env = { ...process.env, RUST_LOG: process.env.RUST_LOG || 'info', NO_COLOR: '1', ...this.extraEnv };
     // Embedded mode: no PostgreSQL/NATS from the environment, our own data dir and bind.
     for (const key of ['DATABASE_URL', 'NATS_URL', 'TROUPE_EPHEMERAL', 'TROUPE_DATA_DIR', 'TROUPE_BIND']) delete env[key];
     const log = fs.openSync(this.logFile, 'a');
     fs.writeSync(log, `\n---- start #${this.starts} at ${new Date().toISOString()} ----\n`);
-    const child = spawn(TROUPE_BIN, ['--bind', `127.0.0.1:${this.port}`, '--data-dir', this.dataDir],
+    const child = spawn(TROUPE_BIN, ['--bind', `127.0.0.1:${this.port}`, '--data-dir', this.dataDir, ...this.extraArgs],
       { env, stdio: ['ignore', log, log] });
     fs.closeSync(log);
     this.child = child;
@@ -135,14 +138,15 @@ export class Troupe {
 // ---- one test's environment --------------------------------------------------------
 
 /**
- * Starts a fresh troupe (own port and data dir) and a fresh browser for one test;
- * everything is stopped and removed after the test, failed or not.
+ * Starts a fresh troupe (own port and data dir; `env` and `args` added to its own) and a
+ * fresh browser for one test; everything is stopped and removed after the test, failed
+ * or not.
  */
-export async function setup(t, { viewport = { width: 1440, height: 1000 } } = {}) {
+export async function setup(t, { viewport = { width: 1440, height: 1000 }, env = {}, args = [] } = {}) {
   const root = fs.mkdtempSync(path.join(os.tmpdir(), 'troupe-e2e-'));
   const dataDir = path.join(root, 'data');
   fs.mkdirSync(dataDir);
-  const server = new Troupe({ port: await freePort(), dataDir, logFile: path.join(root, 'troupe.log') });
+  const server = new Troupe({ port: await freePort(), dataDir, logFile: path.join(root, 'troupe.log'), env, args });
   let context = null;
   let cleaned = false;
   const cleanup = async () => {

@@ -256,8 +256,11 @@ test('history: a finished task opened from the history page replays to the same 
     assert.equal(await page.locator('.history-item').count(), 1);
     await screenshot(page, 'history');
 
+    // No event stream (SSE); the log is read once as NDJSON, for the run timeline.
     const streams = [];
-    page.on('request', (req) => { if (new URL(req.url()).pathname.endsWith('/events')) streams.push(req.url()); });
+    page.on('request', (req) => {
+      if (new URL(req.url()).pathname.endsWith('/events') && req.headers().accept !== 'application/x-ndjson') streams.push(req.url());
+    });
     await item.click();
     await page.waitForURL(new RegExp(`/tasks/${id}$`));
     assert.equal(await waitFinished(page), 'failed');

@@ -82,7 +82,8 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/tasks/{id}/pause", post(control::pause))
         .route("/tasks/{id}/resume", post(control::resume))
-        .route("/tasks/{id}/retry", post(control::retry));
+        .route("/tasks/{id}/retry", post(control::retry))
+        .route("/usage", get(usage::usage));
     Router::new()
         .nest("/api", api)
         .route("/", get(ui::index))
@@ -90,6 +91,7 @@ pub fn router(state: AppState) -> Router {
         .route("/new", get(ui::index))
         .route("/tasks", get(ui::index))
         .route("/tasks/{id}", get(ui::index))
+        .route("/usage", get(ui::index))
         .route("/ui/{*path}", get(ui::asset))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))

@@ -31,4 +31,7 @@ pub use task::{
     AgentDef, ControlRequest, Controls, ExecutionMode, NewTask, ProviderRoute, RunLedger, TaskJob,
     TaskRecord, TaskSpec, TaskStatus, TaskView,
 };
-pub use usage::{AttemptUsage, Budget, Price, TokenCounts, UsageSource, UsageTotals};
+pub use usage::{
+    AttemptUsage, Budget, DailyUsage, Percentiles, Price, RoleStats, TokenCounts, UsageReport,
+    UsageSource, UsageTotals,
+};

@@ -225,6 +225,9 @@ pub struct TaskRecord {
     /// A cancel or pause the api recorded and the worker has not carried out yet.
     pub cancel_requested: bool,
     pub pause_requested: bool,
+    /// Every `agent_usage` in the log so far, summed by each append: a task's cost without
+    /// reading its log.
+    pub usage: UsageTotals,
 }
 
 /// What the queue carries. Versioned so that workers of two releases can share a queue.

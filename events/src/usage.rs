@@ -82,6 +82,10 @@ pub struct UsageTotals {
     /// cost is a floor.
     #[serde(default)]
     pub unpriced_attempts: u32,
+    /// Attempts whose counts are the simulated provider's estimates: the token totals are
+    /// not what a real model would have used.
+    #[serde(default)]
+    pub simulated_attempts: u32,
 }
 
 impl UsageTotals {
@@ -96,6 +100,9 @@ impl UsageTotals {
         match usage.cost_usd {
             Some(cost) => self.cost_usd += cost,
             None => self.unpriced_attempts += 1,
+        }
+        if usage.counts.source == UsageSource::Simulated {
+            self.simulated_attempts += 1;
         }
     }
 
@@ -172,6 +179,87 @@ impl Price {
     }
 }
 
+/// A user's usage over a window of days, aggregated by the store (`Store::usage_report`):
+/// what the usage page draws. Every list is bounded (see the store's caps) and says so
+/// when a cap cut it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UsageReport {
+    /// Tasks the report covers: those submitted in the window, the newest first, up to
+    /// the store's cap.
+    pub tasks: u64,
+    /// The window held more tasks (or more rows of a breakdown) than a report reads; the
+    /// figures cover the newest tasks only.
+    pub truncated: bool,
+    /// The covered tasks' usage, from their rows (every attempt, retries included).
+    pub totals: UsageTotals,
+    /// Usage by UTC day, agent role and model (from `agent_usage`), ordered by day, role,
+    /// model. Summed over the cells it equals `totals`.
+    pub daily: Vec<DailyUsage>,
+    /// How each agent role's attempts ended, and how long they took.
+    pub roles: Vec<RoleStats>,
+}
+
+/// One cell of [`UsageReport::daily`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DailyUsage {
+    /// `YYYY-MM-DD`, UTC: the day the attempt's call ended.
+    pub day: String,
+    pub role: String,
+    pub model: String,
+    /// Provider calls answered (one `agent_usage` each).
+    pub attempts: u64,
+    #[serde(flatten)]
+    pub usage: UsageTotals,
+}
+
+/// How one agent role fared in the window.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RoleStats {
+    pub role: String,
+    /// Attempts that ended with `agent_complete`, `agent_error`, `agent_cancelled`.
+    pub completed: u64,
+    pub failed: u64,
+    pub cancelled: u64,
+    /// `completed / (completed + failed)`: a cancel is a user's choice, not the agent's
+    /// failure. Absent when no attempt ended by itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub success_rate: Option<f64>,
+    /// Execution time of the completed attempts, in ms.
+    pub duration: Percentiles,
+    /// Time to first token of the answered calls, in ms.
+    pub time_to_first_token: Percentiles,
+}
+
+/// Nearest-rank percentiles of a set of milliseconds: the value below which p% of them
+/// lie (the ⌈p·n/100⌉-th smallest), so each is a value that occurred.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Percentiles {
+    pub count: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p50: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p95: Option<u64>,
+}
+
+impl RoleStats {
+    pub fn new(role: String) -> Self {
+        RoleStats {
+            role,
+            ..RoleStats::default()
+        }
+    }
+
+    /// Sets the success rate from the counts.
+    pub fn settle(&mut self) {
+        let ended = self.completed + self.failed;
+        self.success_rate = (ended > 0).then(|| self.completed as f64 / ended as f64);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,6 +281,18 @@ mod tests {
         assert_eq!(totals.cost_usd, 0.5);
         assert_eq!(totals.unreported_attempts, 1);
         assert_eq!(totals.unpriced_attempts, 2);
+        assert_eq!(totals.simulated_attempts, 0);
+
+        totals.add(&AttemptUsage {
+            counts: TokenCounts {
+                source: UsageSource::Simulated,
+                input_tokens: Some(7),
+                output_tokens: Some(3),
+            },
+            cost_usd: None,
+        });
+        assert_eq!(totals.tokens(), 145);
+        assert_eq!(totals.simulated_attempts, 1);
     }
 
     #[test]

@@ -5,11 +5,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use troupe_events::event::{ErrorStatus, SuccessStatus};
 use troupe_events::store::is_last_page;
 use troupe_events::task::{AgentDef, TaskSpec};
 use troupe_events::{
-    Bus, Dispatch, Error, Event, EventBody, ExecutionMode, FeedConfig, Feeds, MemoryBus, NatsBus,
-    NewTask, PgStore, RawEvent, SqliteStore, Store, Subjects,
+    AttemptUsage, Bus, Dispatch, Error, Event, EventBody, ExecutionMode, FeedConfig, Feeds,
+    MemoryBus, NatsBus, NewTask, PgStore, RawEvent, SqliteStore, Store, Subjects, TokenCounts,
+    UsageSource, UsageTotals,
 };
 use uuid::Uuid;
 
@@ -111,6 +113,7 @@ both_backends!(
     a_lease_tells_a_redelivery_from_a_duplicate_job,
     a_run_that_ends_settles_the_pending_requests,
     control_requests_wait_for_the_worker_and_transitions_race_it_safely,
+    appends_sum_usage_on_the_task_row_and_a_report_reads_the_owners_window,
 );
 
 async fn new_task(log: &Log) -> Uuid {
@@ -768,4 +771,127 @@ async fn a_run_that_ends_settles_the_pending_requests(backend: Backend) {
         .unwrap();
     let task = store.task(task_id).await.unwrap().unwrap();
     assert!(!task.cancel_requested && !task.pause_requested);
+}
+
+fn usage(task_id: Uuid, seq: u64, model: &str, counts: TokenCounts, cost: Option<f64>) -> RawEvent {
+    Event::new(
+        task_id,
+        seq,
+        EventBody::AgentUsage {
+            agent_role: "qa".into(),
+            attempt: 1,
+            provider: "p".into(),
+            model: model.into(),
+            time_to_first_token: counts.input_tokens.map(|_| 30),
+            usage: AttemptUsage {
+                counts,
+                cost_usd: cost,
+            },
+        },
+    )
+    .to_raw()
+}
+
+async fn appends_sum_usage_on_the_task_row_and_a_report_reads_the_owners_window(backend: Backend) {
+    let log = log(backend).await;
+    let task_id = new_task(&log).await;
+    let task = log.store.task(task_id).await.unwrap().unwrap();
+    assert_eq!(task.usage, UsageTotals::default());
+    let reported = TokenCounts::reported(Some(100), Some(20));
+    let simulated = TokenCounts {
+        source: UsageSource::Simulated,
+        input_tokens: Some(7),
+        output_tokens: Some(3),
+    };
+    let ended = |seq: u64, ok: bool, ms: u64| {
+        let body = if ok {
+            EventBody::AgentComplete {
+                agent_role: "qa".into(),
+                status: SuccessStatus::Success,
+                execution_time: ms,
+                has_artifacts: false,
+                output: String::new(),
+                artifacts: vec![],
+            }
+        } else {
+            EventBody::AgentError {
+                agent_role: "qa".into(),
+                status: ErrorStatus::Error,
+                execution_time: ms,
+                error: "boom".into(),
+            }
+        };
+        Event::new(task_id, seq, body).to_raw()
+    };
+    // Two appends, as a worker's batches would come.
+    let first = vec![
+        start(task_id, 2),
+        token(task_id, 3),
+        usage(task_id, 4, "m1", reported, Some(0.5)),
+        ended(5, false, 40),
+    ];
+    let second = vec![
+        usage(task_id, 6, "simulated", simulated, None),
+        usage(task_id, 7, "m1", TokenCounts::unknown(), None),
+        ended(8, true, 70),
+        complete(task_id, 9),
+    ];
+    log.store.append(task_id, &first).await.unwrap();
+    log.store.append(task_id, &second).await.unwrap();
+
+    let row = log.store.task(task_id).await.unwrap().unwrap();
+    let expected = UsageTotals {
+        input_tokens: 107,
+        output_tokens: 23,
+        cost_usd: 0.5,
+        unreported_attempts: 1,
+        unpriced_attempts: 2,
+        simulated_attempts: 1,
+    };
+    assert_eq!(row.usage, expected);
+    let listed = log.store.tasks_of(row.owner_id, None, 10).await.unwrap();
+    assert_eq!(listed[0].usage, expected);
+
+    let since = row.created_at - chrono::Duration::days(1);
+    let report = log.store.usage_report(row.owner_id, since).await.unwrap();
+    assert_eq!(report.tasks, 1);
+    assert!(!report.truncated);
+    assert_eq!(report.totals, expected);
+    let cells: Vec<(&str, u64, u64)> = report
+        .daily
+        .iter()
+        .map(|c| (c.model.as_str(), c.attempts, c.usage.tokens()))
+        .collect();
+    assert_eq!(cells, [("m1", 2, 120), ("simulated", 1, 10)]);
+    let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    assert!(
+        report
+            .daily
+            .iter()
+            .all(|c| c.day == today && c.role == "qa")
+    );
+    assert_eq!(report.daily[0].usage.unreported_attempts, 1);
+    assert_eq!(report.daily[1].usage.simulated_attempts, 1);
+    let [qa] = report.roles.as_slice() else {
+        panic!("one role: {:?}", report.roles)
+    };
+    assert_eq!((qa.completed, qa.failed, qa.cancelled), (1, 1, 0));
+    assert_eq!(qa.success_rate, Some(0.5));
+    assert_eq!(
+        (qa.duration.count, qa.duration.p50, qa.duration.p95),
+        (1, Some(70), Some(70))
+    );
+    assert_eq!(qa.time_to_first_token.count, 2);
+    assert_eq!(qa.time_to_first_token.p50, Some(30));
+
+    // A window that starts after the task, and another owner, see nothing.
+    let later = row.created_at + chrono::Duration::milliseconds(2);
+    let after = log.store.usage_report(row.owner_id, later).await.unwrap();
+    assert_eq!(
+        (after.tasks, after.daily.len(), after.roles.len()),
+        (0, 0, 0)
+    );
+    assert_eq!(after.totals, UsageTotals::default());
+    let other = log.store.usage_report(Uuid::now_v7(), since).await.unwrap();
+    assert_eq!(other.tasks, 0);
 }

@@ -15,3 +15,4 @@ mod resume;
 mod runs;
 mod traces;
 mod usage;
+mod usage_page;

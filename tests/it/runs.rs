@@ -422,6 +422,7 @@ async fn the_web_ui_is_served_by_the_api(backend: Backend) {
         "/new",
         "/tasks",
         "/tasks/0190a1b2-0000-7000-8000-000000000000",
+        "/usage",
     ] {
         let r = app
             .client

@@ -208,9 +208,28 @@ test('agent_usage adds to the agent and the task; the terminal event settles the
   assert.equal(state.usage.outputTokens, 30);
   assert.equal(state.usage.unreportedAttempts, 1);
 
-  const settled = { inputTokens: 1, outputTokens: 2, costUsd: 3, unreportedAttempts: 0, unpricedAttempts: 0 };
+  assert.equal(state.usage.simulatedAttempts, 0);
+
+  const settled = { inputTokens: 1, outputTokens: 2, costUsd: 3, unreportedAttempts: 0, unpricedAttempts: 0, simulatedAttempts: 0 };
   applyEvent(state, { seq: 99, at: at(), type: 'task_complete', totalExecutionTime: 5, usage: settled });
   assert.deepEqual(state.usage, settled);
+  // Totals from before simulatedAttempts existed read as none.
+  applyEvent(state, { seq: 100, at: at(), type: 'task_retried', agents: [] });
+  applyEvent(state, { seq: 101, at: at(), type: 'task_complete', usage: { inputTokens: 1, outputTokens: 2, costUsd: 3 } });
+  assert.equal(state.usage.simulatedAttempts, 0);
+});
+
+test('the simulated provider\'s estimates are counted as such, on the agent and the task', () => {
+  const state = replay([
+    start('qa', 1),
+    { type: 'agent_usage', agentRole: 'qa', attempt: 1, provider: 'simulated', model: 'simulated', source: 'simulated', inputTokens: 40, outputTokens: 60 },
+    start('tech-lead', 1),
+    { type: 'agent_usage', agentRole: 'tech-lead', attempt: 1, provider: 'openai', model: 'm', source: 'reported', inputTokens: 4, outputTokens: 6 },
+  ]);
+  assert.equal(agent(state, 'qa').usage.simulatedAttempts, 1);
+  assert.equal(agent(state, 'tech-lead').usage.simulatedAttempts, 0);
+  assert.equal(state.usage.simulatedAttempts, 1);
+  assert.equal(state.usage.inputTokens + state.usage.outputTokens, 110);
 });
 
 test('agent_failover marks the attempt as answered by the fallback, until the next attempt', () => {

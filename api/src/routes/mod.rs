@@ -7,3 +7,4 @@ pub mod health;
 pub mod metrics;
 pub mod tasks;
 pub mod ui;
+pub mod usage;

@@ -356,6 +356,7 @@ fn summary(task: &TaskRecord) -> Value {
         "createdAt": task.created_at,
         "updatedAt": task.updated_at,
         "lastSeq": task.last_seq,
+        "usage": task.usage,
     })
 }
 

@@ -127,8 +127,12 @@ export const api = {
   /** Retries the named agents, or every failed and cancelled one when `agents` is omitted. */
   retryTask: (id, agents, opts = {}) =>
     request('POST', `/api/tasks/${encodeURIComponent(id)}/retry`, agents ? { ...opts, body: { agents } } : opts),
-  /** The task's log as it is now (NDJSON export), parsed: events with seq <= `upTo`. */
-  taskEvents: async (id, upTo, { signal } = {}) => {
+  /**
+   * The task's log as it is now (NDJSON export), read line by line as it arrives:
+   * events with seq <= `upTo`, each passed through `keep` (return what to keep of it,
+   * or null to drop it), so that a long log is never held whole.
+   */
+  taskEvents: async (id, upTo, { signal, keep = (ev) => ev } = {}) => {
     const token = getToken();
     const response = await fetch(apiUrl(`/api/tasks/${encodeURIComponent(id)}/events`), {
       headers: { Accept: 'application/x-ndjson', ...(token ? { Authorization: `Bearer ${token}` } : {}) },
@@ -137,15 +141,35 @@ export const api = {
     });
     if (!response.ok) throw new ApiError(response.status, `http_${response.status}`, 'Could not read the task log.');
     const events = [];
-    for (const line of (await response.text()).split('\n')) {
-      if (!line.trim()) continue;
+    const take = (line) => {
+      if (!line.trim()) return;
       try {
         const ev = JSON.parse(line);
-        if (ev.seq <= upTo) events.push(ev);
+        if (ev.seq > upTo) return;
+        const kept = keep(ev);
+        if (kept) events.push(kept);
       } catch { /* skip */ }
+    };
+    if (!response.body || typeof response.body.getReader !== 'function') {
+      for (const line of (await response.text()).split('\n')) take(line);
+      return events;
     }
+    const reader = response.body.getReader();
+    const decoder = new TextDecoder();
+    let pending = '';
+    for (;;) {
+      const { done, value } = await reader.read();
+      pending += decoder.decode(value || new Uint8Array(), { stream: !done });
+      const lines = pending.split('\n');
+      pending = lines.pop();
+      for (const line of lines) take(line);
+      if (done) break;
+    }
+    take(pending);
     return events;
   },
+  /** Usage of the caller's tasks over the last `days` UTC days (GET /api/usage). */
+  usage: (days, opts) => request('GET', `/api/usage?days=${encodeURIComponent(days)}`, opts),
 };
 
 /** A v4 UUID; falls back to getRandomValues where randomUUID is missing (plain-http origins). */

@@ -87,3 +87,55 @@ export function sentence(message) {
   const first = text[0].toUpperCase() + text.slice(1);
   return /[.!?…]$/.test(first) ? first : `${first}.`;
 }
+
+/**
+ * How honest a usage figure is: `tokens` is "~" when some counts are the simulated
+ * provider's estimates and "≥" when some calls reported none (a floor); `cost` is "≥"
+ * when some calls had no price. Both empty for exact figures.
+ */
+export function usageMarks(usage) {
+  if (!usage) return { tokens: '', cost: '' };
+  return {
+    tokens: `${usage.unreportedAttempts > 0 ? '≥' : ''}${usage.simulatedAttempts > 0 ? '~' : ''}`,
+    cost: usage.unpricedAttempts > 0 ? '≥' : '',
+  };
+}
+
+/** What the marks of usageMarks() mean, for a title or a note. */
+export function usageMarksNote(usage) {
+  const notes = [];
+  if (usage?.simulatedAttempts > 0) notes.push('~ simulated: the simulated provider estimates tokens, no model was called');
+  if (usage?.unreportedAttempts > 0) notes.push('≥ at least: some calls reported no token counts');
+  if (usage?.unpricedAttempts > 0 && usage?.costUsd > 0) notes.push('≥ at least: some calls had no price');
+  return notes.join('; ');
+}
+
+/** A dollar amount: four decimals under a dollar, two above. */
+export function formatCost(usd) {
+  const value = Number(usd) || 0;
+  return `$${value.toFixed(value !== 0 && Math.abs(value) < 1 ? 4 : 2)}`;
+}
+
+/** 950 · 12.3k · 4.5M, for chart axes. */
+export function formatCompact(n) {
+  const value = Number(n) || 0;
+  const abs = Math.abs(value);
+  if (abs < 1000) return String(Math.round(value));
+  if (abs < 1_000_000) return `${+(value / 1000).toFixed(abs < 10_000 ? 1 : 0)}k`;
+  return `${+(value / 1_000_000).toFixed(abs < 10_000_000 ? 1 : 0)}M`;
+}
+
+/**
+ * A task's usage in a few characters, with its marks: "~1,234 tokens · ≥$0.0120";
+ * empty before any call was answered.
+ */
+export function formatUsageShort(usage) {
+  if (!usage) return '';
+  const tokens = (usage.inputTokens || 0) + (usage.outputTokens || 0);
+  const marks = usageMarks(usage);
+  const parts = [];
+  if (tokens > 0) parts.push(`${marks.tokens}${tokens.toLocaleString('en-US')} tokens`);
+  else if (usage.unreportedAttempts > 0) parts.push('tokens not reported');
+  if (usage.costUsd > 0) parts.push(`${marks.cost}${formatCost(usage.costUsd)}`);
+  return parts.join(' · ');
+}

@@ -2,7 +2,7 @@
 
 import { api } from './api.js';
 import { h, setText } from './dom.js';
-import { TASK_STATUS_LABEL, formatDate, formatRelative } from './format.js';
+import { TASK_STATUS_LABEL, formatDate, formatRelative, formatUsageShort, usageMarksNote } from './format.js';
 
 const PAGE_SIZE = 20;
 
@@ -64,6 +64,8 @@ export function renderHistory(root, _params, ctx) {
 
 function renderItem(task) {
   const agents = task.selectedAgents || [];
+  const usage = formatUsageShort(task.usage);
+  const note = usageMarksNote(task.usage);
   return h('li', { class: 'history-item', 'data-status': task.status },
     h('a', { href: `/tasks/${encodeURIComponent(task.taskId)}`, class: 'history-link', 'data-testid': `history-item-${task.taskId}` },
       h('span', { class: 'history-main' },
@@ -75,6 +77,9 @@ function renderItem(task) {
           task.executionMode === 'parallel' ? 'Parallel' : 'Sequential',
           ' · ',
           task.provider === 'simulated' ? 'Simulated' : task.provider),
+        usage ? h('span', { class: 'history-usage', 'data-testid': `history-usage-${task.taskId}`, title: note || null },
+          h('span', { 'data-testid': `history-usage-figures-${task.taskId}` }, usage),
+          note ? h('span', { class: 'visually-hidden' }, ` (${note})`) : null) : null,
         h('time', { datetime: task.createdAt, title: new Date(task.createdAt).toLocaleString() },
           `${formatRelative(task.createdAt)} · ${formatDate(task.createdAt)}`))));
 }

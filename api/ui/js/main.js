@@ -7,6 +7,7 @@ import { clear, focusHeading, h, setText } from './dom.js';
 import { renderHistory } from './history.js';
 import { notificationPermission, requestNotifications } from './notify.js';
 import { match, navigate, startRouter } from './router.js';
+import { renderUsage } from './usage.js';
 import { renderViewer } from './viewer.js';
 
 const PAGES = {
@@ -14,6 +15,7 @@ const PAGES = {
   new: renderBuilder,
   tasks: renderHistory,
   task: renderViewer,
+  usage: renderUsage,
 };
 
 const main = document.getElementById('main');

@@ -1,4 +1,4 @@
-// Client-side routing with the History API: /login, /new, /tasks, /tasks/<id>.
+// Client-side routing with the History API: /login, /new, /tasks, /tasks/<id>, /usage.
 // The server answers index.html for each of these paths.
 
 const ROUTES = [
@@ -7,6 +7,7 @@ const ROUTES = [
   { name: 'new', pattern: /^\/new\/?$/ },
   { name: 'tasks', pattern: /^\/tasks\/?$/ },
   { name: 'task', pattern: /^\/tasks\/([^/]+)\/?$/, params: ['id'] },
+  { name: 'usage', pattern: /^\/usage\/?$/ },
 ];
 
 export function match(pathname) {

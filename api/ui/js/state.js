@@ -27,6 +27,7 @@ export function usageFrom(u) {
     costUsd: u?.costUsd || 0,
     unreportedAttempts: u?.unreportedAttempts || 0,
     unpricedAttempts: u?.unpricedAttempts || 0,
+    simulatedAttempts: u?.simulatedAttempts || 0,
   };
 }
 
@@ -37,6 +38,7 @@ function addUsage(totals, ev) {
   totals.outputTokens += ev.outputTokens || 0;
   if (ev.costUsd == null) totals.unpricedAttempts += 1;
   else totals.costUsd += ev.costUsd;
+  if (ev.source === 'simulated') totals.simulatedAttempts += 1;
 }
 
 function agentFrom(a) {

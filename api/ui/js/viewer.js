@@ -16,6 +16,7 @@ import { highlight, renderMarkdown } from './markdown.js';
 import { notifyTaskFinished } from './notify.js';
 import { applyEvent, availableActions, displayStatus, fromView, isTerminal, progressFromLog } from './state.js';
 import { TaskStream } from './sse.js';
+import { TIMELINE_STATE_LABEL, TIMELINE_TYPES, deriveTimeline, eventsFromView, renderTimeline, timelineEvent } from './timeline.js';
 
 const CONNECTION_LABEL = {
   connecting: 'connecting…',
@@ -70,6 +71,7 @@ function mountViewer(page, heading, view) {
   let stream = null;
   let followedLive = false; // a notification only for a task that ended while we watched
   let disposed = false;
+  const logReader = new AbortController();
   // After a Retry, until its task_retried arrives: the log still ends with a terminal
   // event, and the stream must not take that for the end.
   let retryPendingSince = 0;
@@ -85,6 +87,7 @@ function mountViewer(page, heading, view) {
   const connectionEl = h('span', { class: 'connection', 'data-testid': 'connection-status', 'aria-live': 'polite' });
   const progressText = h('span', { class: 'progress-text', 'data-testid': 'task-progress' });
   const usageText = h('span', { class: 'usage-text', 'data-testid': 'task-usage' });
+  const usageSim = simulatedBadge('task-usage-simulated');
   const announcer = h('p', { class: 'visually-hidden', 'aria-live': 'polite', 'data-testid': 'announcer' });
   statusBadge.setAttribute('tabindex', '-1'); // where focus goes when the pressed button goes away
 
@@ -99,7 +102,7 @@ function mountViewer(page, heading, view) {
     h('div', { class: 'status-item' }, h('span', { class: 'status-key' }, 'Status'), statusBadge),
     h('div', { class: 'status-item' }, h('span', { class: 'status-key' }, 'Elapsed'), elapsed),
     h('div', { class: 'status-item' }, h('span', { class: 'status-key' }, 'Agents'), progressText),
-    h('div', { class: 'status-item' }, h('span', { class: 'status-key' }, 'Usage'), usageText),
+    h('div', { class: 'status-item' }, h('span', { class: 'status-key' }, 'Usage'), h('span', { class: 'usage-line' }, usageText, usageSim)),
     h('div', { class: 'status-item' }, h('span', { class: 'status-key' }, 'Connection'), connectionEl));
 
   const description = state.description
@@ -139,7 +142,39 @@ function mountViewer(page, heading, view) {
   const artifactsDialog = createDialog('artifacts-dialog');
   const resultsDialog = createDialog('results-dialog');
 
-  page.append(...[meta, statusBar, controls, announcer, description, summary, grid, artifactsDialog.root, resultsDialog.root].filter(Boolean));
+  // ---- timeline ------------------------------------------------------------------
+  // Drawn from the log's events: first those a projected view implies (its agents'
+  // current attempts), then the log itself once read, and the live events after it.
+  const timelineBox = h('div', { class: 'timeline-box' });
+  const timeline = h('section', { class: 'timeline', 'aria-labelledby': 'timeline-heading', 'data-testid': 'timeline' },
+    h('div', { class: 'timeline-head' },
+      h('h2', { id: 'timeline-heading' }, 'Timeline'),
+      h('ul', { class: 'timeline-legend', 'aria-label': 'Legend' },
+        ...['queued', 'running', 'done', 'failed', 'cancelled'].map((kind) => h('li', {},
+          h('span', { class: `swatch tl-${kind}`, 'aria-hidden': 'true' }), TIMELINE_STATE_LABEL[kind])))),
+    timelineBox);
+  const timelineFromView = eventsFromView(view);
+  let timelineFromLog = null;
+  const timelineLive = [];
+  let timelineWidth = 0;
+
+  function drawTimeline() {
+    const events = (timelineFromLog || timelineFromView).concat(timelineLive);
+    const derived = deriveTimeline(events, state.agents.map((a) => a.role));
+    timelineWidth = Math.floor(timelineBox.clientWidth || timelineWidth || 800);
+    const names = Object.fromEntries(state.agents.map((a) => [a.role, a.name]));
+    renderTimeline(timelineBox, derived, { now: serverNow(), width: timelineWidth, names });
+    timeline.hidden = !derived.lanes.length;
+    timeline.dataset.lanes = String(derived.lanes.length);
+    timeline.dataset.source = timelineFromLog ? 'log' : 'view';
+  }
+
+  const resize = typeof ResizeObserver === 'function' ? new ResizeObserver(() => {
+    if (Math.abs(Math.floor(timelineBox.clientWidth) - timelineWidth) >= 4) drawTimeline();
+  }) : null;
+  resize?.observe(timelineBox);
+
+  page.append(...[meta, statusBar, controls, announcer, description, summary, timeline, grid, artifactsDialog.root, resultsDialog.root].filter(Boolean));
 
   function openArtifacts(role, opener) {
     const agent = state.agents.find((a) => a.role === role);
@@ -194,6 +229,7 @@ function mountViewer(page, heading, view) {
   // ---- rendering -------------------------------------------------------------------
   const dirty = new Set();
   let headerDirty = true;
+  let timelineDirty = true;
   let controlsDirty = true;
   let frame = 0;
 
@@ -204,6 +240,8 @@ function mountViewer(page, heading, view) {
 
   function flush() {
     frame = 0;
+    if (timelineDirty) drawTimeline();
+    timelineDirty = false;
     // What may be asked for changes with the task's status, not with every token:
     // every card is refreshed only when it did.
     const allowed = availableActions(state);
@@ -273,6 +311,7 @@ function mountViewer(page, heading, view) {
       .filter(([n]) => n).map(([n, what]) => `, ${n} ${what}`);
     setText(progressText, `${done} of ${state.agents.length} completed${parts.join('')}`);
     setText(usageText, formatUsage(state.usage) || '—');
+    usageSim.hidden = !(state.usage.simulatedAttempts > 0);
     tickElapsed();
     setText(connectionEl, CONNECTION_LABEL[connection] || connection);
     connectionEl.dataset.state = connection;
@@ -386,6 +425,10 @@ function mountViewer(page, heading, view) {
     const wasStatus = state.status;
     const result = applyEvent(state, ev);
     if (!result) return; // already seen: no doubles
+    if (TIMELINE_TYPES.has(ev.type)) {
+      timelineLive.push(timelineEvent(ev));
+      timelineDirty = true;
+    }
     if (ev.at && connection === 'live') {
       const skew = Date.now() - Date.parse(ev.at);
       if (!Number.isNaN(skew)) clockSkew = clockSkew === null ? skew : Math.min(clockSkew, skew);
@@ -445,7 +488,10 @@ function mountViewer(page, heading, view) {
     for (const agent of state.agents) {
       if (agent.status === 'running') cards.get(agent.role)?.tick(agent, now);
     }
-    if (!isTerminal(state)) tickElapsed();
+    if (!isTerminal(state)) {
+      tickElapsed();
+      drawTimeline(); // open bars grow with the time
+    }
   }, 200);
 
   // ---- following the stream -----------------------------------------------------
@@ -482,34 +528,43 @@ function mountViewer(page, heading, view) {
   const onOnline = () => stream && stream.nudge();
   window.addEventListener('online', onOnline);
 
-  if (!isTerminal(state)) {
-    follow(streamUrl);
-    restoreProgress();
-  }
+  if (!isTerminal(state)) follow(streamUrl);
+  readLog();
 
-  // The projected view has no progress lines: after a reload, take the waiting
-  // message of running agents that have not written yet from the log.
-  async function restoreProgress() {
+  // The projected view has no progress lines and only each agent's current attempt:
+  // read the log up to the view's lastSeq (keeping only what is needed of each event)
+  // for the timeline, and for the waiting message of running agents that have not
+  // written yet.
+  async function readLog() {
     const waiting = state.agents.filter((a) => a.status === 'running' && !a.output && !a.progress);
-    if (!waiting.length) return;
     const attempts = new Map(waiting.map((a) => [a.role, a.attempt]));
-    const upTo = view.lastSeq;
+    let events;
     try {
-      const progress = progressFromLog(await api.taskEvents(state.taskId, upTo));
-      for (const a of waiting) {
-        // Only if nothing newer arrived meanwhile.
-        if (a.status === 'running' && a.attempt === attempts.get(a.role) && !a.output && !a.progress && progress.get(a.role)) {
-          a.progress = progress.get(a.role);
-          dirty.add(a.role);
-        }
+      events = await api.taskEvents(state.taskId, view.lastSeq, {
+        signal: logReader.signal,
+        keep: (ev) => timelineEvent(ev)
+          || (ev.agentRole && ev.type !== 'agent_token' ? { seq: ev.seq, type: ev.type, agentRole: ev.agentRole, message: ev.message } : null),
+      });
+    } catch { return; } // cosmetic: the view's timeline and "Starting…" stay
+    if (disposed) return;
+    timelineFromLog = events.filter((ev) => TIMELINE_TYPES.has(ev.type));
+    timelineDirty = true;
+    const progress = progressFromLog(events);
+    for (const a of waiting) {
+      // Only if nothing newer arrived meanwhile.
+      if (a.status === 'running' && a.attempt === attempts.get(a.role) && !a.output && !a.progress && progress.get(a.role)) {
+        a.progress = progress.get(a.role);
+        dirty.add(a.role);
       }
-      schedule();
-    } catch { /* cosmetic: keep "Starting…" */ }
+    }
+    schedule();
   }
 
   return {
     dispose() {
       disposed = true;
+      logReader.abort();
+      resize?.disconnect();
       actions.dispose();
       if (stream) stream.stop('closed');
       clearInterval(timer);
@@ -520,6 +575,14 @@ function mountViewer(page, heading, view) {
       resultsDialog.close();
     },
   };
+}
+
+/** The small label beside token counts that the simulated provider estimated. */
+function simulatedBadge(testid) {
+  return h('span', {
+    class: 'badge badge-sim badge-tiny', 'data-testid': testid, hidden: true,
+    title: 'Estimated by the simulated provider: no model was called',
+  }, 'simulated');
 }
 
 function providerLabel(state) {
@@ -554,6 +617,7 @@ function createCard(agent, { openArtifacts, cancelAgent, retryAgent }) {
   const attempt = h('span', { class: 'agent-attempt', 'data-testid': `agent-attempt-${role}` });
   const usage = h('span', { class: 'agent-usage', 'data-testid': `agent-usage-${role}` });
   const fallback = h('span', { class: 'agent-fallback', 'data-testid': `agent-fallback-${role}`, hidden: true });
+  const usageSim = simulatedBadge(`agent-usage-simulated-${role}`);
   const artifacts = h('button', {
     type: 'button', class: 'btn btn-small artifacts-button', 'data-testid': `artifacts-button-${role}`, hidden: true,
     'aria-haspopup': 'dialog', onclick: (e) => openArtifacts(role, e.currentTarget),
@@ -577,7 +641,7 @@ function createCard(agent, { openArtifacts, cancelAgent, retryAgent }) {
     output,
     error,
     actionError,
-    h('footer', { class: 'agent-foot' }, h('span', { class: 'agent-actions' }, artifacts, cancel, retry), fallback, usage, attempt));
+    h('footer', { class: 'agent-foot' }, h('span', { class: 'agent-actions' }, artifacts, cancel, retry), fallback, h('span', { class: 'usage-line' }, usage, usageSim), attempt));
 
   let renderedOutput = null;
 
@@ -628,6 +692,7 @@ function createCard(agent, { openArtifacts, cancelAgent, retryAgent }) {
     setText(fallback, a.fallback ? `via ${a.fallback}` : '');
     fallback.title = a.fallbackReason || '';
     fallback.hidden = !a.fallback;
+    usageSim.hidden = !(a.usage.simulatedAttempts > 0);
     cancel.hidden = !ctl.canCancel;
     retry.hidden = !ctl.canRetry;
     cancel.disabled = ctl.busy;

@@ -4,12 +4,14 @@
 mod postgres;
 mod sqlite;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use sqlx::Row;
 use uuid::Uuid;
 
 pub use postgres::PgStore;
@@ -18,6 +20,7 @@ pub use sqlite::SqliteStore;
 use crate::error::{Error, Result};
 use crate::event::{Event, EventBody, RawEvent};
 use crate::task::{ControlRequest, Controls, NewTask, TaskRecord, TaskSpec, TaskStatus};
+use crate::usage::{DailyUsage, Percentiles, RoleStats, UsageReport, UsageTotals};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct User {
@@ -123,6 +126,274 @@ pub trait Store: Send + Sync + 'static {
     /// Puts every unfinished task back in the outbox. For a volatile queue, whose jobs
     /// die with the process: at start, whatever was running must be queued again.
     async fn requeue_unfinished(&self) -> Result<u64>;
+
+    /// The owner's usage in the tasks submitted at or after `since`: the newest
+    /// [`REPORT_TASKS`] of them, aggregated by the database (task rows for the totals, the
+    /// indexed agent events for the breakdowns), so that no log is read into memory.
+    async fn usage_report(&self, owner_id: Uuid, since: DateTime<Utc>) -> Result<UsageReport>;
+}
+
+/// Most tasks one usage report covers: the newest of the window.
+pub const REPORT_TASKS: u32 = 10_000;
+/// Most rows of a report's day × role × model breakdown.
+pub const REPORT_ROWS: u32 = 5_000;
+/// Most agent roles a report lists.
+pub const REPORT_ROLES: u32 = 200;
+
+/// The events a usage report reads, as the partial index `task_events_agent_outcomes`
+/// (migrations 0004) names them: a query repeats this term word for word, because SQLite
+/// uses a partial index only for a query whose WHERE contains its predicate.
+const AGENT_OUTCOMES: &str =
+    "type IN ('agent_usage', 'agent_complete', 'agent_error', 'agent_cancelled')";
+
+/// How a usage report's statements differ between the two databases.
+struct Dialect {
+    /// `$` or `?`, before a parameter's number.
+    mark: char,
+    /// The UTC day (`YYYY-MM-DD`) of the column `at`.
+    day: &'static str,
+    /// The events table as the report reads it: SQLite is told to use the partial index
+    /// (without statistics it prefers the primary key, which holds every token too).
+    events: &'static str,
+}
+
+/// The statements of a usage report. Parameters: 1 the owner, 2 the first task id of the
+/// window ([`first_id_since`]), 3 the most tasks read; 4 a row cap where there is one.
+struct ReportSql {
+    /// `count(*)` of the window's tasks, up to one more than parameter 3 (a cut window).
+    tasks: String,
+    /// The window's usage totals, from the task rows.
+    totals: String,
+    /// (day, role, model, attempts, input, output, cost, unreported, unpriced, simulated).
+    daily: String,
+    /// (role, completed, failed, cancelled).
+    outcomes: String,
+    /// (role, count, p50, p95) of completed attempts' execution times.
+    durations: String,
+    /// (role, count, p50, p95) of answered calls' times to first token.
+    first_tokens: String,
+}
+
+impl ReportSql {
+    fn new(
+        Dialect {
+            mark: m,
+            day,
+            events: table,
+        }: Dialect,
+    ) -> Self {
+        let window = format!(
+            "SELECT id FROM tasks WHERE owner_id = {m}1 AND id >= {m}2 ORDER BY id DESC LIMIT {m}3"
+        );
+        let events = format!("FROM {table} WHERE task_id IN ({window}) AND {AGENT_OUTCOMES}");
+        let count_if = |condition: &str| format!("sum(CASE WHEN {condition} THEN 1 ELSE 0 END)");
+        let percentiles = |kind: &str, field: &str| {
+            // Nearest rank: the p-th percentile of n sorted values is the smallest one whose
+            // rank r has r >= p·n/100. The same arithmetic on both databases, so both give
+            // the same figures (PostgreSQL's percentile_disc would agree; SQLite has none).
+            format!(
+                "SELECT role, n, min(CASE WHEN rn * 100 >= n * 50 THEN ms END),
+                        min(CASE WHEN rn * 100 >= n * 95 THEN ms END)
+                 FROM (SELECT role, ms, row_number() OVER (PARTITION BY role ORDER BY ms) AS rn,
+                              count(*) OVER (PARTITION BY role) AS n
+                       FROM (SELECT COALESCE(data ->> 'agentRole', '') AS role,
+                                    CAST(data ->> '{field}' AS BIGINT) AS ms
+                             {events} AND type = '{kind}') v
+                       WHERE ms IS NOT NULL) r
+                 GROUP BY role, n ORDER BY role LIMIT {m}4"
+            )
+        };
+        ReportSql {
+            tasks: format!(
+                "SELECT count(*) FROM (SELECT 1 FROM tasks WHERE owner_id = {m}1 AND id >= {m}2 LIMIT {m}3 + 1) w"
+            ),
+            totals: format!(
+                "SELECT CAST(COALESCE(sum(usage_input_tokens), 0) AS BIGINT),
+                        CAST(COALESCE(sum(usage_output_tokens), 0) AS BIGINT),
+                        COALESCE(sum(usage_cost_usd), 0.0),
+                        CAST(COALESCE(sum(usage_unreported_attempts), 0) AS BIGINT),
+                        CAST(COALESCE(sum(usage_unpriced_attempts), 0) AS BIGINT),
+                        CAST(COALESCE(sum(usage_simulated_attempts), 0) AS BIGINT)
+                 FROM tasks WHERE id IN ({window})"
+            ),
+            daily: format!(
+                "SELECT {day} AS day, COALESCE(data ->> 'agentRole', '') AS role,
+                        COALESCE(data ->> 'model', '') AS model, count(*),
+                        CAST(COALESCE(sum(CAST(data ->> 'inputTokens' AS BIGINT)), 0) AS BIGINT),
+                        CAST(COALESCE(sum(CAST(data ->> 'outputTokens' AS BIGINT)), 0) AS BIGINT),
+                        COALESCE(sum(CAST(data ->> 'costUsd' AS DOUBLE PRECISION)), 0.0),
+                        {}, {}, {}
+                 {events} AND type = 'agent_usage'
+                 GROUP BY 1, 2, 3 ORDER BY 1, 2, 3 LIMIT {m}4",
+                count_if("data ->> 'inputTokens' IS NULL AND data ->> 'outputTokens' IS NULL"),
+                count_if("data ->> 'costUsd' IS NULL"),
+                count_if("data ->> 'source' = 'simulated'"),
+            ),
+            outcomes: format!(
+                "SELECT COALESCE(data ->> 'agentRole', '') AS role, {}, {}, {}
+                 {events} AND type <> 'agent_usage'
+                 GROUP BY 1 ORDER BY 1 LIMIT {m}4",
+                count_if("type = 'agent_complete'"),
+                count_if("type = 'agent_error'"),
+                count_if("type = 'agent_cancelled'"),
+            ),
+            durations: percentiles("agent_complete", "executionTime"),
+            first_tokens: percentiles("agent_usage", "timeToFirstToken"),
+        }
+    }
+}
+
+/// The smallest UUIDv7 of the millisecond `since`: task ids are UUIDv7, so `id >= this`
+/// selects the tasks submitted since then through the `(owner_id, id)` index.
+fn first_id_since(since: DateTime<Utc>) -> Uuid {
+    let ms = since.timestamp_millis().max(0) as u64;
+    let mut bytes = [0u8; 16];
+    bytes[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
+    bytes[6] = 0x70; // version 7
+    bytes[8] = 0x80; // RFC 4122 variant
+    Uuid::from_bytes(bytes)
+}
+
+/// The rows of a usage report's statements, as both stores read them.
+struct ReportRows {
+    tasks: i64,
+    totals: UsageRow,
+    daily: Vec<DailyRow>,
+    outcomes: Vec<(String, i64, i64, i64)>,
+    durations: Vec<PercentileRow>,
+    first_tokens: Vec<PercentileRow>,
+}
+
+/// Input and output tokens, cost, unreported, unpriced and simulated attempts.
+type UsageRow = (i64, i64, f64, i64, i64, i64);
+/// Day, role, model, attempts, then a [`UsageRow`]'s figures.
+type DailyRow = (String, String, String, i64, i64, i64, f64, i64, i64, i64);
+/// Role, count, p50, p95.
+type PercentileRow = (String, i64, Option<i64>, Option<i64>);
+
+fn usage_totals((input, output, cost, unreported, unpriced, simulated): UsageRow) -> UsageTotals {
+    UsageTotals {
+        input_tokens: input.max(0) as u64,
+        output_tokens: output.max(0) as u64,
+        cost_usd: cost,
+        unreported_attempts: unreported.max(0) as u32,
+        unpriced_attempts: unpriced.max(0) as u32,
+        simulated_attempts: simulated.max(0) as u32,
+    }
+}
+
+impl ReportRows {
+    fn report(self) -> UsageReport {
+        let cut = |rows: usize, cap: u32| rows > cap as usize;
+        let truncated = cut(self.tasks as usize, REPORT_TASKS)
+            || cut(self.daily.len(), REPORT_ROWS)
+            || [
+                self.outcomes.len(),
+                self.durations.len(),
+                self.first_tokens.len(),
+            ]
+            .into_iter()
+            .any(|n| cut(n, REPORT_ROLES));
+        let mut roles = BTreeMap::<String, RoleStats>::new();
+        fn role<'m>(roles: &'m mut BTreeMap<String, RoleStats>, name: &str) -> &'m mut RoleStats {
+            roles
+                .entry(name.to_string())
+                .or_insert_with(|| RoleStats::new(name.to_string()))
+        }
+        let keep = REPORT_ROLES as usize;
+        for (name, completed, failed, cancelled) in self.outcomes.into_iter().take(keep) {
+            let stats = role(&mut roles, &name);
+            stats.completed = completed.max(0) as u64;
+            stats.failed = failed.max(0) as u64;
+            stats.cancelled = cancelled.max(0) as u64;
+        }
+        let percentiles = |(_, count, p50, p95): &PercentileRow| Percentiles {
+            count: (*count).max(0) as u64,
+            p50: p50.map(|v| v.max(0) as u64),
+            p95: p95.map(|v| v.max(0) as u64),
+        };
+        for row in self.durations.iter().take(keep) {
+            role(&mut roles, &row.0).duration = percentiles(row);
+        }
+        for row in self.first_tokens.iter().take(keep) {
+            role(&mut roles, &row.0).time_to_first_token = percentiles(row);
+        }
+        UsageReport {
+            tasks: (self.tasks.max(0) as u64).min(u64::from(REPORT_TASKS)),
+            truncated,
+            totals: usage_totals(self.totals),
+            daily: self
+                .daily
+                .into_iter()
+                .take(REPORT_ROWS as usize)
+                .map(
+                    |(
+                        day,
+                        role,
+                        model,
+                        attempts,
+                        input,
+                        output,
+                        cost,
+                        unreported,
+                        unpriced,
+                        simulated,
+                    )| DailyUsage {
+                        day,
+                        role,
+                        model,
+                        attempts: attempts as u64,
+                        usage: usage_totals((input, output, cost, unreported, unpriced, simulated)),
+                    },
+                )
+                .collect(),
+            roles: roles
+                .into_values()
+                .take(REPORT_ROLES as usize)
+                .map(|mut stats| {
+                    stats.settle();
+                    stats
+                })
+                .collect(),
+        }
+    }
+}
+
+/// What the `agent_usage` events of a batch add to its task's usage totals.
+fn usage_added(events: &[RawEvent]) -> UsageTotals {
+    let mut totals = UsageTotals::default();
+    for raw in events.iter().filter(|e| e.kind == "agent_usage") {
+        match raw.parse() {
+            Ok(Event {
+                body: EventBody::AgentUsage { usage, .. },
+                ..
+            }) => totals.add(&usage),
+            // Written by this version's worker, so it parses; if not, the log still has it.
+            _ => {
+                tracing::warn!(task_id = %raw.task_id, seq = raw.seq, "an agent_usage event cannot be read; the task's totals leave it out")
+            }
+        }
+    }
+    totals
+}
+
+/// The assignments of an append that add [`usage_added`] to the task row, with the six
+/// figures as parameters `{mark}first` onwards.
+fn usage_added_sql(mark: char, first: u32) -> String {
+    let columns = [
+        "usage_input_tokens",
+        "usage_output_tokens",
+        "usage_cost_usd",
+        "usage_unreported_attempts",
+        "usage_unpriced_attempts",
+        "usage_simulated_attempts",
+    ];
+    columns
+        .iter()
+        .zip(first..)
+        .map(|(column, n)| format!("{column} = {column} + {mark}{n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Most JSON one page of [`Store::events_after`] carries beyond its first event.
@@ -347,6 +618,7 @@ fn created_record(task: &NewTask, now: DateTime<Utc>) -> TaskRecord {
         last_seq: 1,
         cancel_requested: false,
         pause_requested: false,
+        usage: UsageTotals::default(),
     }
 }
 
@@ -383,6 +655,33 @@ fn status_after(events: &[RawEvent]) -> Option<TaskStatus> {
         .find_map(|e| TaskStatus::after_kind(&e.kind))
 }
 
+/// The task row's usage columns, read by name.
+fn row_usage<'r, R: Row>(r: &'r R) -> Result<UsageRow>
+where
+    &'r str: sqlx::ColumnIndex<R>,
+    i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    f64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok((
+        r.try_get("usage_input_tokens")?,
+        r.try_get("usage_output_tokens")?,
+        r.try_get("usage_cost_usd")?,
+        r.try_get("usage_unreported_attempts")?,
+        r.try_get("usage_unpriced_attempts")?,
+        r.try_get("usage_simulated_attempts")?,
+    ))
+}
+
+/// The task row's usage columns, as [`row_usage`] reads them: a macro, so that each
+/// store's column list can `concat!` it.
+macro_rules! task_usage_columns {
+    () => {
+        "usage_input_tokens, usage_output_tokens, usage_cost_usd, usage_unreported_attempts, \
+         usage_unpriced_attempts, usage_simulated_attempts"
+    };
+}
+use task_usage_columns;
+
 /// A task row as both backends read it.
 struct TaskRow<'r> {
     id: Uuid,
@@ -394,6 +693,7 @@ struct TaskRow<'r> {
     last_seq: i64,
     cancel_requested: bool,
     pause_requested: bool,
+    usage: UsageRow,
 }
 
 fn task_record(row: TaskRow<'_>) -> Result<TaskRecord> {
@@ -407,6 +707,7 @@ fn task_record(row: TaskRow<'_>) -> Result<TaskRecord> {
         last_seq,
         cancel_requested,
         pause_requested,
+        usage,
     } = row;
     let spec: TaskSpec =
         serde_json::from_str(spec).map_err(|e| Error::Corrupt(format!("task {id} spec: {e}")))?;
@@ -422,6 +723,7 @@ fn task_record(row: TaskRow<'_>) -> Result<TaskRecord> {
         last_seq: last_seq as u64,
         cancel_requested,
         pause_requested,
+        usage: usage_totals(usage),
     })
 }
 

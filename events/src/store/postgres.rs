@@ -7,17 +7,23 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use uuid::Uuid;
 
 use super::{
-    CONTROLS_SQL, Claim, Dispatch, Lease, Lines, PAGE_BYTES, Store, SubmitParts, Submitted,
-    TaskRow, Transition, Transitioned, User, WRITABLE, batch_bounds, clear_outbox_query,
-    control_sql, controls_of, created_record, earlier_submit, is_unique_violation, raw_event,
-    refused, settle_claim, settled_requests_sql, status_after, task_record,
+    CONTROLS_SQL, Claim, Dialect, Dispatch, Lease, Lines, PAGE_BYTES, REPORT_ROLES, REPORT_ROWS,
+    REPORT_TASKS, ReportRows, ReportSql, Store, SubmitParts, Submitted, TaskRow, Transition,
+    Transitioned, User, WRITABLE, batch_bounds, clear_outbox_query, control_sql, controls_of,
+    created_record, earlier_submit, first_id_since, is_unique_violation, raw_event, refused,
+    row_usage, settle_claim, settled_requests_sql, status_after, task_record, task_usage_columns,
+    usage_added, usage_added_sql,
 };
 use crate::error::{Error, Result};
 use crate::event::{Event, RawEvent};
 use crate::task::{ControlRequest, Controls, NewTask, TaskRecord, TaskStatus};
+use crate::usage::UsageReport;
 
-const TASK_COLUMNS: &str = "id, owner_id, spec::text AS spec, status, created_at, updated_at, \
-     last_seq, cancel_requested, pause_requested";
+const TASK_COLUMNS: &str = concat!(
+    "id, owner_id, spec::text AS spec, status, created_at, updated_at, last_seq, ",
+    "cancel_requested, pause_requested, ",
+    task_usage_columns!()
+);
 
 /// A page of the log (`$1` task, after `$2`, at most `$3` events) with the running
 /// total of its JSON bytes; [`IN_PAGE`] stops it once the total has passed `$4`
@@ -72,6 +78,7 @@ fn task_from_row(r: &sqlx::postgres::PgRow) -> Result<TaskRecord> {
         last_seq: r.try_get("last_seq")?,
         cancel_requested: r.try_get("cancel_requested")?,
         pause_requested: r.try_get("pause_requested")?,
+        usage: row_usage(r)?,
     })
 }
 
@@ -201,19 +208,21 @@ impl Store for PgStore {
         let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
         let ats: Vec<DateTime<Utc>> = events.iter().map(|e| e.at).collect();
         let datas: Vec<&str> = events.iter().map(|e| e.json_str()).collect();
+        let usage = usage_added(events);
         // The conditional update is the fence: it takes the row lock, checks the log ends
         // where this writer thinks it does, and refuses to extend a finished task; the
         // events go in only if it moved the row. One statement is one round trip and is
         // atomic without a transaction of its own.
         let inserted = sqlx::query(&format!(
             "WITH moved AS (
-                 UPDATE tasks SET last_seq = $3, status = COALESCE($4, status), updated_at = now(), {}
+                 UPDATE tasks SET last_seq = $3, status = COALESCE($4, status), updated_at = now(), {}, {}
                  WHERE id = $1 AND last_seq = $2 AND {WRITABLE}
                  RETURNING id)
              INSERT INTO task_events (task_id, seq, type, at, data)
              SELECT moved.id, s, t, a, d::json
              FROM moved, UNNEST($5::bigint[], $6::text[], $7::timestamptz[], $8::text[]) AS u(s, t, a, d)",
-            settled_requests_sql("$4::text")
+            settled_requests_sql("$4::text"),
+            usage_added_sql('$', 9),
         ))
         .bind(task_id)
         .bind(expected as i64)
@@ -223,6 +232,12 @@ impl Store for PgStore {
         .bind(&kinds)
         .bind(&ats)
         .bind(&datas)
+        .bind(usage.input_tokens as i64)
+        .bind(usage.output_tokens as i64)
+        .bind(usage.cost_usd)
+        .bind(i64::from(usage.unreported_attempts))
+        .bind(i64::from(usage.unpriced_attempts))
+        .bind(i64::from(usage.simulated_attempts))
         .execute(&self.pool)
         .await
         .map_err(|e| {
@@ -441,5 +456,51 @@ impl Store for PgStore {
         .await?
         .rows_affected();
         Ok(n)
+    }
+
+    async fn usage_report(&self, owner_id: Uuid, since: DateTime<Utc>) -> Result<UsageReport> {
+        let sql = ReportSql::new(Dialect {
+            mark: '$',
+            day: "to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
+            events: "task_events",
+        });
+        let first = first_id_since(since);
+        let tasks = i64::from(REPORT_TASKS);
+        // One snapshot for every statement, so that the breakdowns add up to the totals.
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *tx)
+            .await?;
+        macro_rules! rows {
+            ($sql:expr, $cap:expr) => {
+                sqlx::query_as(&$sql)
+                    .bind(owner_id)
+                    .bind(first)
+                    .bind(tasks)
+                    .bind(i64::from($cap) + 1)
+                    .fetch_all(&mut *tx)
+                    .await?
+            };
+        }
+        let rows = ReportRows {
+            tasks: sqlx::query_scalar(&sql.tasks)
+                .bind(owner_id)
+                .bind(first)
+                .bind(tasks)
+                .fetch_one(&mut *tx)
+                .await?,
+            totals: sqlx::query_as(&sql.totals)
+                .bind(owner_id)
+                .bind(first)
+                .bind(tasks)
+                .fetch_one(&mut *tx)
+                .await?,
+            daily: rows!(sql.daily, REPORT_ROWS),
+            outcomes: rows!(sql.outcomes, REPORT_ROLES),
+            durations: rows!(sql.durations, REPORT_ROLES),
+            first_tokens: rows!(sql.first_tokens, REPORT_ROLES),
+        };
+        tx.commit().await?;
+        Ok(rows.report())
     }
 }

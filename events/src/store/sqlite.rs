@@ -12,14 +12,17 @@ use sqlx::{QueryBuilder, Row};
 use uuid::Uuid;
 
 use super::{
-    CONTROLS_SQL, Claim, Dispatch, Lease, Lines, PAGE_BYTES, Store, SubmitParts, Submitted,
-    TaskRow, Transition, Transitioned, User, WRITABLE, batch_bounds, clear_outbox_query,
-    control_sql, controls_of, created_record, earlier_submit, is_unique_violation, raw_event,
-    refused, settle_claim, settled_requests_sql, status_after, task_record,
+    CONTROLS_SQL, Claim, Dialect, Dispatch, Lease, Lines, PAGE_BYTES, REPORT_ROLES, REPORT_ROWS,
+    REPORT_TASKS, ReportRows, ReportSql, Store, SubmitParts, Submitted, TaskRow, Transition,
+    Transitioned, User, WRITABLE, batch_bounds, clear_outbox_query, control_sql, controls_of,
+    created_record, earlier_submit, first_id_since, is_unique_violation, raw_event, refused,
+    row_usage, settle_claim, settled_requests_sql, status_after, task_record, task_usage_columns,
+    usage_added, usage_added_sql,
 };
 use crate::error::{Error, Result};
 use crate::event::{Event, RawEvent};
 use crate::task::{ControlRequest, Controls, NewTask, TaskRecord, TaskStatus};
+use crate::usage::UsageReport;
 
 /// A page of the log (`?1` task, after `?2`, at most `?3` events) with the running
 /// total of its JSON bytes; [`IN_PAGE`] stops it once the total has passed `?4`
@@ -33,8 +36,11 @@ const IN_PAGE: &str = "upto - length(CAST(data AS BLOB)) < ?4";
 /// Connections that only read: replays and followers catching up, beside the writer.
 const READERS: u32 = 4;
 
-const TASK_COLUMNS: &str = "id, owner_id, spec, status, created_at, updated_at, last_seq, \
-     cancel_requested, pause_requested";
+const TASK_COLUMNS: &str = concat!(
+    "id, owner_id, spec, status, created_at, updated_at, last_seq, cancel_requested, ",
+    "pause_requested, ",
+    task_usage_columns!()
+);
 
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -123,6 +129,7 @@ fn task_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<TaskRecord> {
         last_seq: r.try_get("last_seq")?,
         cancel_requested: r.try_get("cancel_requested")?,
         pause_requested: r.try_get("pause_requested")?,
+        usage: row_usage(r)?,
     })
 }
 
@@ -255,18 +262,26 @@ impl Store for SqliteStore {
             return Ok(());
         };
         let status = status_after(events).map(TaskStatus::as_str);
+        let usage = usage_added(events);
         let mut tx = self.writer.begin().await?;
         // Same fence as PostgreSQL: the log must end where the writer thinks, and be open.
         let moved = sqlx::query(&format!(
-            "UPDATE tasks SET last_seq = ?3, status = COALESCE(?4, status), updated_at = ?5, {}
+            "UPDATE tasks SET last_seq = ?3, status = COALESCE(?4, status), updated_at = ?5, {}, {}
              WHERE id = ?1 AND last_seq = ?2 AND {WRITABLE}",
-            settled_requests_sql("?4")
+            settled_requests_sql("?4"),
+            usage_added_sql('?', 6),
         ))
         .bind(task_id)
         .bind(expected as i64)
         .bind(new_last as i64)
         .bind(status)
         .bind(Utc::now())
+        .bind(usage.input_tokens as i64)
+        .bind(usage.output_tokens as i64)
+        .bind(usage.cost_usd)
+        .bind(i64::from(usage.unreported_attempts))
+        .bind(i64::from(usage.unpriced_attempts))
+        .bind(i64::from(usage.simulated_attempts))
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -502,5 +517,51 @@ impl Store for SqliteStore {
         .await?
         .rows_affected();
         Ok(n)
+    }
+
+    async fn usage_report(&self, owner_id: Uuid, since: DateTime<Utc>) -> Result<UsageReport> {
+        let sql = ReportSql::new(Dialect {
+            mark: '?',
+            // `at` is RFC 3339 in UTC: its first ten characters are the UTC day.
+            day: "substr(at, 1, 10)",
+            // Fails to prepare if the predicate ever stops matching the index's.
+            events: "task_events INDEXED BY task_events_agent_outcomes",
+        });
+        let first = first_id_since(since);
+        let tasks = i64::from(REPORT_TASKS);
+        // One read transaction: one snapshot for every statement (WAL), so that the
+        // breakdowns add up to the totals.
+        let mut tx = self.readers.begin().await?;
+        macro_rules! rows {
+            ($sql:expr, $cap:expr) => {
+                sqlx::query_as(&$sql)
+                    .bind(owner_id)
+                    .bind(first)
+                    .bind(tasks)
+                    .bind(i64::from($cap) + 1)
+                    .fetch_all(&mut *tx)
+                    .await?
+            };
+        }
+        let rows = ReportRows {
+            tasks: sqlx::query_scalar(&sql.tasks)
+                .bind(owner_id)
+                .bind(first)
+                .bind(tasks)
+                .fetch_one(&mut *tx)
+                .await?,
+            totals: sqlx::query_as(&sql.totals)
+                .bind(owner_id)
+                .bind(first)
+                .bind(tasks)
+                .fetch_one(&mut *tx)
+                .await?,
+            daily: rows!(sql.daily, REPORT_ROWS),
+            outcomes: rows!(sql.outcomes, REPORT_ROLES),
+            durations: rows!(sql.durations, REPORT_ROLES),
+            first_tokens: rows!(sql.first_tokens, REPORT_ROLES),
+        };
+        tx.commit().await?;
+        Ok(rows.report())
     }
 }
