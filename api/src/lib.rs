@@ -85,7 +85,10 @@ pub fn endpoints() -> OpenApiRouter<AppState> {
         .routes(routes!(control::pause))
         .routes(routes!(control::resume))
         .routes(routes!(control::retry))
-        .routes(routes!(docs::openapi_json));
+        .routes(routes!(docs::openapi_json))
+        .routes(routes!(docs::page))
+        // The reference page's script, not an endpoint.
+        .route("/docs/redoc.standalone.js", get(docs::redoc));
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .nest("/api", api)
         .routes(routes!(health::healthz))

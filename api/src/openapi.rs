@@ -321,7 +321,7 @@ fn error_response(codes: &[&str]) -> Response {
         (name = "events", description = "A task's event log: live over Server-Sent Events, or exported as NDJSON."),
         (name = "control", description = "Cancelling, pausing, resuming and retrying a task."),
         (name = "health", description = "Probes for load balancers and orchestrators."),
-        (name = "reference", description = "This document."),
+        (name = "reference", description = "This document and its rendered page."),
     )
 )]
 pub struct ApiDoc;
