@@ -1,11 +1,13 @@
 //! Troupe's HTTP api: accounts, the agent catalogue, submitting tasks, and reading their
-//! event logs over SSE. `router` builds the app; `serve` runs it on a listener.
+//! event logs over SSE. `endpoints` lists the api with its OpenAPI description, `router`
+//! builds the app; `serve` runs it on a listener.
 
 pub mod auth;
 pub mod cli;
 pub mod error;
 pub mod extract;
 pub mod metrics;
+pub mod openapi;
 pub mod routes;
 pub mod server;
 pub mod sse;
@@ -14,11 +16,12 @@ pub mod state;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Extension;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, MatchedPath};
 use axum::http::{Request, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -27,6 +30,9 @@ use tracing::Span;
 use troupe_events::dispatch::Outbox;
 use troupe_events::{Backends, Catalogue, FeedConfig, Feeds};
 use troupe_worker::providers::Providers;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use crate::cli::ApiArgs;
 use crate::error::ApiError;
@@ -63,29 +69,42 @@ pub fn state(
     }
 }
 
+/// Every endpoint with its OpenAPI description: each handler is registered from its
+/// `#[utoipa::path]`, so the document (`openapi::document`) cannot miss a route.
+pub fn endpoints() -> OpenApiRouter<AppState> {
+    use routes::*;
+    let api = OpenApiRouter::default()
+        .routes(routes!(auth::register))
+        .routes(routes!(auth::login))
+        .routes(routes!(catalogue::agents))
+        .routes(routes!(catalogue::providers))
+        .routes(routes!(execute::execute))
+        .routes(routes!(execute::execute_stream))
+        .routes(routes!(tasks::create, tasks::list))
+        .routes(routes!(tasks::get))
+        .routes(routes!(events::events))
+        .routes(routes!(control::cancel))
+        .routes(routes!(control::cancel_agent))
+        .routes(routes!(control::pause))
+        .routes(routes!(control::resume))
+        .routes(routes!(control::retry))
+        .routes(routes!(usage::usage))
+        .routes(routes!(docs::openapi_json))
+        .routes(routes!(docs::page))
+        // The reference page's script, not an endpoint.
+        .route("/docs/redoc.standalone.js", get(docs::redoc));
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .nest("/api", api)
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .routes(routes!(metrics::metrics))
+}
+
 pub fn router(state: AppState) -> Router {
     use routes::*;
-    let api = Router::new()
-        .route("/auth/register", post(auth::register))
-        .route("/auth/login", post(auth::login))
-        .route("/agents", get(catalogue::agents))
-        .route("/providers", get(catalogue::providers))
-        .route("/agents/execute", post(execute::execute))
-        .route("/agents/execute/stream", post(execute::execute_stream))
-        .route("/tasks", post(tasks::create).get(tasks::list))
-        .route("/tasks/{id}", get(tasks::get))
-        .route("/tasks/{id}/events", get(events::events))
-        .route("/tasks/{id}/cancel", post(control::cancel))
-        .route(
-            "/tasks/{id}/agents/{role}/cancel",
-            post(control::cancel_agent),
-        )
-        .route("/tasks/{id}/pause", post(control::pause))
-        .route("/tasks/{id}/resume", post(control::resume))
-        .route("/tasks/{id}/retry", post(control::retry))
-        .route("/usage", get(usage::usage));
-    Router::new()
-        .nest("/api", api)
+    let (endpoints, document) = endpoints().split_for_parts();
+    let document = openapi::finish(document);
+    endpoints
         .route("/", get(ui::index))
         .route("/login", get(ui::index))
         .route("/new", get(ui::index))
@@ -93,11 +112,9 @@ pub fn router(state: AppState) -> Router {
         .route("/tasks/{id}", get(ui::index))
         .route("/usage", get(ui::index))
         .route("/ui/{*path}", get(ui::asset))
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(routes::metrics::metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(Extension(docs::Document::new(&document)))
         .layer(DefaultBodyLimit::max(state.http.max_body_bytes))
         .layer(
             TraceLayer::new_for_http()

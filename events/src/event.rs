@@ -5,13 +5,14 @@
 use bytes::Bytes;
 use chrono::{DateTime, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::task::ExecutionMode;
 use crate::usage::{AttemptUsage, UsageTotals};
 
 /// `status` of `agent_complete`: a constant on the wire, kept as a type so it cannot drift.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub enum SuccessStatus {
     #[default]
     #[serde(rename = "success")]
@@ -19,7 +20,7 @@ pub enum SuccessStatus {
 }
 
 /// `status` of `agent_error`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub enum ErrorStatus {
     #[default]
     #[serde(rename = "error")]
@@ -27,7 +28,7 @@ pub enum ErrorStatus {
 }
 
 /// A file an agent produced: a fenced code block that named a file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Artifact {
     pub filename: String,
@@ -36,7 +37,7 @@ pub struct Artifact {
 }
 
 /// One agent's final word, as listed in `task_complete`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AgentOutput {
     pub agent_role: String,
@@ -44,9 +45,12 @@ pub struct AgentOutput {
     pub output: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// What happened, by `type`, with that type's own fields. A newer server may write types
+/// this list lacks: a reader passes them through.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum EventBody {
+    /// The first event of every log: the task as submitted.
     #[serde(rename_all = "camelCase")]
     TaskCreated {
         title: String,
@@ -60,6 +64,8 @@ pub enum EventBody {
     /// complete are kept, the rest run again.
     #[serde(rename_all = "camelCase")]
     TaskResumed { delivery: u64, reason: String },
+    /// An agent's attempt began; attempts count from 1 (a retry or a resumed run makes
+    /// the next).
     #[serde(rename_all = "camelCase")]
     AgentStart {
         agent_role: String,
@@ -67,10 +73,12 @@ pub enum EventBody {
         agent_description: String,
         attempt: u32,
     },
+    /// A note on what an agent is doing.
     #[serde(rename_all = "camelCase")]
     AgentProgress { agent_role: String, message: String },
-    /// `attempt` lets a viewer drop the text of an earlier attempt; 0 in logs written
-    /// before tokens carried it, read as "the agent's current attempt".
+    /// Text the agent streamed, coalesced to a few events a second. `attempt` lets a
+    /// viewer drop the text of an earlier attempt; 0 in logs written before tokens
+    /// carried it, read as "the agent's current attempt".
     #[serde(rename_all = "camelCase")]
     AgentToken {
         agent_role: String,
@@ -78,20 +86,25 @@ pub enum EventBody {
         #[serde(default)]
         attempt: u32,
     },
+    /// An agent finished; `output` is its whole answer.
     #[serde(rename_all = "camelCase")]
     AgentComplete {
         agent_role: String,
         status: SuccessStatus,
+        /// Milliseconds.
         execution_time: u64,
         has_artifacts: bool,
         output: String,
+        /// The files its answer named, from fenced code blocks.
         #[serde(default)]
         artifacts: Vec<Artifact>,
     },
+    /// An agent failed.
     #[serde(rename_all = "camelCase")]
     AgentError {
         agent_role: String,
         status: ErrorStatus,
+        /// Milliseconds.
         execution_time: u64,
         error: String,
     },
@@ -132,17 +145,22 @@ pub enum EventBody {
         /// The failing provider's last error.
         reason: String,
     },
+    /// Every agent completed: the task's end.
     #[serde(rename_all = "camelCase")]
     TaskComplete {
+        /// Milliseconds from submit to this event.
         total_execution_time: u64,
         outputs: Vec<AgentOutput>,
         /// Every attempt's usage in the task's life; absent in logs from before usage.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         usage: Option<UsageTotals>,
     },
+    /// The task failed: its end, unless it is retried.
     #[serde(rename_all = "camelCase")]
     TaskError {
         error: String,
+        /// The roles of the agents that failed; empty when the task was given up after
+        /// too many runs.
         #[serde(default)]
         failed_agents: Vec<String>,
         /// Milliseconds from submit to this event, as on `task_complete`: computed once
@@ -152,6 +170,7 @@ pub enum EventBody {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         usage: Option<UsageTotals>,
     },
+    /// A user (or the budget) cancelled the task: its end, unless it is retried.
     #[serde(rename_all = "camelCase")]
     TaskCancelled {
         reason: String,
@@ -163,6 +182,7 @@ pub enum EventBody {
     /// No new agent starts until `task_unpaused`; the task holds no worker meanwhile.
     #[serde(rename_all = "camelCase")]
     TaskPaused { reason: String },
+    /// A user resumed the paused task; it is queued again.
     #[serde(rename_all = "camelCase")]
     TaskUnpaused { reason: String },
     /// A finished task runs `agents` again, as new attempts appended to the same log.
@@ -172,8 +192,9 @@ pub enum EventBody {
     #[serde(rename_all = "camelCase")]
     TaskReleased { reason: String },
     /// A type this version does not know, written by a newer one during a rolling deploy.
-    /// Readers pass it through and otherwise ignore it; it is never written.
-    #[serde(other)]
+    /// Readers pass it through and otherwise ignore it. It is never written (serialising
+    /// it is an error), and so it is not in the OpenAPI document either.
+    #[serde(other, skip_serializing)]
     Unknown,
 }
 
@@ -217,11 +238,14 @@ pub fn is_terminal_kind(kind: &str) -> bool {
     TERMINAL_KINDS.contains(&kind)
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One event of a task's log: an SSE frame's `data`, a line of the NDJSON export.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Event {
+    /// Its place in the task's log: 1, 2, 3… with no holes. The SSE `id`.
     pub seq: u64,
     pub task_id: Uuid,
+    /// When it was stored.
     pub at: DateTime<Utc>,
     #[serde(flatten)]
     pub body: EventBody,
@@ -336,6 +360,10 @@ mod tests {
         let event: Event = serde_json::from_str(&newer).unwrap();
         assert_eq!(event.body, EventBody::Unknown);
         assert_eq!(event.seq, 3);
+        assert!(
+            serde_json::to_vec(&event).is_err(),
+            "an unknown event is passed through as stored, never written again"
+        );
 
         let with_extra = format!(
             r#"{{"seq":4,"taskId":"{task_id}","at":"2026-11-25T10:00:00Z","type":"agent_progress","agentRole":"qa","message":"hi","colour":"blue"}}"#

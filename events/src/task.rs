@@ -5,12 +5,13 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::event::{Artifact, Event, EventBody};
 use crate::usage::{Budget, UsageTotals};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ExecutionMode {
     Sequential,
@@ -50,8 +51,9 @@ pub struct TaskSpec {
     pub fallback: Option<ProviderRoute>,
 }
 
-/// A provider and, optionally, its model: `anthropic` or `openai:llama3.2:3b` as text.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A provider and, optionally, its model. As text (flags, settings): `anthropic` or
+/// `openai:llama3.2:3b`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ProviderRoute {
     pub provider: String,
@@ -113,7 +115,7 @@ impl TaskSpec {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TaskStatus {
     Queued,
@@ -246,7 +248,7 @@ impl TaskJob {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum AgentState {
     Pending,
@@ -263,7 +265,7 @@ impl AgentState {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AgentView {
     pub role: String,
@@ -338,7 +340,7 @@ impl RunLedger {
 }
 
 /// A task as a reader sees it, rebuilt from its events alone.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TaskView {
     pub task_id: Uuid,

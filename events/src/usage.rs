@@ -3,10 +3,11 @@
 //! budget the user set when submitting it.
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// Where an `agent_usage` event's token counts come from. Counts are never guessed
 /// silently: a provider that did not report them gives `unknown` and no counts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum UsageSource {
     /// The provider's own figures (OpenAI's `usage` chunk, Anthropic's message usage).
@@ -20,7 +21,7 @@ pub enum UsageSource {
 /// Token counts of one call as its provider reported them. Providers report in parts
 /// (Anthropic: input at the start, output at the end) or as running totals (some
 /// OpenAI-compatible servers), so a later count replaces an earlier one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TokenCounts {
     pub source: UsageSource,
@@ -58,7 +59,7 @@ impl TokenCounts {
 }
 
 /// One agent attempt's usage, as its `agent_usage` event carries it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AttemptUsage {
     #[serde(flatten)]
@@ -69,7 +70,7 @@ pub struct AttemptUsage {
 }
 
 /// A task's usage so far: every attempt's, retries and resumed runs included.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UsageTotals {
     pub input_tokens: u64,
@@ -113,7 +114,7 @@ impl UsageTotals {
 
 /// The most a task may spend, set by the user at submit. When the running total passes a
 /// limit, the task is cancelled.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Budget {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -182,7 +183,7 @@ impl Price {
 /// A user's usage over a window of days, aggregated by the store (`Store::usage_report`):
 /// what the usage page draws. Every list is bounded (see the store's caps) and says so
 /// when a cap cut it.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UsageReport {
     /// Tasks the report covers: those submitted in the window, the newest first, up to
@@ -201,7 +202,7 @@ pub struct UsageReport {
 }
 
 /// One cell of [`UsageReport::daily`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DailyUsage {
     /// `YYYY-MM-DD`, UTC: the day the attempt's call ended.
@@ -215,7 +216,7 @@ pub struct DailyUsage {
 }
 
 /// How one agent role fared in the window.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RoleStats {
     pub role: String,
@@ -235,7 +236,7 @@ pub struct RoleStats {
 
 /// Nearest-rank percentiles of a set of milliseconds: the value below which p% of them
 /// lie (the ⌈p·n/100⌉-th smallest), so each is a value that occurred.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Percentiles {
     pub count: u64,

@@ -11,6 +11,7 @@ mod process;
 #[path = "../support/procs.rs"]
 mod procs;
 mod providers;
+mod reference;
 mod resume;
 mod runs;
 mod traces;

@@ -1,18 +1,38 @@
 use axum::extract::State;
 use axum::http::StatusCode;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::auth::{hash_password, verify_password};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Json;
+use crate::openapi::{JSON_BODY, errors};
 use crate::state::AppState;
 
-#[derive(Deserialize)]
+/// An account's email and password.
+// Optional here so that a missing field gets our message rather than serde's; the schema
+// says what a valid body holds.
+#[derive(Deserialize, ToSchema)]
 pub struct Credentials {
+    #[schema(value_type = String, format = Email, max_length = 254, example = "ada@example.com")]
     email: Option<String>,
+    /// 8 to 1024 characters.
+    #[schema(value_type = String, format = Password, min_length = 8, max_length = 1024)]
     password: Option<String>,
 }
+
+#[derive(Serialize, ToSchema)]
+pub struct Session {
+    /// A session token: send it as `Authorization: Bearer <token>`. It lives
+    /// `TROUPE_SESSION_TTL_HOURS` (24 h by default).
+    pub token: String,
+}
+
+errors!(
+    RegisterErrors = JSON_BODY,
+    &["invalid_email", "invalid_password", "email_taken"]
+);
+errors!(LoginErrors = JSON_BODY, &["unauthorized"]);
 
 impl Credentials {
     fn validate(self) -> ApiResult<(String, String)> {
@@ -39,10 +59,24 @@ impl Credentials {
     }
 }
 
+/// Create an account
+///
+/// Returns a session token for the new account.
+#[utoipa::path(
+    post,
+    path = "/auth/register",
+    operation_id = "register",
+    tag = "auth",
+    request_body = Credentials,
+    responses(
+        (status = 201, description = "The account exists; here is its session.", body = Session),
+        RegisterErrors,
+    ),
+)]
 pub async fn register(
     State(state): State<AppState>,
     Json(body): Json<Credentials>,
-) -> ApiResult<(StatusCode, axum::Json<Value>)> {
+) -> ApiResult<(StatusCode, axum::Json<Session>)> {
     let (email, password) = body.validate()?;
     let hash = hash_password(password).await?;
     let user = state
@@ -58,13 +92,27 @@ pub async fn register(
             other => other.into(),
         })?;
     let token = state.tokens.session(user.id);
-    Ok((StatusCode::CREATED, axum::Json(json!({"token": token}))))
+    Ok((StatusCode::CREATED, axum::Json(Session { token })))
 }
 
+/// Sign in
+///
+/// A wrong email and a wrong password get the same answer.
+#[utoipa::path(
+    post,
+    path = "/auth/login",
+    operation_id = "login",
+    tag = "auth",
+    request_body = Credentials,
+    responses(
+        (status = 200, description = "A new session.", body = Session),
+        LoginErrors,
+    ),
+)]
 pub async fn login(
     State(state): State<AppState>,
     Json(body): Json<Credentials>,
-) -> ApiResult<axum::Json<Value>> {
+) -> ApiResult<axum::Json<Session>> {
     let wrong = ApiError::Unauthorized("wrong email or password");
     let email = body.email.unwrap_or_default();
     let password = body.password.unwrap_or_default();
@@ -77,5 +125,7 @@ pub async fn login(
     if !verify_password(password, user.password_hash).await? {
         return Err(wrong);
     }
-    Ok(axum::Json(json!({"token": state.tokens.session(user.id)})))
+    Ok(axum::Json(Session {
+        token: state.tokens.session(user.id),
+    }))
 }

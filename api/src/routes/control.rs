@@ -6,22 +6,106 @@
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 use troupe_events::task::AgentState;
 use troupe_events::{
     ControlRequest, Dispatch, EventBody, TaskRecord, TaskStatus, Transition, Transitioned,
     millis_since,
 };
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Path;
+use crate::openapi::{ONE_TASK, SIGNED_IN, errors};
 use crate::routes::tasks::{owned_task, stream_url, truncate, view};
 use crate::state::AppState;
 
-type Answer = ApiResult<(StatusCode, axum::Json<Value>)>;
+type Answer<T = Control> = ApiResult<(StatusCode, axum::Json<T>)>;
+
+/// What a cancel, pause or resume did: changed the task at once (200), or asked its
+/// worker, which writes the outcome in the log (202).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Control {
+    pub task_id: Uuid,
+    /// The task's status after the request; `running` while its worker is asked.
+    pub status: TaskStatus,
+    /// `true`: the worker was asked to cancel the task.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cancel_requested: Option<bool>,
+    /// `true`: the worker was asked to pause the task once its running agents finish.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pause_requested: Option<bool>,
+}
+
+impl Control {
+    fn status(task_id: Uuid, status: TaskStatus) -> Self {
+        Control {
+            task_id,
+            status,
+            cancel_requested: None,
+            pause_requested: None,
+        }
+    }
+}
+
+/// An agent's cancel, asked of the task's worker.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentCancel {
+    pub task_id: Uuid,
+    pub agent_role: String,
+    /// The attempt that is cancelled; a later retry is not.
+    pub attempt: u32,
+    pub cancel_requested: bool,
+}
+
+/// A retry, queued.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Retry {
+    pub task_id: Uuid,
+    pub status: TaskStatus,
+    /// The agents that run again.
+    pub agents: Vec<String>,
+    /// A fresh stream URL for the task (see `TaskAccepted.streamUrl`).
+    pub stream_url: String,
+}
+
+errors!(
+    CancelErrors = SIGNED_IN,
+    ONE_TASK,
+    &["task_finished", "task_busy"]
+);
+errors!(
+    CancelAgentErrors = SIGNED_IN,
+    ONE_TASK,
+    &["agent_not_found", "task_finished", "agent_not_running"],
+);
+errors!(
+    PauseErrors = SIGNED_IN,
+    ONE_TASK,
+    &["task_finished", "task_busy"]
+);
+errors!(
+    ResumeErrors = SIGNED_IN,
+    ONE_TASK,
+    &["task_not_paused", "task_busy"]
+);
+errors!(
+    RetryErrors = SIGNED_IN,
+    ONE_TASK,
+    &[
+        "invalid_body",
+        "unknown_agent",
+        "task_not_finished",
+        "nothing_to_retry",
+        "agent_succeeded",
+        "agent_not_retryable",
+    ],
+);
 
 /// A status can change between reading it and acting on it (a worker picks the task up, a
 /// pause takes effect); each action reads again and retries this many times.
@@ -40,7 +124,7 @@ fn finished(task: &TaskRecord) -> ApiError {
     }
 }
 
-fn answer(status: StatusCode, body: Value) -> Answer {
+fn answer<T>(status: StatusCode, body: T) -> Answer<T> {
     Ok((status, axum::Json(body)))
 }
 
@@ -57,9 +141,9 @@ enum Step {
     Answer(Answer),
     /// Change the task here, then answer `status` and `body` (and queue the task when the
     /// transition requeues it).
-    Transition(Transition, StatusCode, Value),
+    Transition(Transition, StatusCode, Control),
     /// Ask the task's worker, then answer.
-    Request(ControlRequest, StatusCode, Value),
+    Request(ControlRequest, StatusCode, Control),
 }
 
 /// Reads the task, takes the step `decide` chooses for its status, and when the status
@@ -93,7 +177,24 @@ async fn drive(
     Err(busy())
 }
 
-/// `POST /api/tasks/{id}/cancel`
+/// Cancel a task
+///
+/// A task no worker runs (queued, paused) is cancelled at once (200, `task_cancelled` in
+/// its log); a running task's worker is asked (202): it stops the agents at once, keeps
+/// their partial output in `agent_cancelled`, and ends the log with `task_cancelled`.
+#[utoipa::path(
+    post,
+    path = "/tasks/{id}/cancel",
+    operation_id = "cancelTask",
+    tag = "control",
+    security(("session" = [])),
+    params(("id" = Uuid, Path, description = "The task's id.")),
+    responses(
+        (status = 200, description = "Cancelled.", body = Control),
+        (status = 202, description = "The task's worker is asked to cancel it.", body = Control),
+        CancelErrors,
+    ),
+)]
 pub async fn cancel(
     State(state): State<AppState>,
     user: AuthUser,
@@ -112,23 +213,45 @@ pub async fn cancel(
                 requeue: false,
             },
             StatusCode::OK,
-            json!({"taskId": task_id, "status": TaskStatus::Cancelled}),
+            Control::status(task_id, TaskStatus::Cancelled),
         ),
         _ => Step::Request(
             ControlRequest::Cancel,
             StatusCode::ACCEPTED,
-            json!({"taskId": task_id, "status": TaskStatus::Running, "cancelRequested": true}),
+            Control {
+                cancel_requested: Some(true),
+                ..Control::status(task_id, TaskStatus::Running)
+            },
         ),
     })
     .await
 }
 
-/// `POST /api/tasks/{id}/agents/{role}/cancel`
+/// Cancel one agent
+///
+/// Asks the task's worker to stop the agent's current attempt. In a parallel run the
+/// others go on; in a sequential run the run stops there. The task then ends with
+/// `task_cancelled` naming the agent, unless another failed (`task_error`).
+#[utoipa::path(
+    post,
+    path = "/tasks/{id}/agents/{role}/cancel",
+    operation_id = "cancelAgent",
+    tag = "control",
+    security(("session" = [])),
+    params(
+        ("id" = Uuid, Path, description = "The task's id."),
+        ("role" = String, Path, description = "The agent's role, e.g. `qa`."),
+    ),
+    responses(
+        (status = 202, description = "The task's worker is asked to cancel the agent.", body = AgentCancel),
+        CancelAgentErrors,
+    ),
+)]
 pub async fn cancel_agent(
     State(state): State<AppState>,
     user: AuthUser,
     Path((task_id, role)): Path<(Uuid, String)>,
-) -> Answer {
+) -> Answer<AgentCancel> {
     let task = owned_task(&state, user.id, task_id).await?;
     if task.status.is_terminal() {
         return Err(finished(&task));
@@ -167,17 +290,39 @@ pub async fn cancel_agent(
     nudge(&state, task_id).await;
     answer(
         StatusCode::ACCEPTED,
-        json!({"taskId": task_id, "agentRole": role, "attempt": agent.attempt, "cancelRequested": true}),
+        AgentCancel {
+            task_id,
+            agent_role: role,
+            attempt: agent.attempt,
+            cancel_requested: true,
+        },
     )
 }
 
-/// `POST /api/tasks/{id}/pause`
+/// Pause a task
+///
+/// No new agent starts; running agents finish, then `task_paused` and the task gives its
+/// worker back until it is resumed. A queued task is paused at once (200); a running
+/// task's worker is asked (202). Pausing a paused task is a 200.
+#[utoipa::path(
+    post,
+    path = "/tasks/{id}/pause",
+    operation_id = "pauseTask",
+    tag = "control",
+    security(("session" = [])),
+    params(("id" = Uuid, Path, description = "The task's id.")),
+    responses(
+        (status = 200, description = "Paused.", body = Control),
+        (status = 202, description = "The task's worker is asked to pause it.", body = Control),
+        PauseErrors,
+    ),
+)]
 pub async fn pause(
     State(state): State<AppState>,
     user: AuthUser,
     Path(task_id): Path<Uuid>,
 ) -> Answer {
-    let paused = json!({"taskId": task_id, "status": TaskStatus::Paused});
+    let paused = Control::status(task_id, TaskStatus::Paused);
     drive(&state, user, task_id, |task| match task.status {
         status if status.is_terminal() => Step::Answer(Err(finished(task))),
         TaskStatus::Paused => Step::Answer(answer(StatusCode::OK, paused.clone())),
@@ -195,13 +340,28 @@ pub async fn pause(
         _ => Step::Request(
             ControlRequest::Pause,
             StatusCode::ACCEPTED,
-            json!({"taskId": task_id, "status": TaskStatus::Running, "pauseRequested": true}),
+            Control {
+                pause_requested: Some(true),
+                ..Control::status(task_id, TaskStatus::Running)
+            },
         ),
     })
     .await
 }
 
-/// `POST /api/tasks/{id}/resume`
+/// Resume a paused task
+///
+/// Appends `task_unpaused` and queues the task. On a task whose pause has not taken
+/// effect yet, withdraws the request.
+#[utoipa::path(
+    post,
+    path = "/tasks/{id}/resume",
+    operation_id = "resumeTask",
+    tag = "control",
+    security(("session" = [])),
+    params(("id" = Uuid, Path, description = "The task's id.")),
+    responses((status = 200, description = "Queued again, or the pause request withdrawn.", body = Control), ResumeErrors),
+)]
 pub async fn resume(
     State(state): State<AppState>,
     user: AuthUser,
@@ -217,13 +377,13 @@ pub async fn resume(
                 requeue: true,
             },
             StatusCode::OK,
-            json!({"taskId": task_id, "status": TaskStatus::Queued}),
+            Control::status(task_id, TaskStatus::Queued),
         ),
         // The pause has not taken effect yet: withdrawing it is the whole resume.
         TaskStatus::Queued | TaskStatus::Running if task.pause_requested => Step::Request(
             ControlRequest::Unpause,
             StatusCode::OK,
-            json!({"taskId": task_id, "status": task.status}),
+            Control::status(task_id, task.status),
         ),
         status => Step::Answer(Err(ApiError::Conflict {
             code: "task_not_paused",
@@ -233,20 +393,34 @@ pub async fn resume(
     .await
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct RetryRequest {
+pub struct RetryRequest {
+    /// The agents to run again, each failed or cancelled; absent: every such agent.
     agents: Option<Vec<String>>,
 }
 
-/// `POST /api/tasks/{id}/retry`, optionally `{"agents": [roles]}`: runs the failed or
-/// cancelled agents of a finished task again, as new attempts in the same log.
+/// Retry a failed or cancelled task
+///
+/// Runs the failed or cancelled agents again (or those named), as new attempts appended
+/// to the same log; completed agents are kept. In sequential mode a retried agent gets the
+/// outputs before it, and the agents after it run too.
+#[utoipa::path(
+    post,
+    path = "/tasks/{id}/retry",
+    operation_id = "retryTask",
+    tag = "control",
+    security(("session" = [])),
+    params(("id" = Uuid, Path, description = "The task's id.")),
+    request_body(content = Option<RetryRequest>, description = "Optional: an empty body retries every failed or cancelled agent.", content_type = "application/json"),
+    responses((status = 202, description = "Queued again.", body = Retry), RetryErrors),
+)]
 pub async fn retry(
     State(state): State<AppState>,
     user: AuthUser,
     Path(task_id): Path<Uuid>,
     body: Bytes,
-) -> Answer {
+) -> Answer<Retry> {
     let request = retry_request(&body)?;
     let task = owned_task(&state, user.id, task_id).await?;
     if !matches!(task.status, TaskStatus::Failed | TaskStatus::Cancelled) {
@@ -282,12 +456,12 @@ pub async fn retry(
     queue(&state, Dispatch { task_id, seq }).await;
     answer(
         StatusCode::ACCEPTED,
-        json!({
-            "taskId": task_id,
-            "status": TaskStatus::Queued,
-            "agents": agents,
-            "streamUrl": stream_url(&state, user, task_id),
-        }),
+        Retry {
+            task_id,
+            status: TaskStatus::Queued,
+            agents,
+            stream_url: stream_url(&state, user, task_id),
+        },
     )
 }
 

@@ -8,20 +8,54 @@ use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt};
 use serde::Deserialize;
 use tokio::sync::OwnedSemaphorePermit;
+use troupe_events::Event;
 use troupe_events::store::{log_pages, ndjson_pages};
+use utoipa::IntoParams;
 use uuid::Uuid;
 
 use crate::auth::Reader;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Path, Query};
 use crate::metrics::{Sent, StreamOpen};
+use crate::openapi::{ONE_TASK, errors};
 use crate::routes::tasks::owned_task;
 use crate::state::AppState;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct EventsQuery {
+    /// Start after this seq (0: from the first event). `Last-Event-ID` wins over it.
+    #[param(value_type = Option<u64>)]
     after: Option<String>,
 }
+
+/// The cursor a reconnecting `EventSource` sends by itself.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Header)]
+pub struct EventsHeaders {
+    /// The seq of the last event received: the stream resumes after it.
+    #[param(rename = "Last-Event-ID", value_type = Option<u64>)]
+    pub last_event_id: Option<String>,
+}
+
+/// The `?token=` of a task's `streamUrl`, read by the authentication of this endpoint.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct StreamToken {
+    /// The stream token of `streamUrl`; not needed with `Authorization: Bearer`.
+    pub token: Option<String>,
+}
+
+errors!(
+    EventsErrors = &["unauthorized"],
+    ONE_TASK,
+    &[
+        "invalid_cursor",
+        "cursor_out_of_range",
+        "invalid_query",
+        "unavailable"
+    ],
+);
 
 fn parse_cursor(value: &str, source: &str) -> ApiResult<u64> {
     value.trim().parse::<u64>().map_err(|_| {
@@ -32,6 +66,40 @@ fn parse_cursor(value: &str, source: &str) -> ApiResult<u64> {
     })
 }
 
+/// Follow or export a task's events
+///
+/// As Server-Sent Events (the default): the log from the cursor on, then live events as
+/// they are stored, until the task's terminal event. Each event is one frame: `id` its
+/// `seq`, `event` its `type`, `data` the event as JSON. A comment line is sent every 15 s.
+/// A reconnect with `Last-Event-ID` resumes after that event, nothing lost or repeated.
+///
+/// With `Accept: application/x-ndjson`: the log as it is now, one JSON event per line, and
+/// the response ends.
+///
+/// Authenticated by a session (`Authorization: Bearer`) or by the stream token in a
+/// task's `streamUrl`, so that a browser's `EventSource` can follow a task by its URL.
+#[utoipa::path(
+    get,
+    path = "/tasks/{id}/events",
+    operation_id = "taskEvents",
+    tag = "events",
+    security(("session" = []), ("streamToken" = [])),
+    params(
+        ("id" = Uuid, Path, description = "The task's id."),
+        EventsQuery,
+        EventsHeaders,
+        StreamToken,
+    ),
+    responses(
+        (status = 200, description = "The events after the cursor, as SSE frames or NDJSON lines; each is an `Event`.",
+            content(
+                (Event = "text/event-stream"),
+                (Event = "application/x-ndjson"),
+            )),
+        (status = 204, description = "The task has finished and nothing follows the cursor: an `EventSource` stops reconnecting."),
+        EventsErrors,
+    ),
+)]
 pub async fn events(
     State(state): State<AppState>,
     reader: Reader,

@@ -1,6 +1,7 @@
 pub mod auth;
 pub mod catalogue;
 pub mod control;
+pub mod docs;
 pub mod events;
 pub mod execute;
 pub mod health;

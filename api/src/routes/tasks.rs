@@ -4,19 +4,23 @@ use std::collections::HashSet;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 use troupe_events::store::read_log;
 use troupe_events::task::TaskSpec;
 use troupe_events::{
-    Budget, ExecutionMode, NewTask, ProviderRoute, Submitted, TaskRecord, TaskView,
+    Budget, ExecutionMode, NewTask, ProviderRoute, Submitted, TaskRecord, TaskStatus, TaskView,
+    UsageTotals,
 };
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Json, Path, Query};
+use crate::openapi::{JSON_BODY, ONE_TASK, SIGNED_IN, SUBMIT, errors};
 use crate::state::AppState;
 
 const MAX_DESCRIPTION: usize = 20_000;
@@ -24,19 +28,58 @@ const MAX_TITLE: usize = 200;
 const MAX_AGENTS: usize = 20;
 const MAX_IDEMPOTENCY_KEY: usize = 255;
 
-/// The task body of every submit endpoint. Everything is optional here so that each
-/// missing or wrong field gets its own message instead of serde's.
-#[derive(Debug, Deserialize)]
+/// A task for a team of agents.
+// The body of every submit endpoint. Everything is optional here so that each missing or
+// wrong field gets its own message instead of serde's; the schema says what a valid body
+// holds (its limits are checked against the constants above by a test).
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(example = json!({
+    "title": "Launch page",
+    "description": "Build a launch page for a todo app",
+    "selectedAgents": ["tech-lead", "frontend", "qa"],
+    "executionMode": "parallel",
+    "provider": "openai",
+    "model": "gpt-4o-mini",
+    "providerOptions": {"temperature": 0.2},
+    "budget": {"maxTokens": 20000},
+    "fallback": {"provider": "anthropic", "model": "claude-haiku-4-5"}
+}))]
 pub struct TaskRequest {
+    /// Default: the description's first line, cut at 80 characters.
+    #[schema(max_length = 200)]
     title: Option<String>,
+    /// What the team should do.
+    #[schema(value_type = String, min_length = 1, max_length = 20000)]
     description: Option<String>,
+    /// Roles from `GET /api/agents`, each once, in team order.
+    #[schema(value_type = Vec<String>, min_items = 1, max_items = 20)]
     selected_agents: Option<Vec<String>>,
+    /// `sequential` (the default): each agent gets the task and the outputs of the agents
+    /// before it, and the run stops at the first failed agent. `parallel`: every agent at
+    /// once, on the task alone.
+    #[schema(value_type = Option<ExecutionMode>)]
     execution_mode: Option<String>,
+    /// `openai`, `anthropic` or `simulated`; it must be configured. Default: see
+    /// `GET /api/providers`.
     provider: Option<String>,
+    /// Default: the provider's configured model.
+    #[schema(max_length = 200)]
     model: Option<String>,
+    /// Passed to the provider. The HTTP providers read `temperature` and `maxTokens`; the
+    /// simulated one `latencyMs`, `tokens`, `failAgents` and `failAttempts`. A wrong value
+    /// fails the agent with a message naming it.
+    #[schema(value_type = Option<Object>)]
     provider_options: Option<Value>,
+    /// The most the task may spend; when its usage passes a limit, it is cancelled.
+    /// Absent or null: no limit.
+    #[schema(value_type = Option<Budget>)]
     budget: Option<Value>,
+    /// Where an agent's call goes when the task's provider keeps failing before any text
+    /// (rate limits, 5xx, timeouts, after its retries). The provider must be configured,
+    /// and differ from the task's own provider or model. Absent or null: the server's
+    /// fallback for the task's provider, if any.
+    #[schema(value_type = Option<ProviderRoute>)]
     fallback: Option<Value>,
 }
 
@@ -311,12 +354,59 @@ pub fn stream_url(state: &AppState, user: AuthUser, task_id: Uuid) -> String {
     )
 }
 
+/// A submitted task.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskAccepted {
+    pub task_id: Uuid,
+    /// `queued` for a new task; a replayed submit (same `Idempotency-Key`) gives the
+    /// task's current status.
+    pub status: TaskStatus,
+    /// Where to follow the task: a path to put after the api's origin, whose token reads
+    /// this task's events and nothing else; `new EventSource(streamUrl)` works as is.
+    #[schema(example = "/api/tasks/01a20b3c-362a-7018-944e-af04d8dcc106/events?token=eyJ0eXAi…")]
+    pub stream_url: String,
+}
+
+/// An `Idempotency-Key` header, accepted by every submit endpoint.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Header)]
+pub struct SubmitHeaders {
+    /// 1 to 255 visible ASCII characters, scoped to the account. The same key with the
+    /// same request returns the task made the first time; with a different request it is
+    /// refused (`422 idempotency_key_reused`).
+    #[param(rename = "Idempotency-Key", min_length = 1, max_length = 255)]
+    pub idempotency_key: Option<String>,
+}
+
+errors!(SubmitErrors = SIGNED_IN, JSON_BODY, SUBMIT);
+
+/// Submit a task
+///
+/// Stores and queues the task, and answers at once; follow it at `streamUrl`.
+#[utoipa::path(
+    post,
+    path = "/tasks",
+    operation_id = "createTask",
+    tag = "tasks",
+    security(("session" = [])),
+    params(SubmitHeaders),
+    request_body = TaskRequest,
+    responses(
+        (status = 202, description = "Queued (or, for a replayed `Idempotency-Key`, the task made the first time).", body = TaskAccepted,
+            headers(
+                ("Location" = String, description = "The task: `/api/tasks/{id}`."),
+                ("Idempotent-Replayed" = String, description = "`true` when the answer is a replay of an earlier submit with the same `Idempotency-Key`."),
+            )),
+        SubmitErrors,
+    ),
+)]
 pub async fn create(
     State(state): State<AppState>,
     user: AuthUser,
     headers: HeaderMap,
     Json(body): Json<TaskRequest>,
-) -> ApiResult<(StatusCode, HeaderMap, axum::Json<Value>)> {
+) -> ApiResult<(StatusCode, HeaderMap, axum::Json<TaskAccepted>)> {
     let submitted = submit(&state, user, &headers, body).await?;
     let task = submitted.task();
     let mut response_headers = HeaderMap::new();
@@ -331,40 +421,88 @@ pub async fn create(
     Ok((
         StatusCode::ACCEPTED,
         response_headers,
-        axum::Json(json!({
-            "taskId": task.id,
-            "status": task.status,
-            "streamUrl": stream_url(&state, user, task.id),
-        })),
+        axum::Json(TaskAccepted {
+            task_id: task.id,
+            status: task.status,
+            stream_url: stream_url(&state, user, task.id),
+        }),
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Tasks per page, 1 to 100.
+    #[param(minimum = 1, maximum = 100, default = 20)]
     limit: Option<u32>,
+    /// A page's `nextCursor`: the tasks older than that one.
     before: Option<Uuid>,
 }
 
-fn summary(task: &TaskRecord) -> Value {
-    json!({
-        "taskId": task.id,
-        "title": task.spec.title,
-        "status": task.status,
-        "executionMode": task.spec.execution_mode,
-        "provider": task.spec.provider,
-        "selectedAgents": task.spec.roles(),
-        "createdAt": task.created_at,
-        "updatedAt": task.updated_at,
-        "lastSeq": task.last_seq,
-        "usage": task.usage,
-    })
+/// One line of the task list.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskSummary {
+    pub task_id: Uuid,
+    pub title: String,
+    pub status: TaskStatus,
+    pub execution_mode: ExecutionMode,
+    pub provider: String,
+    pub selected_agents: Vec<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// The seq of the task's last event.
+    pub last_seq: u64,
+    /// What the task has used so far (every attempt, retries included).
+    pub usage: UsageTotals,
 }
 
+impl TaskSummary {
+    fn of(task: &TaskRecord) -> Self {
+        TaskSummary {
+            task_id: task.id,
+            title: task.spec.title.clone(),
+            status: task.status,
+            execution_mode: task.spec.execution_mode,
+            provider: task.spec.provider.clone(),
+            selected_agents: task.spec.roles(),
+            created_at: task.created_at,
+            updated_at: task.updated_at,
+            last_seq: task.last_seq,
+            usage: task.usage,
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskList {
+    /// Newest first.
+    pub tasks: Vec<TaskSummary>,
+    /// On a full page, the id of its last task: pass it as `before` for the next page;
+    /// otherwise null.
+    pub next_cursor: Option<Uuid>,
+}
+
+errors!(ListErrors = SIGNED_IN, &["invalid_limit", "invalid_query"]);
+
+/// List your tasks
+///
+/// Newest first, a page at a time.
+#[utoipa::path(
+    get,
+    path = "/tasks",
+    operation_id = "listTasks",
+    tag = "tasks",
+    security(("session" = [])),
+    params(ListQuery),
+    responses((status = 200, description = "A page of tasks.", body = TaskList), ListErrors),
+)]
 pub async fn list(
     State(state): State<AppState>,
     user: AuthUser,
     Query(query): Query<ListQuery>,
-) -> ApiResult<axum::Json<Value>> {
+) -> ApiResult<axum::Json<TaskList>> {
     let limit = query.limit.unwrap_or(20);
     if !(1..=100).contains(&limit) {
         return Err(ApiError::bad_request(
@@ -380,10 +518,10 @@ pub async fn list(
     let next = (tasks.len() as u32 == limit)
         .then(|| tasks.last().map(|t| t.id))
         .flatten();
-    Ok(axum::Json(json!({
-        "tasks": tasks.iter().map(summary).collect::<Vec<_>>(),
-        "nextCursor": next,
-    })))
+    Ok(axum::Json(TaskList {
+        tasks: tasks.iter().map(TaskSummary::of).collect(),
+        next_cursor: next,
+    }))
 }
 
 /// The caller's task; another user's task is as missing as one that does not exist.
@@ -413,16 +551,65 @@ pub async fn view(state: &AppState, task: &TaskRecord) -> ApiResult<TaskView> {
     Ok(view)
 }
 
+/// A task as `GET /api/tasks/{id}` shows it.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskDetail {
+    #[serde(flatten)]
+    pub view: TaskView,
+    /// A fresh stream URL for the task (see `TaskAccepted.streamUrl`).
+    pub stream_url: String,
+    /// A cancel the task's worker has not carried out yet.
+    pub cancel_requested: bool,
+    /// A pause the task's worker has not carried out yet.
+    pub pause_requested: bool,
+}
+
+errors!(GetErrors = SIGNED_IN, ONE_TASK);
+
+/// Read a task
+///
+/// The task as projected from its whole event log: its status, each agent's state, output,
+/// artifacts and usage. Another user's task answers 404, like a missing one.
+#[utoipa::path(
+    get,
+    path = "/tasks/{id}",
+    operation_id = "getTask",
+    tag = "tasks",
+    security(("session" = [])),
+    params(("id" = Uuid, Path, description = "The task's id.")),
+    responses((status = 200, description = "The task.", body = TaskDetail), GetErrors),
+)]
 pub async fn get(
     State(state): State<AppState>,
     user: AuthUser,
     Path(task_id): Path<Uuid>,
-) -> ApiResult<axum::Json<Value>> {
+) -> ApiResult<axum::Json<TaskDetail>> {
     let task = owned_task(&state, user.id, task_id).await?;
     let view = view(&state, &task).await?;
-    let mut body = serde_json::to_value(&view).map_err(anyhow::Error::from)?;
-    body["streamUrl"] = json!(stream_url(&state, user, task_id));
-    body["cancelRequested"] = json!(task.cancel_requested);
-    body["pauseRequested"] = json!(task.pause_requested);
-    Ok(axum::Json(body))
+    Ok(axum::Json(TaskDetail {
+        view,
+        stream_url: stream_url(&state, user, task_id),
+        cancel_requested: task.cancel_requested,
+        pause_requested: task.pause_requested,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The document's limits are the ones a submit is held to.
+    #[test]
+    fn the_documented_limits_are_the_enforced_ones() {
+        let doc: Value =
+            serde_json::from_str(&crate::openapi::document().to_json().unwrap()).unwrap();
+        let body = &doc["components"]["schemas"]["TaskRequest"]["properties"];
+        assert_eq!(body["description"]["maxLength"], MAX_DESCRIPTION);
+        assert_eq!(body["title"]["maxLength"], MAX_TITLE);
+        assert_eq!(body["selectedAgents"]["maxItems"], MAX_AGENTS);
+        let key = &doc["paths"]["/api/tasks"]["post"]["parameters"][0];
+        assert_eq!(key["name"], "Idempotency-Key");
+        assert_eq!(key["schema"]["maxLength"], MAX_IDEMPOTENCY_KEY);
+    }
 }

@@ -5,10 +5,12 @@ use axum::extract::State;
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 use troupe_events::UsageReport;
+use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Query;
+use crate::openapi::{SIGNED_IN, errors};
 use crate::state::AppState;
 
 /// The longest window a report covers, in days: with the store's caps, it bounds what one
@@ -17,13 +19,16 @@ pub const MAX_DAYS: u32 = 90;
 const DEFAULT_DAYS: u32 = 30;
 
 /// `?days=N`: the window, 1 to [`MAX_DAYS`] UTC days ending today (default 30).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct UsageQuery {
+    /// UTC days ending today, 1 to 90; default 30.
+    #[param(minimum = 1, maximum = 90)]
     days: Option<u32>,
 }
 
 /// The answer: the window and the report of the tasks submitted in it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UsageResponse {
     pub days: u32,
@@ -55,6 +60,22 @@ fn window_start(now: DateTime<Utc>, days: u32) -> DateTime<Utc> {
     today.and_utc() - Duration::days(i64::from(days) - 1)
 }
 
+errors!(UsageErrors = SIGNED_IN, &["invalid_days", "invalid_query"]);
+
+/// Your usage over the last days
+///
+/// Tokens and cost by UTC day, agent role and model, and how each role's attempts ended
+/// and how long they took, over the tasks you submitted in the window (the newest
+/// 10,000; `truncated` says when the window held more).
+#[utoipa::path(
+    get,
+    path = "/usage",
+    operation_id = "usage",
+    tag = "usage",
+    security(("session" = [])),
+    params(UsageQuery),
+    responses((status = 200, description = "The window and its report.", body = UsageResponse), UsageErrors),
+)]
 #[tracing::instrument(skip_all, fields(user_id = %user.id))]
 pub async fn usage(
     State(state): State<AppState>,

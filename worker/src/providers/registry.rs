@@ -56,13 +56,17 @@ impl Default for ProviderSettings {
 }
 
 /// One line of the provider catalogue, as the api serves it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ProviderInfo {
+    /// What a task's `provider` names: `openai`, `anthropic` or `simulated`.
     pub name: String,
     pub label: String,
+    /// Calls no LLM: its answers are made up, and say so.
     pub simulated: bool,
+    /// Can run tasks on this server (a key or base URL is set).
     pub configured: bool,
+    /// The model a task that names none gets.
     pub default_model: Option<String>,
 }
 
