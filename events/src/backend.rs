@@ -214,23 +214,54 @@ impl Readiness {
         self.store.is_ok() && self.bus.is_ok() && self.queue.is_ok()
     }
 
-    /// `{"status": "ready" | "not_ready", "store": "ok" | "unreachable", "bus": …, "queue": …}`;
-    /// what failed is logged, never answered.
-    pub fn to_json(&self) -> serde_json::Value {
+    /// What `/readyz` answers, on the api and the worker alike; what failed is logged,
+    /// never answered.
+    pub fn report(&self) -> Ready {
         let check = |r: &Result<()>| match r {
-            Ok(()) => serde_json::json!("ok"),
+            Ok(()) => Check::Ok,
             Err(e) => {
                 tracing::warn!(error = %e, "readiness check failed");
-                serde_json::json!("unreachable")
+                Check::Unreachable
             }
         };
-        serde_json::json!({
-            "status": if self.is_ready() { "ready" } else { "not_ready" },
-            "store": check(&self.store),
-            "bus": check(&self.bus),
-            "queue": check(&self.queue),
-        })
+        Ready {
+            status: if self.is_ready() {
+                ReadyStatus::Ready
+            } else {
+                ReadyStatus::NotReady
+            },
+            store: check(&self.store),
+            bus: check(&self.bus),
+            queue: check(&self.queue),
+        }
     }
+}
+
+#[derive(Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadyStatus {
+    Ready,
+    NotReady,
+}
+
+/// Whether one backend answered.
+#[derive(Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Check {
+    Ok,
+    Unreachable,
+}
+
+/// The body of `/readyz`.
+#[derive(Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct Ready {
+    pub status: ReadyStatus,
+    /// The event store (PostgreSQL or SQLite).
+    pub store: Check,
+    /// The live event bus (NATS or in-process).
+    pub bus: Check,
+    /// The work queue (JetStream or in-process).
+    pub queue: Check,
 }
 
 #[cfg(test)]

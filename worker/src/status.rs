@@ -37,14 +37,16 @@ async fn healthz() -> axum::Json<Value> {
 }
 
 /// 200 when this worker can take work, 503 while its store, bus or queue is unreachable.
-async fn readyz(State(backends): State<Backends>) -> (StatusCode, axum::Json<Value>) {
+async fn readyz(
+    State(backends): State<Backends>,
+) -> (StatusCode, axum::Json<troupe_events::backend::Ready>) {
     let readiness = backends.readiness().await;
     let status = if readiness.is_ready() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, axum::Json(readiness.to_json()))
+    (status, axum::Json(readiness.report()))
 }
 
 async fn metrics() -> impl IntoResponse {

@@ -1,6 +1,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Serialize;
+use troupe_events::backend::Ready;
 use utoipa::ToSchema;
 
 use crate::state::AppState;
@@ -9,32 +10,6 @@ use crate::state::AppState;
 pub struct Health {
     #[schema(example = "ok")]
     pub status: &'static str,
-}
-
-#[derive(Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Readiness {
-    Ready,
-    NotReady,
-}
-
-/// Whether one backend answered.
-#[derive(Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Check {
-    Ok,
-    Unreachable,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct Ready {
-    pub status: Readiness,
-    /// The event store (PostgreSQL or SQLite).
-    pub store: Check,
-    /// The live event bus (NATS or in-process).
-    pub bus: Check,
-    /// The work queue (JetStream or in-process).
-    pub queue: Check,
 }
 
 /// Liveness
@@ -71,28 +46,5 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, axum::Json<Re
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, axum::Json(Ready::from(&readiness)))
-}
-
-impl From<&troupe_events::backend::Readiness> for Ready {
-    /// What failed is logged, never answered.
-    fn from(readiness: &troupe_events::backend::Readiness) -> Self {
-        let check = |r: &troupe_events::Result<()>| match r {
-            Ok(()) => Check::Ok,
-            Err(e) => {
-                tracing::warn!(error = %e, "readiness check failed");
-                Check::Unreachable
-            }
-        };
-        Ready {
-            status: if readiness.is_ready() {
-                Readiness::Ready
-            } else {
-                Readiness::NotReady
-            },
-            store: check(&readiness.store),
-            bus: check(&readiness.bus),
-            queue: check(&readiness.queue),
-        }
-    }
+    (status, axum::Json(readiness.report()))
 }
