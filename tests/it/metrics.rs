@@ -293,19 +293,9 @@ async fn the_worker_port_answers_probes_and_serves_metrics() {
     let stop = CancellationToken::new();
     let url = serve_worker_port(backends.clone(), &stop).await;
 
-    let health = app
-        .client
-        .get(format!("{url}/healthz"))
-        .send()
-        .await
-        .unwrap();
+    let health = get(&app, &format!("{url}/healthz")).await;
     assert_eq!(health.status(), 200);
-    let ready = app
-        .client
-        .get(format!("{url}/readyz"))
-        .send()
-        .await
-        .unwrap();
+    let ready = get(&app, &format!("{url}/readyz")).await;
     assert_eq!(ready.status(), 200);
     assert_eq!(
         ready.json::<Value>().await.unwrap(),
@@ -317,12 +307,7 @@ async fn the_worker_port_answers_probes_and_serves_metrics() {
         .submit(&token, &task(&["qa", "devops"], "parallel", json!({})))
         .await;
     app.wait_finished(&token, task_id).await;
-    let response = app
-        .client
-        .get(format!("{url}/metrics"))
-        .send()
-        .await
-        .unwrap();
+    let response = get(&app, &format!("{url}/metrics")).await;
     assert_eq!(response.status(), 200);
     assert_eq!(
         response.headers()["content-type"],
@@ -348,23 +333,13 @@ async fn the_worker_port_answers_probes_and_serves_metrics() {
         ..backends
     };
     let url = serve_worker_port(unready, &stop).await;
-    let ready = app
-        .client
-        .get(format!("{url}/readyz"))
-        .send()
-        .await
-        .unwrap();
+    let ready = get(&app, &format!("{url}/readyz")).await;
     assert_eq!(ready.status(), 503);
     assert_eq!(
         ready.json::<Value>().await.unwrap(),
         json!({"status": "not_ready", "store": "unreachable", "bus": "ok", "queue": "ok"})
     );
-    let health = app
-        .client
-        .get(format!("{url}/healthz"))
-        .send()
-        .await
-        .unwrap();
+    let health = get(&app, &format!("{url}/healthz")).await;
     assert_eq!(health.status(), 200, "alive, only not ready");
     stop.cancel();
 }
@@ -477,6 +452,11 @@ fn parse_labels(text: &str) -> BTreeMap<String, String> {
         rest = &after[end + 1..];
     }
     labels
+}
+
+/// `GET url`, outside the api (the worker's own port).
+async fn get(app: &TestApp, url: &str) -> reqwest::Response {
+    app.client.get(url).send().await.unwrap()
 }
 
 async fn scrape(client: &reqwest::Client, url: &str) -> Scrape {

@@ -332,6 +332,26 @@ async fn a_task_names_its_own_fallback_and_without_one_the_agent_fails(backend: 
     );
     let view = app.wait_finished(&token, covered).await;
     assert_eq!(view["status"], "completed");
+
+    // A fallback that fails too ends the agent after one hop, saying both failed.
+    let body = on_openai(json!({"fallback": {"provider": "openai", "model": "fake-gpt-mini"}}));
+    let both_down = app.submit(&token, &body).await;
+    let events = app.read_events(0, &token, both_down, None, None).await;
+    assert_eq!(events.last().unwrap().event, "task_error");
+    assert_eq!(
+        of_event(&events, "agent_failover").len(),
+        2,
+        "one hop per agent"
+    );
+    for error in of_event(&events, "agent_error") {
+        let message = error["error"].as_str().unwrap();
+        assert!(
+            message.starts_with(
+                "openai kept failing, and its fallback openai (fake-gpt-mini) failed too: "
+            ) && message.contains("503"),
+            "{message}"
+        );
+    }
 }
 
 async fn a_fallback_that_cannot_be_used_is_refused_and_nothing_is_stored(backend: Backend) {

@@ -584,7 +584,15 @@ impl TaskRun {
             .stream(&request)
             .await
             .map(|stream| (fallback, stream))
-            .map_err(|e| format!("{} (fallback {})", e.message, fallback.name)))
+            .map_err(|e| {
+                format!(
+                    "{} kept failing, and its fallback {} ({}) failed too: {}",
+                    primary.name,
+                    fallback.name,
+                    fallback.model(),
+                    e.message
+                )
+            }))
     }
 
     /// The span records the route that answered: the fallback's after a failover.

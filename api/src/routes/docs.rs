@@ -5,7 +5,7 @@
 use std::sync::{Arc, LazyLock};
 
 use axum::Extension;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
@@ -104,18 +104,7 @@ pub async fn redoc(headers: HeaderMap) -> Response {
 }
 
 fn secured<const N: usize>(headers: [(header::HeaderName, &str); N], body: Bytes) -> Response {
-    let mut response = (headers, body).into_response();
-    let headers = response.headers_mut();
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    headers.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(CSP),
-    );
-    headers.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    response
+    super::ui::with_page_headers((headers, body).into_response(), CSP)
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ use troupe_events::{
     Budget, ExecutionMode, NewTask, ProviderRoute, Submitted, TaskRecord, TaskStatus, TaskView,
     UsageTotals,
 };
+use troupe_worker::providers::Providers;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
@@ -207,8 +208,9 @@ fn usable_provider(state: &AppState, field: &str, name: String) -> ApiResult<Str
             ApiError::invalid(
                 "unknown_provider",
                 format!(
-                    "unknown {field} {:?}; providers: openai, anthropic, simulated",
-                    truncate(&name, 32)
+                    "unknown {field} {:?}; providers: {}",
+                    truncate(&name, 32),
+                    Providers::NAMES.join(", ")
                 ),
             )
         })?;

@@ -32,16 +32,21 @@ fn serve(path: &str) -> Response {
         return (StatusCode::NOT_FOUND, "no such file").into_response();
     };
     let mut response = file.data.into_owned().into_response();
-    let headers = response.headers_mut();
-    headers.insert(
+    response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static(content_type(path)),
     );
-    // Revalidate every time: a new binary must never meet a browser's stale script.
+    with_page_headers(response, CSP)
+}
+
+/// What every page and script this binary serves carries: revalidation every time (a new
+/// binary must never meet a browser's stale script), its `csp`, and no type sniffing.
+pub(crate) fn with_page_headers(mut response: Response, csp: &'static str) -> Response {
+    let headers = response.headers_mut();
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     headers.insert(
         header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(CSP),
+        HeaderValue::from_static(csp),
     );
     headers.insert(
         header::X_CONTENT_TYPE_OPTIONS,

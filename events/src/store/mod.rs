@@ -254,6 +254,45 @@ fn first_id_since(since: DateTime<Utc>) -> Uuid {
     Uuid::from_bytes(bytes)
 }
 
+/// Runs a [`ReportSql`]'s statements for `owner` and the tasks from `first` on, in the
+/// transaction `tx` (one snapshot, so that the breakdowns add up to the totals): a macro,
+/// as the two stores' transactions are of different types.
+macro_rules! read_report_rows {
+    ($tx:ident, $sql:expr, $owner:expr, $first:expr) => {{
+        let tasks = i64::from(super::REPORT_TASKS);
+        macro_rules! rows {
+            ($statement:expr, $cap:expr) => {
+                sqlx::query_as(&$statement)
+                    .bind($owner)
+                    .bind($first)
+                    .bind(tasks)
+                    .bind(i64::from($cap) + 1)
+                    .fetch_all(&mut *$tx)
+                    .await?
+            };
+        }
+        super::ReportRows {
+            tasks: sqlx::query_scalar(&$sql.tasks)
+                .bind($owner)
+                .bind($first)
+                .bind(tasks)
+                .fetch_one(&mut *$tx)
+                .await?,
+            totals: sqlx::query_as(&$sql.totals)
+                .bind($owner)
+                .bind($first)
+                .bind(tasks)
+                .fetch_one(&mut *$tx)
+                .await?,
+            daily: rows!($sql.daily, super::REPORT_ROWS),
+            outcomes: rows!($sql.outcomes, super::REPORT_ROLES),
+            durations: rows!($sql.durations, super::REPORT_ROLES),
+            first_tokens: rows!($sql.first_tokens, super::REPORT_ROLES),
+        }
+    }};
+}
+use read_report_rows;
+
 /// The rows of a usage report's statements, as both stores read them.
 struct ReportRows {
     tasks: i64,
@@ -395,6 +434,21 @@ fn usage_added_sql(mark: char, first: u32) -> String {
         .collect::<Vec<_>>()
         .join(", ")
 }
+
+/// Binds [`usage_added`]'s six figures in [`usage_added_sql`]'s order: a macro, as the
+/// two stores' queries are of different types.
+macro_rules! bind_usage_added {
+    ($query:expr, $usage:expr) => {
+        $query
+            .bind($usage.input_tokens as i64)
+            .bind($usage.output_tokens as i64)
+            .bind($usage.cost_usd)
+            .bind(i64::from($usage.unreported_attempts))
+            .bind(i64::from($usage.unpriced_attempts))
+            .bind(i64::from($usage.simulated_attempts))
+    };
+}
+use bind_usage_added;
 
 /// Most JSON one page of [`Store::events_after`] carries beyond its first event.
 pub const PAGE_BYTES: i64 = 1 << 20;

@@ -1,3 +1,4 @@
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -7,12 +8,12 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use uuid::Uuid;
 
 use super::{
-    CONTROLS_SQL, Claim, Dialect, Dispatch, Lease, Lines, PAGE_BYTES, REPORT_ROLES, REPORT_ROWS,
-    REPORT_TASKS, ReportRows, ReportSql, Store, SubmitParts, Submitted, TaskRow, Transition,
-    Transitioned, User, WRITABLE, batch_bounds, clear_outbox_query, control_sql, controls_of,
-    created_record, earlier_submit, first_id_since, is_unique_violation, raw_event, refused,
-    row_usage, settle_claim, settled_requests_sql, status_after, task_record, task_usage_columns,
-    usage_added, usage_added_sql,
+    CONTROLS_SQL, Claim, Dialect, Dispatch, Lease, Lines, PAGE_BYTES, ReportSql, Store,
+    SubmitParts, Submitted, TaskRow, Transition, Transitioned, User, WRITABLE, batch_bounds,
+    bind_usage_added, clear_outbox_query, control_sql, controls_of, created_record, earlier_submit,
+    first_id_since, is_unique_violation, raw_event, read_report_rows, refused, row_usage,
+    settle_claim, settled_requests_sql, status_after, task_record, task_usage_columns, usage_added,
+    usage_added_sql,
 };
 use crate::error::{Error, Result};
 use crate::event::{Event, RawEvent};
@@ -34,6 +35,21 @@ const PAGE: &str = "SELECT seq, type, at, data::text AS data,
             sum(octet_length(data::text)) OVER (ORDER BY seq ROWS UNBOUNDED PRECEDING) AS upto
      FROM task_events WHERE task_id = $1 AND seq > $2 ORDER BY seq LIMIT $3";
 const IN_PAGE: &str = "upto - octet_length(data) < $4";
+
+/// The append statement, built once: its parts are shared with the SQLite store.
+static APPEND: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH moved AS (
+             UPDATE tasks SET last_seq = $3, status = COALESCE($4, status), updated_at = now(), {}, {}
+             WHERE id = $1 AND last_seq = $2 AND {WRITABLE}
+             RETURNING id)
+         INSERT INTO task_events (task_id, seq, type, at, data)
+         SELECT moved.id, s, t, a, d::json
+         FROM moved, UNNEST($5::bigint[], $6::text[], $7::timestamptz[], $8::text[]) AS u(s, t, a, d)",
+        settled_requests_sql("$4::text"),
+        usage_added_sql('$', 9),
+    )
+});
 
 #[derive(Clone)]
 pub struct PgStore {
@@ -213,41 +229,26 @@ impl Store for PgStore {
         // where this writer thinks it does, and refuses to extend a finished task; the
         // events go in only if it moved the row. One statement is one round trip and is
         // atomic without a transaction of its own.
-        let inserted = sqlx::query(&format!(
-            "WITH moved AS (
-                 UPDATE tasks SET last_seq = $3, status = COALESCE($4, status), updated_at = now(), {}, {}
-                 WHERE id = $1 AND last_seq = $2 AND {WRITABLE}
-                 RETURNING id)
-             INSERT INTO task_events (task_id, seq, type, at, data)
-             SELECT moved.id, s, t, a, d::json
-             FROM moved, UNNEST($5::bigint[], $6::text[], $7::timestamptz[], $8::text[]) AS u(s, t, a, d)",
-            settled_requests_sql("$4::text"),
-            usage_added_sql('$', 9),
-        ))
-        .bind(task_id)
-        .bind(expected as i64)
-        .bind(new_last as i64)
-        .bind(status)
-        .bind(&seqs)
-        .bind(&kinds)
-        .bind(&ats)
-        .bind(&datas)
-        .bind(usage.input_tokens as i64)
-        .bind(usage.output_tokens as i64)
-        .bind(usage.cost_usd)
-        .bind(i64::from(usage.unreported_attempts))
-        .bind(i64::from(usage.unpriced_attempts))
-        .bind(i64::from(usage.simulated_attempts))
-        .execute(&self.pool)
-        .await
-        .map_err(|e| {
-            if is_unique_violation(&e) {
-                Error::SeqConflict { task_id, expected }
-            } else {
-                Error::from(e)
-            }
-        })?
-        .rows_affected();
+        let query = sqlx::query(&APPEND)
+            .bind(task_id)
+            .bind(expected as i64)
+            .bind(new_last as i64)
+            .bind(status)
+            .bind(&seqs)
+            .bind(&kinds)
+            .bind(&ats)
+            .bind(&datas);
+        let inserted = bind_usage_added!(query, usage)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    Error::SeqConflict { task_id, expected }
+                } else {
+                    Error::from(e)
+                }
+            })?
+            .rows_affected();
         if inserted == 0 {
             return Err(Error::SeqConflict { task_id, expected });
         }
@@ -465,41 +466,12 @@ impl Store for PgStore {
             events: "task_events",
         });
         let first = first_id_since(since);
-        let tasks = i64::from(REPORT_TASKS);
         // One snapshot for every statement, so that the breakdowns add up to the totals.
         let mut tx = self.pool.begin().await?;
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             .execute(&mut *tx)
             .await?;
-        macro_rules! rows {
-            ($sql:expr, $cap:expr) => {
-                sqlx::query_as(&$sql)
-                    .bind(owner_id)
-                    .bind(first)
-                    .bind(tasks)
-                    .bind(i64::from($cap) + 1)
-                    .fetch_all(&mut *tx)
-                    .await?
-            };
-        }
-        let rows = ReportRows {
-            tasks: sqlx::query_scalar(&sql.tasks)
-                .bind(owner_id)
-                .bind(first)
-                .bind(tasks)
-                .fetch_one(&mut *tx)
-                .await?,
-            totals: sqlx::query_as(&sql.totals)
-                .bind(owner_id)
-                .bind(first)
-                .bind(tasks)
-                .fetch_one(&mut *tx)
-                .await?,
-            daily: rows!(sql.daily, REPORT_ROWS),
-            outcomes: rows!(sql.outcomes, REPORT_ROLES),
-            durations: rows!(sql.durations, REPORT_ROLES),
-            first_tokens: rows!(sql.first_tokens, REPORT_ROLES),
-        };
+        let rows = read_report_rows!(tx, sql, owner_id, first);
         tx.commit().await?;
         Ok(rows.report())
     }

@@ -1,6 +1,7 @@
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -12,12 +13,12 @@ use sqlx::{QueryBuilder, Row};
 use uuid::Uuid;
 
 use super::{
-    CONTROLS_SQL, Claim, Dialect, Dispatch, Lease, Lines, PAGE_BYTES, REPORT_ROLES, REPORT_ROWS,
-    REPORT_TASKS, ReportRows, ReportSql, Store, SubmitParts, Submitted, TaskRow, Transition,
-    Transitioned, User, WRITABLE, batch_bounds, clear_outbox_query, control_sql, controls_of,
-    created_record, earlier_submit, first_id_since, is_unique_violation, raw_event, refused,
-    row_usage, settle_claim, settled_requests_sql, status_after, task_record, task_usage_columns,
-    usage_added, usage_added_sql,
+    CONTROLS_SQL, Claim, Dialect, Dispatch, Lease, Lines, PAGE_BYTES, ReportSql, Store,
+    SubmitParts, Submitted, TaskRow, Transition, Transitioned, User, WRITABLE, batch_bounds,
+    bind_usage_added, clear_outbox_query, control_sql, controls_of, created_record, earlier_submit,
+    first_id_since, is_unique_violation, raw_event, read_report_rows, refused, row_usage,
+    settle_claim, settled_requests_sql, status_after, task_record, task_usage_columns, usage_added,
+    usage_added_sql,
 };
 use crate::error::{Error, Result};
 use crate::event::{Event, RawEvent};
@@ -32,6 +33,16 @@ const PAGE: &str = "SELECT seq, type, at, data,
             sum(length(CAST(data AS BLOB))) OVER (ORDER BY seq ROWS UNBOUNDED PRECEDING) AS upto
      FROM task_events WHERE task_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3";
 const IN_PAGE: &str = "upto - length(CAST(data AS BLOB)) < ?4";
+
+/// The append's fence, built once: its parts are shared with the PostgreSQL store.
+static APPEND: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE tasks SET last_seq = ?3, status = COALESCE(?4, status), updated_at = ?5, {}, {}
+         WHERE id = ?1 AND last_seq = ?2 AND {WRITABLE}",
+        settled_requests_sql("?4"),
+        usage_added_sql('?', 6),
+    )
+});
 
 /// Connections that only read: replays and followers catching up, beside the writer.
 const READERS: u32 = 4;
@@ -265,26 +276,16 @@ impl Store for SqliteStore {
         let usage = usage_added(events);
         let mut tx = self.writer.begin().await?;
         // Same fence as PostgreSQL: the log must end where the writer thinks, and be open.
-        let moved = sqlx::query(&format!(
-            "UPDATE tasks SET last_seq = ?3, status = COALESCE(?4, status), updated_at = ?5, {}, {}
-             WHERE id = ?1 AND last_seq = ?2 AND {WRITABLE}",
-            settled_requests_sql("?4"),
-            usage_added_sql('?', 6),
-        ))
-        .bind(task_id)
-        .bind(expected as i64)
-        .bind(new_last as i64)
-        .bind(status)
-        .bind(Utc::now())
-        .bind(usage.input_tokens as i64)
-        .bind(usage.output_tokens as i64)
-        .bind(usage.cost_usd)
-        .bind(i64::from(usage.unreported_attempts))
-        .bind(i64::from(usage.unpriced_attempts))
-        .bind(i64::from(usage.simulated_attempts))
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        let query = sqlx::query(&APPEND)
+            .bind(task_id)
+            .bind(expected as i64)
+            .bind(new_last as i64)
+            .bind(status)
+            .bind(Utc::now());
+        let moved = bind_usage_added!(query, usage)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
         if moved == 0 {
             return Err(Error::SeqConflict { task_id, expected });
         }
@@ -528,39 +529,10 @@ impl Store for SqliteStore {
             events: "task_events INDEXED BY task_events_agent_outcomes",
         });
         let first = first_id_since(since);
-        let tasks = i64::from(REPORT_TASKS);
         // One read transaction: one snapshot for every statement (WAL), so that the
         // breakdowns add up to the totals.
         let mut tx = self.readers.begin().await?;
-        macro_rules! rows {
-            ($sql:expr, $cap:expr) => {
-                sqlx::query_as(&$sql)
-                    .bind(owner_id)
-                    .bind(first)
-                    .bind(tasks)
-                    .bind(i64::from($cap) + 1)
-                    .fetch_all(&mut *tx)
-                    .await?
-            };
-        }
-        let rows = ReportRows {
-            tasks: sqlx::query_scalar(&sql.tasks)
-                .bind(owner_id)
-                .bind(first)
-                .bind(tasks)
-                .fetch_one(&mut *tx)
-                .await?,
-            totals: sqlx::query_as(&sql.totals)
-                .bind(owner_id)
-                .bind(first)
-                .bind(tasks)
-                .fetch_one(&mut *tx)
-                .await?,
-            daily: rows!(sql.daily, REPORT_ROWS),
-            outcomes: rows!(sql.outcomes, REPORT_ROLES),
-            durations: rows!(sql.durations, REPORT_ROLES),
-            first_tokens: rows!(sql.first_tokens, REPORT_ROLES),
-        };
+        let rows = read_report_rows!(tx, sql, owner_id, first);
         tx.commit().await?;
         Ok(rows.report())
     }
