@@ -1,6 +1,11 @@
 //! The bus carries each event, after it is stored, to whoever follows the task live:
 //! NATS subjects `<prefix>.events.<task_id>.<type>` when distributed, a broadcast
-//! channel per task when embedded. It may drop messages; readers fill gaps from the store.
+//! channel per task when embedded. Live followers may miss messages and fill gaps from the
+//! store. When distributed the subjects are also kept in the `EVENTS` JetStream stream for
+//! analytics consumers, exactly once per `(taskId, seq)`: every publish carries
+//! `Nats-Msg-Id: <taskId>:<seq>` and waits for the stream's ack, and what was stored but
+//! never acknowledged is published again from the store (`relay.rs`), the duplicates
+//! dropped by the stream within its duplicate window.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -23,8 +28,13 @@ pub const AT_HEADER: &str = "Troupe-At";
 
 #[async_trait]
 pub trait Bus: Send + Sync + 'static {
-    /// Publishes events already committed to the store, in order.
+    /// Publishes events already committed to the store, in order. On a bus that keeps
+    /// events ([`Bus::keeps_events`]), `Ok` means the stream acknowledged every one.
     async fn publish(&self, events: &[RawEvent]) -> Result<()>;
+
+    /// Whether published events are kept for durable consumers, so that what was stored
+    /// but never acknowledged must be published again (see `relay.rs`).
+    fn keeps_events(&self) -> bool;
 
     /// Live events of one task from now on. Best effort: gaps are possible.
     async fn subscribe(&self, task_id: Uuid) -> Result<BoxStream<'static, RawEvent>>;
@@ -226,6 +236,10 @@ impl Bus for MemoryBus {
         Ok(())
     }
 
+    fn keeps_events(&self) -> bool {
+        false
+    }
+
     async fn subscribe(&self, task_id: Uuid) -> Result<BoxStream<'static, RawEvent>> {
         Ok(self.events.subscribe(task_id))
     }
@@ -249,6 +263,10 @@ impl Bus for MemoryBus {
 pub struct EventStreamLimits {
     pub max_age: Duration,
     pub max_bytes: i64,
+    /// How long the stream remembers a `Nats-Msg-Id` to drop a second publish of it: it
+    /// must outlast the time from a publish that was never acknowledged to the relay's
+    /// republish of the same event (`RelayConfig::grace` plus a pass).
+    pub duplicate_window: Duration,
 }
 
 impl Default for EventStreamLimits {
@@ -256,13 +274,20 @@ impl Default for EventStreamLimits {
         EventStreamLimits {
             max_age: Duration::from_secs(7 * 24 * 3600),
             max_bytes: 1 << 30,
+            duplicate_window: Duration::from_secs(120),
         }
     }
+}
+
+/// The `Nats-Msg-Id` of an event: what the stream deduplicates by.
+pub fn message_id(task_id: Uuid, seq: u64) -> String {
+    format!("{task_id}:{seq}")
 }
 
 #[derive(Clone)]
 pub struct NatsBus {
     client: async_nats::Client,
+    jetstream: jetstream::Context,
     subjects: Subjects,
 }
 
@@ -274,21 +299,43 @@ impl NatsBus {
         subjects: Subjects,
         limits: EventStreamLimits,
     ) -> Result<Self> {
-        let js = jetstream::new(client.clone());
+        let jetstream = jetstream::new(client.clone());
         // Create or update: changed retention limits apply at the next start.
-        js.create_or_update_stream(jetstream::stream::Config {
-            name: subjects.stream_name("EVENTS"),
-            subjects: vec![subjects.all_events()],
-            max_age: limits.max_age,
-            max_bytes: limits.max_bytes,
-            storage: jetstream::stream::StorageType::File,
-            discard: jetstream::stream::DiscardPolicy::Old,
-            ..Default::default()
+        jetstream
+            .create_or_update_stream(jetstream::stream::Config {
+                name: subjects.stream_name("EVENTS"),
+                subjects: vec![subjects.all_events()],
+                max_age: limits.max_age,
+                max_bytes: limits.max_bytes,
+                duplicate_window: limits.duplicate_window.min(limits.max_age),
+                storage: jetstream::stream::StorageType::File,
+                discard: jetstream::stream::DiscardPolicy::Old,
+                ..Default::default()
+            })
+            .await
+            .map_err(Error::nats)?;
+        Ok(NatsBus {
+            client,
+            jetstream,
+            subjects,
         })
-        .await
-        .map_err(Error::nats)?;
-        Ok(NatsBus { client, subjects })
     }
+}
+
+/// What a consumer reads besides the payload: the seq and time (so that live followers
+/// dedupe without parsing), the message id, and the trace context of the append.
+fn event_headers(event: &RawEvent, trace: &HashMap<String, String>) -> async_nats::HeaderMap {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(
+        async_nats::header::NATS_MESSAGE_ID,
+        message_id(event.task_id, event.seq).as_str(),
+    );
+    headers.insert(SEQ_HEADER, event.seq.to_string().as_str());
+    headers.insert(AT_HEADER, event.at.to_rfc3339().as_str());
+    for (name, value) in trace {
+        headers.insert(name.as_str(), value.as_str());
+    }
+    headers
 }
 
 #[async_trait]
@@ -296,28 +343,36 @@ impl Bus for NatsBus {
     async fn publish(&self, events: &[RawEvent]) -> Result<()> {
         // The append's trace context, so that a consumer of the events can join the task's trace.
         let trace = crate::trace::current();
-        for (sent, event) in events.iter().enumerate() {
-            let mut headers = async_nats::HeaderMap::new();
-            headers.insert(SEQ_HEADER, event.seq.to_string().as_str());
-            headers.insert(AT_HEADER, event.at.to_rfc3339().as_str());
-            for (name, value) in &trace {
-                headers.insert(name.as_str(), value.as_str());
-            }
-            let published = self
-                .client
+        // Every message goes out before the first ack is awaited: one round trip a batch.
+        let mut acks = Vec::with_capacity(events.len());
+        for event in events {
+            let sent = self
+                .jetstream
                 .publish_with_headers(
                     self.subjects.event(event.task_id, &event.kind),
-                    headers,
+                    event_headers(event, &trace),
                     event.json.clone(),
                 )
                 .await;
-            if let Err(e) = published {
-                crate::metrics::published(sent);
-                return Err(Error::nats(e));
+            match sent {
+                Ok(ack) => acks.push(ack),
+                Err(e) => return Err(Error::nats(e)),
             }
         }
-        crate::metrics::published(events.len());
+        let mut acknowledged = 0;
+        for ack in acks {
+            if let Err(e) = ack.await {
+                crate::metrics::published(acknowledged);
+                return Err(Error::nats(e));
+            }
+            acknowledged += 1;
+        }
+        crate::metrics::published(acknowledged);
         Ok(())
+    }
+
+    fn keeps_events(&self) -> bool {
+        true
     }
 
     async fn subscribe(&self, task_id: Uuid) -> Result<BoxStream<'static, RawEvent>> {

@@ -11,7 +11,9 @@ pub mod event;
 pub mod follow;
 pub mod metrics;
 pub mod queue;
+pub mod relay;
 pub mod runtime;
+pub mod stats;
 pub mod store;
 pub mod task;
 pub mod trace;
@@ -25,7 +27,8 @@ pub use event::{Artifact, Event, EventBody, RawEvent, millis_since};
 pub use follow::{Encode, FeedConfig, Feeds, Followed};
 pub use queue::{Delivery, MemoryQueue, NatsQueue, TaskQueue};
 pub use store::{
-    Claim, Dispatch, Lease, PgStore, SqliteStore, Store, Submitted, Transition, Transitioned, User,
+    Behind, Claim, Dispatch, Lease, PgStore, SqliteStore, Store, Submitted, Transition,
+    Transitioned, User,
 };
 pub use task::{
     AgentDef, ControlRequest, Controls, ExecutionMode, NewTask, ProviderRoute, RunLedger, TaskJob,

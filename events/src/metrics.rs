@@ -86,7 +86,12 @@ pub const APPEND_BATCH_SIZE: Series = Series::histogram(
 pub const EVENTS_PUBLISHED: Series = Series::counter(
     "troupe_events_published_total",
     &[],
-    "Committed events published on the bus for live followers (task_created is not: followers read it from the store).",
+    "Committed events published on the bus: when distributed, those the EVENTS stream acknowledged (repeats the stream dropped included).",
+);
+pub const EVENTS_RELAYED: Series = Series::counter(
+    "troupe_events_relayed_total",
+    &[],
+    "Stored events the relay published again because the EVENTS stream had not acknowledged them when no worker held their task any more.",
 );
 pub const TASKS_FINISHED: Series = Series::counter(
     "troupe_tasks_finished_total",
@@ -114,6 +119,7 @@ pub const SERIES: &[Series] = &[
     EVENTS_APPENDED,
     APPEND_BATCH_SIZE,
     EVENTS_PUBLISHED,
+    EVENTS_RELAYED,
     TASKS_FINISHED,
     QUEUE_DELIVERIES,
     QUEUE_REDELIVERIES,
@@ -217,6 +223,10 @@ pub(crate) fn appended(events: &[RawEvent]) {
 
 pub(crate) fn published(events: usize) {
     ::metrics::counter!(EVENTS_PUBLISHED.name).increment(events as u64);
+}
+
+pub(crate) fn relayed(events: u64) {
+    ::metrics::counter!(EVENTS_RELAYED.name).increment(events);
 }
 
 /// The queue handed out a job for the `delivered`th time.

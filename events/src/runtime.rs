@@ -47,6 +47,11 @@ pub struct BackendArgs {
     /// Size cap of the EVENTS stream, in MiB; the oldest events go first.
     #[arg(long, env = "TROUPE_EVENT_STREAM_MAX_MB", default_value_t = 1024)]
     pub event_stream_max_mb: i64,
+    /// How long the EVENTS stream drops a second publish of an event, in seconds: the
+    /// longest a publish that was never acknowledged may take to reach NATS and still not
+    /// be stored twice (a worker cut off from NATS sends what it buffered on reconnecting).
+    #[arg(long, env = "TROUPE_EVENT_STREAM_DEDUPE_SECS", default_value_t = 120)]
+    pub event_stream_dedupe_secs: u64,
 }
 
 impl BackendArgs {
@@ -65,6 +70,7 @@ impl BackendArgs {
             event_stream: EventStreamLimits {
                 max_age: Duration::from_secs(self.event_stream_max_age_hours * 3600),
                 max_bytes: self.event_stream_max_mb.saturating_mul(1 << 20),
+                duplicate_window: Duration::from_secs(self.event_stream_dedupe_secs.max(1)),
             },
             ..BackendConfig::default()
         }

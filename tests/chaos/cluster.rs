@@ -18,6 +18,9 @@ use crate::procs::{Proc, START_MARK, free_port, workspace_binary};
 /// Signs session tokens on every api of the cluster.
 pub const JWT_SECRET: &str = "chaos-suite-jwt-secret-0123456789abcdef";
 
+/// The subject prefix of every process of a cluster (each cluster has its own NATS).
+pub const NATS_PREFIX: &str = "chaos";
+
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
     pub apis: usize,
@@ -415,7 +418,7 @@ impl Cluster {
             .env("RUST_LOG", "info,sqlx=warn,tower_http=warn")
             .env("DATABASE_URL", self.database_url())
             .env("NATS_URL", self.nats_url())
-            .env("TROUPE_NATS_PREFIX", "chaos")
+            .env("TROUPE_NATS_PREFIX", NATS_PREFIX)
             .env("TROUPE_DATA_DIR", self.dir.join("data"))
             .env(
                 "TROUPE_QUEUE_ACK_WAIT_SECS",

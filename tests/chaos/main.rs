@@ -14,6 +14,8 @@ mod checker;
 mod clients;
 mod cluster;
 mod driver;
+#[path = "../support/event_stream.rs"]
+mod event_stream;
 mod plan;
 #[path = "../support/procs.rs"]
 mod procs;
@@ -77,6 +79,40 @@ async fn fetch_log(api: &Api, id: &str) -> Result<Vec<(String, Value)>, String> 
         sleep(Duration::from_millis(500)).await;
     }
     Err(last)
+}
+
+/// Every stored event is in the EVENTS stream exactly once, whatever the faults did to
+/// the publishes (the relay takes up to its grace and a pass to publish what was lost).
+pub async fn check_event_stream(
+    cluster: &Cluster,
+    logs: &HashMap<String, Vec<(String, Value)>>,
+) -> Vec<Violation> {
+    let raw: HashMap<String, Vec<String>> = logs
+        .iter()
+        .map(|(id, log)| {
+            (
+                id.clone(),
+                log.iter().map(|(line, _)| line.clone()).collect(),
+            )
+        })
+        .collect();
+    let expected = raw.values().map(Vec::len).sum();
+    let streamed = event_stream::read_event_stream(
+        &cluster.nats_url(),
+        cluster::NATS_PREFIX,
+        expected,
+        Duration::from_secs(60),
+        Duration::from_secs(8),
+    )
+    .await;
+    event_stream::stream_mismatches(&streamed, &raw)
+        .into_iter()
+        .map(|what| Violation {
+            task: "EVENTS stream".into(),
+            seq: None,
+            what,
+        })
+        .collect()
 }
 
 fn shorten(line: &str, max: usize) -> String {
@@ -263,6 +299,7 @@ async fn tasks_survive_chaos() {
         statuses.insert(id.clone(), status);
         logs.insert(id.clone(), log);
     }
+    violations.extend(check_event_stream(&cluster, &logs).await);
     cluster.reap();
     failures.extend(cluster.unexpected_exits.iter().cloned());
     failures.extend(cluster.stuck_stops.iter().cloned());

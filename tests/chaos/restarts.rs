@@ -151,6 +151,11 @@ async fn nats_restarting_mid_task_loses_nothing() {
     let log = assert_whole(&api, &task, done, watcher).await;
     let starts = log.iter().filter(|e| e["type"] == "agent_start").count();
     assert!(starts >= 3, "every agent ran: {starts}");
+    // What was published while NATS was down comes again from the store, once.
+    let stored = parse_ndjson(&api.log(&task, 0).await.unwrap()).unwrap();
+    let logs = std::collections::HashMap::from([(task.clone(), stored)]);
+    let problems = crate::check_event_stream(&cluster, &logs).await;
+    assert!(problems.is_empty(), "{problems:#?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -288,6 +288,14 @@ impl TestApp {
         }
     }
 
+    /// The NATS subject prefix of a distributed app.
+    pub fn nats_prefix(&self) -> &str {
+        match &self.cleanup {
+            Cleanup::Remote { prefix, .. } => prefix,
+            Cleanup::DataDir(_) => panic!("an embedded app has no NATS prefix"),
+        }
+    }
+
     /// The api instance `i` (wrapping), so a test can move between instances.
     pub fn url(&self, i: usize) -> &str {
         &self.urls[i % self.urls.len()]
@@ -573,6 +581,20 @@ pub async fn exported_log(
     token: &str,
     task_id: impl std::fmt::Display,
 ) -> Vec<Value> {
+    exported_lines(client, url, token, task_id)
+        .await
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The NDJSON export's lines: each event's JSON exactly as stored.
+pub async fn exported_lines(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    task_id: impl std::fmt::Display,
+) -> Vec<String> {
     let text = client
         .get(format!("{url}/api/tasks/{task_id}/events"))
         .bearer_auth(token)
@@ -583,7 +605,5 @@ pub async fn exported_log(
         .text()
         .await
         .unwrap();
-    text.lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    text.lines().map(str::to_string).collect()
 }

@@ -2,6 +2,8 @@
 //! and distributed (PostgreSQL, NATS JetStream, two api instances and a worker).
 
 mod control;
+#[path = "../support/event_stream.rs"]
+mod event_stream;
 mod faults;
 mod helpers;
 mod input;
@@ -14,6 +16,7 @@ mod providers;
 mod reference;
 mod resume;
 mod runs;
+mod stream;
 mod traces;
 mod usage;
 mod usage_page;

@@ -1,6 +1,8 @@
 //! One appender per running task: the only path by which a worker writes the task's log.
 //! Agents hand it event bodies; it numbers them, stores them in batches and publishes each
-//! batch after commit. A seq conflict means another worker holds the task: we stop.
+//! batch after commit: on a bus that keeps events, through the task's
+//! [`TaskPublisher`], which waits for the stream's acks without holding up the next batch.
+//! A seq conflict means another worker holds the task: we stop.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,6 +11,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
+use troupe_events::relay::TaskPublisher;
 use troupe_events::{Bus, Event, EventBody, RawEvent, Store};
 use uuid::Uuid;
 
@@ -89,6 +92,25 @@ async fn run(
     store: Arc<dyn Store>,
     bus: Arc<dyn Bus>,
     task_id: Uuid,
+    last_seq: u64,
+    rx: mpsc::Receiver<EventBody>,
+    halt: &CancellationToken,
+) -> Result<u64, AppendError> {
+    let stream = bus
+        .keeps_events()
+        .then(|| TaskPublisher::start(store.clone(), bus.clone(), task_id));
+    let stored = store_all(&store, &bus, stream.as_ref(), task_id, last_seq, rx, halt).await;
+    if let Some(stream) = stream {
+        stream.finish().await;
+    }
+    stored
+}
+
+async fn store_all(
+    store: &Arc<dyn Store>,
+    bus: &Arc<dyn Bus>,
+    stream: Option<&TaskPublisher>,
+    task_id: Uuid,
     mut last_seq: u64,
     mut rx: mpsc::Receiver<EventBody>,
     halt: &CancellationToken,
@@ -106,9 +128,14 @@ async fn run(
             .instrument(append.clone())
             .await?;
         last_seq += events.len() as u64;
-        if let Err(e) = bus.publish(&events).instrument(append).await {
-            // Followers fill the gap from the store; the log is what counts.
-            tracing::warn!(%task_id, error = %e, "publishing events failed");
+        match stream {
+            Some(stream) => stream.offer(events),
+            None => {
+                if let Err(e) = bus.publish(&events).instrument(append).await {
+                    // Followers fill the gap from the store; the log is what counts.
+                    tracing::warn!(%task_id, error = %e, "publishing events failed");
+                }
+            }
         }
     }
     Ok(last_seq)

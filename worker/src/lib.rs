@@ -19,6 +19,7 @@ use futures::{FutureExt, StreamExt};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
+use troupe_events::relay::{Relay, RelayConfig};
 use troupe_events::{
     Backends, Claim, Delivery, Event, EventBody, ProviderRoute, TaskRecord, TaskStatus, TaskView,
     millis_since,
@@ -54,6 +55,9 @@ pub struct WorkerConfig {
     pub poll_wait: Duration,
     /// What each model costs, for `agent_usage`'s `costUsd`.
     pub prices: Arc<Prices>,
+    /// The relay that gets what workers stored, but the event stream never acknowledged,
+    /// into the stream; it runs in every worker when the bus keeps events.
+    pub relay: RelayConfig,
 }
 
 impl Default for WorkerConfig {
@@ -68,6 +72,7 @@ impl Default for WorkerConfig {
             control_poll: Duration::from_secs(2),
             poll_wait: Duration::from_secs(5),
             prices: Arc::default(),
+            relay: RelayConfig::default(),
         }
     }
 }
@@ -140,6 +145,14 @@ impl Worker {
     /// handed back to the queue, to be resumed by whichever worker takes them next.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let mut slots = tokio::task::JoinSet::new();
+        if self.backends.bus.keeps_events() {
+            let relay = Relay::new(
+                self.backends.store.clone(),
+                self.backends.bus.clone(),
+                self.config.relay.clone(),
+            );
+            slots.spawn(relay.run(shutdown.clone()));
+        }
         for _ in 0..self.config.task_concurrency.max(1) {
             let worker = self.clone();
             let shutdown = shutdown.clone();

@@ -15,10 +15,13 @@ use sqlx::Row;
 use uuid::Uuid;
 
 pub use postgres::PgStore;
+
+mod stats;
 pub use sqlite::SqliteStore;
 
 use crate::error::{Error, Result};
 use crate::event::{Event, EventBody, RawEvent};
+use crate::stats::{StatsCursor, StatsDelta, StatsRows};
 use crate::task::{ControlRequest, Controls, NewTask, TaskRecord, TaskSpec, TaskStatus};
 use crate::usage::{DailyUsage, Percentiles, RoleStats, UsageReport, UsageTotals};
 
@@ -122,6 +125,31 @@ pub trait Store: Send + Sync + 'static {
 
     /// Clears the outbox rows, except those a newer one (a later retry) replaced.
     async fn mark_dispatched(&self, dispatches: &[Dispatch]) -> Result<()>;
+
+    /// The last seq of the task known to be in the event stream (0: none).
+    async fn published_through(&self, task_id: Uuid) -> Result<u64>;
+
+    /// Records that the task's events up to `through` are in the event stream. Never moves
+    /// the mark back.
+    async fn mark_published(&self, task_id: Uuid, through: u64) -> Result<()>;
+
+    /// Tasks with stored events past their published mark, untouched since `older_than`
+    /// and held by no worker: what the relay publishes again. Oldest first.
+    async fn unpublished(&self, older_than: DateTime<Utc>, limit: u32) -> Result<Vec<Behind>>;
+
+    /// Where the stats consumer is in the task's log (`None`: it never counted the task).
+    async fn stats_cursor(&self, task_id: Uuid) -> Result<Option<StatsCursor>>;
+
+    /// Commits a batch of the stats consumer, cursors and counts together; `false`, and
+    /// nothing written, when a cursor was not where the batch found it.
+    async fn apply_stats(&self, delta: &StatsDelta) -> Result<bool>;
+
+    /// Tasks whose log goes past the stats consumer's cursor, by id. Scans every task: for
+    /// the embedded consumer's catch-up, not for a big deployment.
+    async fn stats_behind(&self, limit: u32) -> Result<Vec<Behind>>;
+
+    /// The owner's stats rows from the hour `since` on.
+    async fn stats_rows(&self, owner_id: Uuid, since: DateTime<Utc>) -> Result<StatsRows>;
 
     /// Puts every unfinished task back in the outbox. For a volatile queue, whose jobs
     /// die with the process: at start, whatever was running must be queued again.
@@ -868,6 +896,36 @@ async fn settle_claim(store: &dyn Store, task_id: Uuid, granted: u64) -> Result<
         Some(lease) => Claim::Held(lease),
         None => Claim::Granted,
     })
+}
+
+/// A task whose log is ahead of one of its followers (the event stream, the stats
+/// consumer): the follower has it `through` a seq, the log goes on to `last_seq`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Behind {
+    pub task_id: Uuid,
+    pub through: u64,
+    pub last_seq: u64,
+}
+
+/// The relay's work list, for either store's placeholders (`$1`/`?1`: older than,
+/// `$2`/`?2`: limit). The lease test is each store's own (`now`).
+fn unpublished_sql(mark: char, now: &str) -> String {
+    format!(
+        "SELECT id, published_seq, last_seq FROM tasks
+         WHERE published_seq < last_seq AND updated_at < {mark}1
+           AND (holder IS NULL OR lease_until < {now})
+         ORDER BY updated_at LIMIT {mark}2"
+    )
+}
+
+fn behind_of(rows: Vec<(Uuid, i64, i64)>) -> Vec<Behind> {
+    rows.into_iter()
+        .map(|(task_id, through, last_seq)| Behind {
+            task_id,
+            through: through as u64,
+            last_seq: last_seq as u64,
+        })
+        .collect()
 }
 
 /// `DELETE` of the outbox rows of `dispatches`, for either store's placeholders.

@@ -7,15 +7,20 @@ use sqlx::Row;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use uuid::Uuid;
 
+use super::stats::{self, StatsSql};
 use super::{
-    CONTROLS_SQL, Claim, Dialect, Dispatch, Lease, Lines, PAGE_BYTES, ReportSql, Store,
+    Behind, CONTROLS_SQL, Claim, Dialect, Dispatch, Lease, Lines, PAGE_BYTES, ReportSql, Store,
     SubmitParts, Submitted, TaskRow, Transition, Transitioned, User, WRITABLE, batch_bounds,
-    bind_usage_added, clear_outbox_query, control_sql, controls_of, created_record, earlier_submit,
-    first_id_since, is_unique_violation, raw_event, read_report_rows, refused, row_usage,
-    settle_claim, settled_requests_sql, status_after, task_record, task_usage_columns, usage_added,
-    usage_added_sql,
+    behind_of, bind_usage_added, clear_outbox_query, control_sql, controls_of, created_record,
+    earlier_submit, first_id_since, is_unique_violation, raw_event, read_report_rows, refused,
+    row_usage, settle_claim, settled_requests_sql, status_after, task_record, task_usage_columns,
+    unpublished_sql, usage_added, usage_added_sql,
 };
 use crate::error::{Error, Result};
+use crate::stats::{StatsCursor, StatsDelta, StatsRows};
+
+/// The stats consumer's statements in this store's placeholders.
+static STATS: LazyLock<StatsSql> = LazyLock::new(|| StatsSql::new('$'));
 use crate::event::{Event, RawEvent};
 use crate::task::{ControlRequest, Controls, NewTask, TaskRecord, TaskStatus};
 use crate::usage::UsageReport;
@@ -445,6 +450,56 @@ impl Store for PgStore {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    async fn published_through(&self, task_id: Uuid) -> Result<u64> {
+        let seq: Option<i64> = sqlx::query_scalar("SELECT published_seq FROM tasks WHERE id = $1")
+            .bind(task_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(seq.unwrap_or(0) as u64)
+    }
+
+    async fn mark_published(&self, task_id: Uuid, through: u64) -> Result<()> {
+        sqlx::query("UPDATE tasks SET published_seq = $2 WHERE id = $1 AND published_seq < $2")
+            .bind(task_id)
+            .bind(through as i64)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn unpublished(&self, older_than: DateTime<Utc>, limit: u32) -> Result<Vec<Behind>> {
+        let rows = sqlx::query_as(&unpublished_sql('$', "now()"))
+            .bind(older_than)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(behind_of(rows))
+    }
+
+    async fn stats_cursor(&self, task_id: Uuid) -> Result<Option<StatsCursor>> {
+        let row: Option<stats::CursorRow> = sqlx::query_as(&STATS.cursor)
+            .bind(task_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(stats::cursor_of))
+    }
+
+    async fn apply_stats(&self, delta: &StatsDelta) -> Result<bool> {
+        stats::apply_stats!(self.pool, STATS, delta)
+    }
+
+    async fn stats_behind(&self, limit: u32) -> Result<Vec<Behind>> {
+        let rows = sqlx::query_as(&STATS.behind)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(behind_of(rows))
+    }
+
+    async fn stats_rows(&self, owner_id: Uuid, since: DateTime<Utc>) -> Result<StatsRows> {
+        stats::read_stats_rows!(&self.pool, STATS, owner_id, since)
     }
 
     async fn requeue_unfinished(&self) -> Result<u64> {

@@ -1,0 +1,329 @@
+//! Every stored event reaches the `EVENTS` stream exactly once per `(taskId, seq)`.
+//!
+//! The store is the truth and the stream follows it. A worker publishes each batch right
+//! after committing it ([`TaskPublisher`]), waits for the stream's acks, and records how
+//! far the stream has the task (`tasks.published_seq`, a second or so behind). Whatever is
+//! stored past that mark once no worker holds the task (its worker died between commit and
+//! publish, or NATS was away) is published again from the store by the [`Relay`]. A
+//! publish may thus be repeated, never skipped; the stream drops the repeats because every
+//! message carries `Nats-Msg-Id: <taskId>:<seq>` and repeats come within its duplicate
+//! window (see `EventStreamLimits::duplicate_window`).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::bus::Bus;
+use crate::error::Result;
+use crate::event::RawEvent;
+use crate::store::{Behind, Store};
+
+/// Events read from the store and published in one go.
+const PAGE: u32 = 256;
+
+/// Publishes the task's stored events after `published` up to `through`, a page at a time,
+/// moving `published` to the last one the stream acknowledged.
+pub async fn publish_stored(
+    store: &dyn Store,
+    bus: &dyn Bus,
+    task_id: Uuid,
+    published: &mut u64,
+    through: u64,
+) -> Result<()> {
+    while *published < through {
+        let mut page = store.events_after(task_id, *published, PAGE).await?;
+        page.retain(|e| e.seq <= through);
+        let Some(last) = page.last().map(|e| e.seq) else {
+            // The log ends before `through`: nothing more exists to publish.
+            return Ok(());
+        };
+        bus.publish(&page).await?;
+        *published = last;
+    }
+    Ok(())
+}
+
+/// Batches a [`TaskPublisher`] holds for the stream; past that it drops them and reads
+/// them back from the store, so a stream that is slow or away never holds up the appender.
+const QUEUED_BATCHES: usize = 64;
+/// How long after an ack the published mark is written: once a second at most per task.
+const MARK_EVERY: Duration = Duration::from_secs(1);
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+/// How long the end of a run waits for the stream; after that the relay takes over.
+const FINISH_WAIT: Duration = Duration::from_secs(5);
+
+/// Publishes one task's events to the stream as its appender stores them, in order, and
+/// records what the stream acknowledged. A batch that fails (or that it had no room for)
+/// is published again from the store, before anything after it.
+pub struct TaskPublisher {
+    tx: mpsc::Sender<Vec<RawEvent>>,
+    stored: Arc<AtomicU64>,
+    join: JoinHandle<()>,
+}
+
+impl TaskPublisher {
+    pub fn start(store: Arc<dyn Store>, bus: Arc<dyn Bus>, task_id: Uuid) -> Self {
+        let (tx, rx) = mpsc::channel(QUEUED_BATCHES);
+        let stored = Arc::new(AtomicU64::new(0));
+        let cursor = StreamCursor {
+            store,
+            bus,
+            task_id,
+            published: None,
+            stored: stored.clone(),
+            marked: 0,
+            failures: 0,
+        };
+        let join = tokio::spawn(tracing::Instrument::in_current_span(follow(cursor, rx)));
+        TaskPublisher { tx, stored, join }
+    }
+
+    /// Hands over a batch the store has committed. Never waits.
+    pub fn offer(&self, batch: Vec<RawEvent>) {
+        if let Some(last) = batch.last() {
+            self.stored.fetch_max(last.seq, Ordering::Relaxed);
+        }
+        // Full or gone: the batch is read back from the store when its turn comes.
+        let _ = self.tx.try_send(batch);
+    }
+
+    /// Publishes what is left and writes the mark, for up to [`FINISH_WAIT`].
+    pub async fn finish(self) {
+        drop(self.tx);
+        let abort = self.join.abort_handle();
+        if tokio::time::timeout(FINISH_WAIT, self.join).await.is_err() {
+            abort.abort();
+            tracing::warn!(
+                "the event stream did not take a task's last events in time; the relay will publish them"
+            );
+        }
+    }
+}
+
+async fn follow(mut cursor: StreamCursor, mut rx: mpsc::Receiver<Vec<RawEvent>>) {
+    let mut last_mark = Instant::now();
+    loop {
+        let wake = cursor.wake_at(last_mark);
+        tokio::select! {
+            batch = rx.recv() => match batch {
+                Some(batch) => cursor.take(&batch).await,
+                None => break,
+            },
+            _ = sleep_until(wake) => cursor.catch_up().await,
+        }
+        if cursor.unmarked() && last_mark.elapsed() >= MARK_EVERY {
+            cursor.mark().await;
+            last_mark = Instant::now();
+        }
+    }
+    cursor.catch_up().await;
+    cursor.mark().await;
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// How far one task is in the stream, as its publisher knows it.
+struct StreamCursor {
+    store: Arc<dyn Store>,
+    bus: Arc<dyn Bus>,
+    task_id: Uuid,
+    /// The last seq the stream acknowledged, in an unbroken run from the task's start;
+    /// `None` until read from the store.
+    published: Option<u64>,
+    stored: Arc<AtomicU64>,
+    marked: u64,
+    failures: u32,
+}
+
+impl StreamCursor {
+    fn stored(&self) -> u64 {
+        self.stored.load(Ordering::Relaxed)
+    }
+
+    fn behind(&self) -> bool {
+        self.published.is_none_or(|p| p < self.stored())
+    }
+
+    fn unmarked(&self) -> bool {
+        self.published.is_some_and(|p| p > self.marked)
+    }
+
+    fn wake_at(&self, last_mark: Instant) -> Option<Instant> {
+        if self.behind() {
+            let backoff = RETRY_FIRST.saturating_mul(1 << self.failures.min(5));
+            Some(Instant::now() + backoff.min(RETRY_MAX))
+        } else if self.unmarked() {
+            Some(last_mark + MARK_EVERY)
+        } else {
+            None
+        }
+    }
+
+    /// The batch goes straight out when it follows what the stream has; otherwise the
+    /// gap before it is read from the store first.
+    async fn take(&mut self, batch: &[RawEvent]) {
+        let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
+            return;
+        };
+        if self.published != Some(first.seq - 1) {
+            return self.catch_up().await;
+        }
+        match self.bus.publish(batch).await {
+            Ok(()) => {
+                self.published = Some(last.seq);
+                self.failures = 0;
+            }
+            Err(e) => self.failed(&e),
+        }
+    }
+
+    async fn catch_up(&mut self) {
+        if !self.behind() {
+            return;
+        }
+        let mut published = match self.published {
+            Some(published) => published,
+            None => match self.store.published_through(self.task_id).await {
+                Ok(published) => published,
+                Err(e) => return self.failed(&e),
+            },
+        };
+        let result = publish_stored(
+            self.store.as_ref(),
+            self.bus.as_ref(),
+            self.task_id,
+            &mut published,
+            self.stored(),
+        )
+        .await;
+        self.published = Some(published);
+        match result {
+            Ok(()) => self.failures = 0,
+            Err(e) => self.failed(&e),
+        }
+    }
+
+    fn failed(&mut self, error: &crate::Error) {
+        self.failures = self.failures.saturating_add(1);
+        tracing::warn!(task_id = %self.task_id, failures = self.failures, %error,
+            "publishing events to the event stream failed; retrying from the store");
+    }
+
+    async fn mark(&mut self) {
+        let Some(published) = self.published.filter(|p| *p > self.marked) else {
+            return;
+        };
+        match self.store.mark_published(self.task_id, published).await {
+            Ok(()) => self.marked = published,
+            Err(e) => {
+                tracing::warn!(task_id = %self.task_id, error = %e, "recording published events failed")
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// How long a task must have been left alone before its unpublished events are
+    /// published again: longer than a live publisher takes to write its mark.
+    pub grace: Duration,
+    /// How often the relay looks.
+    pub every: Duration,
+    /// Most tasks taken in one pass.
+    pub batch: u32,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            grace: Duration::from_secs(10),
+            every: Duration::from_secs(5),
+            batch: 100,
+        }
+    }
+}
+
+/// What one pass of the relay did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RelayPass {
+    pub tasks: usize,
+    pub events: u64,
+}
+
+/// Publishes from the store what workers stored but the stream never acknowledged. Any
+/// number may run (one in every worker): they repeat each other's publishes at worst,
+/// and the stream drops the repeats.
+pub struct Relay {
+    store: Arc<dyn Store>,
+    bus: Arc<dyn Bus>,
+    config: RelayConfig,
+}
+
+impl Relay {
+    pub fn new(store: Arc<dyn Store>, bus: Arc<dyn Bus>, config: RelayConfig) -> Self {
+        Relay { store, bus, config }
+    }
+
+    /// One pass over the tasks left behind. Stops at the first failure to publish: the
+    /// stream is away, and the next pass tries again.
+    pub async fn relay_once(&self) -> Result<RelayPass> {
+        let older_than = Utc::now() - self.config.grace;
+        let behind = self
+            .store
+            .unpublished(older_than, self.config.batch)
+            .await?;
+        let mut pass = RelayPass::default();
+        for task in behind {
+            pass.events += self.relay_task(task).await?;
+            pass.tasks += 1;
+        }
+        Ok(pass)
+    }
+
+    async fn relay_task(&self, task: Behind) -> Result<u64> {
+        let mut published = task.through;
+        let result = publish_stored(
+            self.store.as_ref(),
+            self.bus.as_ref(),
+            task.task_id,
+            &mut published,
+            task.last_seq,
+        )
+        .await;
+        if published > task.through {
+            self.store.mark_published(task.task_id, published).await?;
+            crate::metrics::relayed(published - task.through);
+            tracing::info!(task_id = %task.task_id, from = task.through + 1, through = published,
+                "published stored events the event stream had not acknowledged");
+        }
+        result.map(|()| published - task.through)
+    }
+
+    /// Runs passes every `every` until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(self.config.every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            if let Err(e) = self.relay_once().await {
+                tracing::warn!(error = %e, "relaying unpublished events failed; trying again");
+            }
+        }
+    }
+}
