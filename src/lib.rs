@@ -63,8 +63,49 @@ pub async fn run(
         );
     }
     let worker_task = tokio::spawn(worker.run(shutdown.child_token()));
+    let stats_task = (!backends.is_distributed()).then(|| {
+        // Embedded, the stats consumer follows the in-process bus here; distributed, it is
+        // `troupe stats`, a process of its own on the EVENTS stream.
+        tokio::spawn(troupe_stats::local::run(
+            troupe_stats::StatsConsumer::new(backends.store.clone()),
+            backends.store.clone(),
+            backends.bus.clone(),
+            shutdown.child_token(),
+        ))
+    });
     let served = troupe_api::serve(listener, state, shutdown.clone()).await;
     shutdown.cancel();
     worker_task.await?;
+    if let Some(stats_task) = stats_task {
+        stats_task.await?;
+    }
     served
+}
+
+/// `troupe stats`: the stats consumer on the EVENTS stream until `shutdown`. Distributed
+/// only: embedded, `troupe` runs it in-process (the SQLite file has one process).
+pub async fn run_stats(
+    backend: BackendConfig,
+    config: troupe_stats::stream::StreamConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let Some(nats_url) = backend.nats_url.clone() else {
+        anyhow::bail!(
+            "troupe stats reads the EVENTS stream of a distributed Troupe (set DATABASE_URL and \
+             NATS_URL); embedded, `troupe` itself keeps the stats"
+        );
+    };
+    // Makes sure the store is migrated and the EVENTS stream exists.
+    let backends = Backends::connect(&backend)
+        .await
+        .context("opening the store and the bus")?;
+    let client = troupe_events::backend::connect_nats(&nats_url).await?;
+    let subjects = troupe_events::Subjects::new(&backend.nats_prefix);
+    let consumer = troupe_stats::StatsConsumer::new(backends.store.clone());
+    let feed = troupe_stats::stream::StreamFeed::attach(client, &subjects, &config, consumer)
+        .await
+        .with_context(|| format!("attaching the durable consumer {}", config.durable))?;
+    tracing::info!(consumer = %config.durable, "counting the EVENTS stream");
+    feed.run(shutdown).await;
+    Ok(())
 }

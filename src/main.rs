@@ -37,6 +37,16 @@ enum Command {
     Serve,
     /// Apply the database migrations and exit.
     Migrate,
+    /// Count agents' figures (GET /api/stats) from the EVENTS stream: a distributed
+    /// deployment's stats consumer. Embedded, `troupe` does this itself.
+    Stats(StatsArgs),
+}
+
+#[derive(clap::Args)]
+struct StatsArgs {
+    /// Name of the durable JetStream consumer: one per independent reader of the stream.
+    #[arg(long, env = "TROUPE_STATS_CONSUMER", default_value = troupe_stats::stream::DEFAULT_CONSUMER)]
+    consumer: String,
 }
 
 #[tokio::main]
@@ -48,6 +58,13 @@ async fn main() -> anyhow::Result<()> {
         let (_, description) = troupe_events::backend::connect_store(&backend).await?;
         tracing::info!(store = %description, "migrations applied");
         return Ok(());
+    }
+    if let Some(Command::Stats(args)) = cli.command {
+        let config = troupe_stats::stream::StreamConfig {
+            durable: args.consumer,
+            ..Default::default()
+        };
+        return troupe::run_stats(backend, config, shutdown_signal()).await;
     }
     let listener = tokio::net::TcpListener::bind(cli.api.bind)
         .await

@@ -89,6 +89,7 @@ pub fn endpoints() -> OpenApiRouter<AppState> {
         .routes(routes!(control::resume))
         .routes(routes!(control::retry))
         .routes(routes!(usage::usage))
+        .routes(routes!(stats::stats))
         .routes(routes!(docs::openapi_json))
         .routes(routes!(docs::page))
         // The reference page's script, not an endpoint.

@@ -25,6 +25,7 @@ pub const ERROR_CODES: &[(&str, u16, &str)] = &[
     ),
     ("invalid_limit", 400, "`limit` is not between 1 and 100."),
     ("invalid_days", 400, "`days` is not between 1 and 90."),
+    ("invalid_hours", 400, "`hours` is not between 1 and 720."),
     (
         "invalid_query",
         400,

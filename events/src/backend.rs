@@ -120,6 +120,15 @@ pub async fn connect_store(config: &BackendConfig) -> Result<(Arc<dyn Store>, St
     Ok((store, description))
 }
 
+/// A NATS connection named for Troupe, as every process opens it.
+pub async fn connect_nats(url: &str) -> Result<async_nats::Client> {
+    async_nats::ConnectOptions::new()
+        .name("troupe")
+        .connect(url)
+        .await
+        .map_err(Error::nats)
+}
+
 #[derive(Clone)]
 pub struct Backends {
     pub store: Arc<dyn Store>,
@@ -143,11 +152,7 @@ impl Backends {
             String,
         ) = match &config.nats_url {
             Some(url) => {
-                let client = async_nats::ConnectOptions::new()
-                    .name("troupe")
-                    .connect(url.as_str())
-                    .await
-                    .map_err(Error::nats)?;
+                let client = connect_nats(url).await?;
                 let subjects = Subjects::new(&config.nats_prefix);
                 let bus = NatsBus::new(
                     client.clone(),

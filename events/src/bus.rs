@@ -39,6 +39,11 @@ pub trait Bus: Send + Sync + 'static {
     /// Live events of one task from now on. Best effort: gaps are possible.
     async fn subscribe(&self, task_id: Uuid) -> Result<BoxStream<'static, RawEvent>>;
 
+    /// Live events of every task from now on, in order within a task. Best effort: a
+    /// consumer that must see everything fills gaps from the store (or, distributed,
+    /// reads the EVENTS stream instead).
+    async fn subscribe_all(&self) -> Result<BoxStream<'static, RawEvent>>;
+
     /// Tells the worker running the task that users asked something of it; what they
     /// asked is in the store (see `Store::controls`). Best effort: workers also poll.
     async fn nudge(&self, task_id: Uuid) -> Result<()>;
@@ -157,6 +162,8 @@ impl<T: Clone + Send + 'static> Channels<T> {
 #[derive(Clone)]
 pub struct MemoryBus {
     events: Arc<Channels<RawEvent>>,
+    /// Every task's events, for the embedded stats consumer.
+    all: broadcast::Sender<RawEvent>,
     nudges: Arc<Channels<()>>,
 }
 
@@ -164,6 +171,7 @@ impl MemoryBus {
     pub fn new(capacity: usize) -> Self {
         MemoryBus {
             events: Arc::new(Channels::new(capacity)),
+            all: broadcast::channel(capacity).0,
             nudges: Arc::new(Channels::new(16)),
         }
     }
@@ -229,8 +237,13 @@ impl<T: Clone + Send + 'static> futures::Stream for MemorySubscription<T> {
 #[async_trait]
 impl Bus for MemoryBus {
     async fn publish(&self, events: &[RawEvent]) -> Result<()> {
+        let everyone = self.all.receiver_count() > 0;
         for event in events {
             self.events.send(event.task_id, event.clone());
+            if everyone {
+                // No receiver is not an error: the consumer may be catching up.
+                let _ = self.all.send(event.clone());
+            }
         }
         crate::metrics::published(events.len());
         Ok(())
@@ -242,6 +255,13 @@ impl Bus for MemoryBus {
 
     async fn subscribe(&self, task_id: Uuid) -> Result<BoxStream<'static, RawEvent>> {
         Ok(self.events.subscribe(task_id))
+    }
+
+    async fn subscribe_all(&self) -> Result<BoxStream<'static, RawEvent>> {
+        // A lagging receiver skips what it missed; the consumer's catch-up reads it back.
+        Ok(BroadcastStream::new(self.all.subscribe())
+            .filter_map(|event| async move { event.ok() })
+            .boxed())
     }
 
     async fn nudge(&self, task_id: Uuid) -> Result<()> {
@@ -385,7 +405,21 @@ impl Bus for NatsBus {
         // event published right after could still miss it.
         self.client.flush().await.map_err(Error::nats)?;
         Ok(subscriber
-            .filter_map(move |msg| async move { raw_from_message(task_id, &msg) })
+            .filter_map(move |msg| async move {
+                event_from_message(&msg).filter(|e| e.task_id == task_id)
+            })
+            .boxed())
+    }
+
+    async fn subscribe_all(&self) -> Result<BoxStream<'static, RawEvent>> {
+        let subscriber = self
+            .client
+            .subscribe(self.subjects.all_events())
+            .await
+            .map_err(Error::nats)?;
+        self.client.flush().await.map_err(Error::nats)?;
+        Ok(subscriber
+            .filter_map(|msg| async move { event_from_message(&msg) })
             .boxed())
     }
 
@@ -411,12 +445,16 @@ impl Bus for NatsBus {
     }
 }
 
-/// A bus message back into an event; one without our headers is not ours and is skipped.
-fn raw_from_message(task_id: Uuid, msg: &async_nats::Message) -> Option<RawEvent> {
+/// An event subject's message back into the event (`<prefix>.events.<taskId>.<type>`, the
+/// seq and time from the headers): what live followers and stream consumers read. One
+/// without our headers is not ours: `None`.
+pub fn event_from_message(msg: &async_nats::Message) -> Option<RawEvent> {
     let headers = msg.headers.as_ref()?;
     let seq = headers.get(SEQ_HEADER)?.as_str().parse().ok()?;
     let at = chrono::DateTime::parse_from_rfc3339(headers.get(AT_HEADER)?.as_str()).ok()?;
-    let kind = msg.subject.as_str().rsplit('.').next()?.to_string();
+    let mut tokens = msg.subject.as_str().rsplit('.');
+    let kind = tokens.next()?.to_string();
+    let task_id = tokens.next()?.parse().ok()?;
     Some(RawEvent {
         task_id,
         seq,

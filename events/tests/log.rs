@@ -76,6 +76,7 @@ async fn log(backend: Backend) -> Log {
                 troupe_events::bus::EventStreamLimits {
                     max_age: Duration::from_secs(600),
                     max_bytes: 16 << 20,
+                    ..Default::default()
                 },
             )
             .await

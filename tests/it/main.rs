@@ -16,6 +16,7 @@ mod providers;
 mod reference;
 mod resume;
 mod runs;
+mod stats;
 mod stream;
 mod traces;
 mod usage;

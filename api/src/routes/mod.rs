@@ -6,6 +6,7 @@ pub mod events;
 pub mod execute;
 pub mod health;
 pub mod metrics;
+pub mod stats;
 pub mod tasks;
 pub mod ui;
 pub mod usage;

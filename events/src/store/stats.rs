@@ -97,7 +97,7 @@ impl StatsSql {
                 m(2)
             ),
             durations_since: format!(
-                "SELECT role, provider, model, bucket, sum(count) FROM stats_durations
+                "SELECT role, provider, model, CAST(bucket AS BIGINT), CAST(sum(count) AS BIGINT) FROM stats_durations
                  WHERE owner_id = {} AND hour >= {} GROUP BY role, provider, model, bucket",
                 m(1),
                 m(2)

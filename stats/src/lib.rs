@@ -1,0 +1,176 @@
+//! `troupe stats`: the reference analytics consumer of the event stream. It keeps, per
+//! owner, hour, agent role and model, attempts and how they ended, their durations (for
+//! percentiles), calls, tokens and cost, in the store's `stats_*` tables, which
+//! `GET /api/stats` reads.
+//!
+//! Each event is counted once, however often it arrives: the store keeps a cursor per task
+//! (the seq its log is counted up to) and moves it in the same transaction as the counts,
+//! and a message is acknowledged only after that transaction commits. A repeat (a
+//! redelivery, a replay of the stream) is at or below the cursor and counts nothing; a gap
+//! (events the stream no longer has, or never had) is read from the store, the log being
+//! the truth the stream follows.
+//!
+//! Distributed, it reads the EVENTS JetStream stream with a durable pull consumer of its
+//! own ([`stream`]); embedded, it follows the in-process bus and catches up from the store
+//! ([`local`]).
+
+mod fold;
+pub mod local;
+pub mod stream;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use troupe_events::stats::{CursorMove, StatsCursor, StatsDelta};
+use troupe_events::store::LOG_PAGE;
+use troupe_events::{RawEvent, Store};
+use uuid::Uuid;
+
+pub use fold::fold;
+
+/// Times a batch is counted again when another consumer moved one of its cursors first.
+const CONFLICT_RETRIES: u32 = 5;
+
+/// What one batch changed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    /// Tasks whose cursor moved.
+    pub tasks: usize,
+    /// Events counted, read from the store to fill gaps included.
+    pub events: u64,
+}
+
+#[derive(Clone)]
+pub struct StatsConsumer {
+    store: Arc<dyn Store>,
+}
+
+impl StatsConsumer {
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        StatsConsumer { store }
+    }
+
+    /// Counts every event of `batch` not counted yet, and those the store has before it
+    /// that were never counted, in one transaction.
+    pub async fn apply(&self, batch: &[RawEvent]) -> troupe_events::Result<Applied> {
+        for _ in 0..CONFLICT_RETRIES {
+            let (delta, applied) = self.delta_for(batch).await?;
+            if delta.is_empty() || self.store.apply_stats(&delta).await? {
+                return Ok(applied);
+            }
+            tracing::debug!("another stats consumer counted part of this batch; counting it again");
+        }
+        Err(troupe_events::Error::Corrupt(
+            "stats cursors kept moving under this batch".into(),
+        ))
+    }
+
+    /// Counts task `task_id`'s log up to `through` from the store.
+    pub async fn catch_up(&self, task_id: Uuid, through: u64) -> troupe_events::Result<Applied> {
+        let mut counted = self.store.stats_cursor(task_id).await?.map_or(0, |c| c.seq);
+        let mut applied = Applied::default();
+        while counted < through {
+            let page = self.store.events_after(task_id, counted, LOG_PAGE).await?;
+            let Some(last) = page.last().map(|e| e.seq) else {
+                break;
+            };
+            let done = self.apply(&page).await?;
+            applied.tasks += done.tasks;
+            applied.events += done.events;
+            counted = last;
+        }
+        Ok(applied)
+    }
+
+    async fn delta_for(&self, batch: &[RawEvent]) -> troupe_events::Result<(StatsDelta, Applied)> {
+        let mut by_task: BTreeMap<Uuid, Vec<&RawEvent>> = BTreeMap::new();
+        for event in batch {
+            by_task.entry(event.task_id).or_default().push(event);
+        }
+        let mut delta = StatsDelta::default();
+        let mut applied = Applied::default();
+        for (task_id, mut events) in by_task {
+            events.sort_by_key(|e| e.seq);
+            if let Some(counted) = self.count_task(task_id, &events, &mut delta).await? {
+                applied.tasks += 1;
+                applied.events += counted;
+            }
+        }
+        Ok((delta, applied))
+    }
+
+    /// Folds the task's events past its cursor into `delta`, reading from the store what
+    /// the batch lacks; `None` when there is nothing new (or the task is gone).
+    async fn count_task(
+        &self,
+        task_id: Uuid,
+        events: &[&RawEvent],
+        delta: &mut StatsDelta,
+    ) -> troupe_events::Result<Option<u64>> {
+        let last = events.last().map_or(0, |e| e.seq);
+        let found = self.store.stats_cursor(task_id).await?;
+        let from = found.as_ref().map(|c| c.seq);
+        let counted = from.unwrap_or(0);
+        if last <= counted {
+            return Ok(None);
+        }
+        let Some(mut cursor) = found.or(self.new_cursor(task_id).await?) else {
+            return Ok(None);
+        };
+        let new = self.events_between(task_id, counted, last, events).await?;
+        for raw in &new {
+            match raw.parse() {
+                Ok(event) => fold(&cursor, &event, delta),
+                Err(e) => tracing::warn!(%task_id, seq = raw.seq, error = %e,
+                    "an event the stats consumer cannot read is not counted"),
+            }
+        }
+        cursor.seq = last;
+        delta.cursors.push(CursorMove { from, to: cursor });
+        Ok(Some(new.len() as u64))
+    }
+
+    /// A cursor at the start of a task never counted, with its owner and requested route.
+    async fn new_cursor(&self, task_id: Uuid) -> troupe_events::Result<Option<StatsCursor>> {
+        Ok(self.store.task(task_id).await?.map(|task| StatsCursor {
+            task_id,
+            owner_id: task.owner_id,
+            provider: task.spec.provider.clone(),
+            model: task.spec.model.clone().unwrap_or_default(),
+            seq: 0,
+        }))
+    }
+
+    /// The events `(after, through]`: the batch's own when it has them all, else the store's.
+    async fn events_between(
+        &self,
+        task_id: Uuid,
+        after: u64,
+        through: u64,
+        batch: &[&RawEvent],
+    ) -> troupe_events::Result<Vec<RawEvent>> {
+        let mut wanted = after + 1;
+        let mut from_batch = vec![];
+        for event in batch.iter().filter(|e| e.seq > after) {
+            if event.seq != wanted {
+                break;
+            }
+            from_batch.push((*event).clone());
+            wanted += 1;
+        }
+        if wanted > through {
+            return Ok(from_batch);
+        }
+        let mut events = vec![];
+        let mut read = after;
+        while read < through {
+            let page = self.store.events_after(task_id, read, LOG_PAGE).await?;
+            let Some(last) = page.last().map(|e| e.seq) else {
+                break;
+            };
+            events.extend(page.into_iter().filter(|e| e.seq <= through));
+            read = last;
+        }
+        Ok(events)
+    }
+}
