@@ -37,11 +37,16 @@ enum Command {
     Serve,
     /// Apply the database migrations and exit.
     Migrate,
+    #[command(flatten)]
+    Client(troupe::client::ClientCommand),
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(Command::Client(command)) = cli.command {
+        std::process::exit(troupe::client::main(command).await);
+    }
     let _telemetry = init_tracing("troupe");
     let backend = cli.backend.config();
     if let Some(Command::Migrate) = cli.command {
