@@ -85,6 +85,24 @@ struct Finished {
     stderr: String,
 }
 
+impl Finished {
+    fn said(&self, text: &str) {
+        assert!(
+            self.stderr.contains(text),
+            "no {text:?} on stderr:\n{}",
+            self.stderr
+        );
+    }
+
+    fn printed(&self, text: &str) {
+        assert!(
+            self.stdout.contains(text),
+            "no {text:?} on stdout:\n{}",
+            self.stdout
+        );
+    }
+}
+
 /// A client process whose output is collected as it comes.
 struct Running {
     child: Child,
@@ -225,29 +243,13 @@ async fn run_prints_each_agents_output_and_exits_0(backend: Backend) {
         "── QA Engineer (qa) ──",
     ]) {
         let output = event["output"].as_str().unwrap().trim_end();
-        assert!(
-            run.stdout.contains(&format!("{heading}\n{output}\n")),
-            "{heading} and its output on stdout:\n{}",
-            run.stdout
-        );
+        run.printed(&format!("{heading}\n{output}\n"));
     }
     for role in ["tech-lead", "frontend", "qa"] {
-        assert!(
-            run.stderr.contains(&format!("{role}: running")),
-            "{}",
-            run.stderr
-        );
-        assert!(
-            run.stderr.contains(&format!("{role}: done in ")),
-            "{}",
-            run.stderr
-        );
+        run.said(&format!("{role}: running"));
+        run.said(&format!("{role}: done in "));
     }
-    assert!(
-        run.stderr.contains("✔ task completed in "),
-        "{}",
-        run.stderr
-    );
+    run.said("✔ task completed in ");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -273,10 +275,40 @@ async fn json_prints_every_event_once_and_in_order() {
         events,
         app.log(&token, task_id.parse::<Uuid>().unwrap()).await
     );
-    assert!(
-        !run.stderr.contains("submitted"),
-        "stdout and stderr carry events only"
+    assert_eq!(
+        run.stderr, "",
+        "stdout carries the events, and nothing else is said"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiet_prints_only_the_task_id_and_the_outcome() {
+    let (app, token, client) = setup(Backend::Embedded).await;
+
+    let run = client
+        .run(&[
+            "run",
+            "Build a todo app",
+            "--agents",
+            "qa",
+            "--quiet",
+            "--options",
+            QUICK,
+        ])
+        .await;
+
+    assert_eq!(run.code, Some(0), "{run:?}");
+    let task_id: Uuid = run
+        .stdout
+        .trim()
+        .parse()
+        .expect("stdout is the task id alone");
+    assert_eq!(
+        app.wait_finished(&token, task_id).await["status"],
+        "completed"
+    );
+    assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+    run.said("✔ task completed in ");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -295,17 +327,13 @@ async fn a_failing_task_exits_1_and_can_be_retried() {
         .await;
 
     assert_eq!(run.code, Some(1), "{run:?}");
-    assert!(run.stderr.contains("qa: failed after"), "{}", run.stderr);
-    assert!(run.stderr.contains("✖ task failed after"), "{}", run.stderr);
+    run.said("qa: failed after");
+    run.said("✖ task failed after");
     let task_id = submitted(&run.stderr).unwrap().to_string();
 
     let retry = client.run(&["retry", &task_id]).await;
     assert_eq!(retry.code, Some(0), "{retry:?}");
-    assert!(
-        retry.stderr.contains("queued again for qa"),
-        "{}",
-        retry.stderr
-    );
+    retry.said("queued again for qa");
     let follow = client.run(&["logs", &task_id, "--follow"]).await;
     assert_eq!(
         follow.code,
@@ -341,26 +369,14 @@ async fn cancel_from_another_client_ends_the_run_with_3() {
     let cancel = client.run(&["cancel", &task_id]).await;
 
     assert_eq!(cancel.code, Some(0), "{cancel:?}");
-    assert!(
-        cancel.stderr.contains("cancel requested"),
-        "{}",
-        cancel.stderr
-    );
+    cancel.said("cancel requested");
     let run = run.finish().await;
     assert_eq!(run.code, Some(3), "{run:?}");
-    assert!(
-        run.stderr.contains("tech-lead: cancelled after"),
-        "{}",
-        run.stderr
-    );
-    assert!(
-        run.stderr.contains("⊘ task cancelled after"),
-        "{}",
-        run.stderr
-    );
+    run.said("tech-lead: cancelled after");
+    run.said("⊘ task cancelled after");
     let again = client.run(&["cancel", &task_id]).await;
     assert_eq!(again.code, Some(5), "the server's refusal: {again:?}");
-    assert!(again.stderr.contains("task_finished"), "{}", again.stderr);
+    again.said("task_finished");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -376,12 +392,7 @@ async fn ctrl_c_without_a_terminal_detaches_and_the_task_goes_on() {
 
     let run = run.finish().await;
     assert_eq!(run.code, Some(4), "{run:?}");
-    assert!(
-        run.stderr
-            .contains(&format!("detached; task {task_id} goes on")),
-        "{}",
-        run.stderr
-    );
+    run.said(&format!("detached; task {task_id} goes on"));
     let view: Value = app
         .get(&format!("/api/tasks/{task_id}"), &token)
         .await
@@ -419,26 +430,14 @@ async fn tasks_show_and_logs_print_what_the_server_has() {
         "{row}"
     );
     assert_eq!(show.code, Some(0), "{show:?}");
-    assert!(
-        show.stdout.contains("status   completed in "),
-        "{}",
-        show.stdout
-    );
-    assert!(
-        show.stdout.contains("── QA Engineer (qa) ──"),
-        "{}",
-        show.stdout
-    );
+    show.printed("status   completed in ");
+    show.printed("── QA Engineer (qa) ──");
     let log = app.log(&token, task_id).await;
     assert_eq!(logs.code, Some(0), "{logs:?}");
     assert_eq!(dense_log(&logs.stdout), log);
     let missing = client.run(&["show", &Uuid::now_v7().to_string()]).await;
     assert_eq!(missing.code, Some(5), "{missing:?}");
-    assert!(
-        missing.stderr.contains("task_not_found"),
-        "{}",
-        missing.stderr
-    );
+    missing.said("task_not_found");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -470,11 +469,7 @@ async fn login_keeps_a_private_session_and_logout_forgets_it() {
 
     let wrong = login(&client, "not the password").await;
     assert_eq!(wrong.code, Some(5), "{wrong:?}");
-    assert!(
-        wrong.stderr.contains("wrong email or password"),
-        "{}",
-        wrong.stderr
-    );
+    wrong.said("wrong email or password");
     assert!(!client.session_file().exists());
 
     let login = login(&client, "correct horse battery").await;
@@ -499,7 +494,7 @@ async fn login_keeps_a_private_session_and_logout_forgets_it() {
     assert!(!client.session_file().exists());
     let tasks = client.run(&["tasks"]).await;
     assert_eq!(tasks.code, Some(2), "{tasks:?}");
-    assert!(tasks.stderr.contains("not logged in"), "{}", tasks.stderr);
+    tasks.said("not logged in");
 }
 
 async fn login(client: &Client, password: &str) -> Finished {
@@ -561,11 +556,7 @@ async fn bad_input_is_refused_and_nothing_is_submitted() {
     for (who, args, code, says) in cases {
         let refused = who.run(args).await;
         assert_eq!(refused.code, Some(code), "{args:?}: {refused:?}");
-        assert!(
-            refused.stderr.contains(says),
-            "{args:?}: {}",
-            refused.stderr
-        );
+        refused.said(says);
     }
 
     let list: Value = app.get("/api/tasks", &token).await.json().await.unwrap();
@@ -593,12 +584,8 @@ async fn a_server_restart_mid_run_is_resumed_without_a_gap_or_a_repeat() {
 
     let run = run.finish().await;
     assert_eq!(run.code, Some(0), "{run:?}");
-    assert!(run.stderr.contains("reconnecting"), "{}", run.stderr);
-    assert!(
-        run.stderr.contains("reconnected; resuming after event "),
-        "{}",
-        run.stderr
-    );
+    run.said("reconnecting");
+    run.said("reconnected; resuming after event ");
     let events = dense_log(&run.stdout);
     let task_id: Uuid = events[0]["taskId"].as_str().unwrap().parse().unwrap();
     assert_eq!(
