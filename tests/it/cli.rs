@@ -186,6 +186,13 @@ async fn collect(mut pipe: impl AsyncRead + Unpin, into: Arc<Mutex<String>>) {
     }
 }
 
+/// `troupe run "Build a todo app" --agents <agents> <flags…>`.
+fn run_args<'a>(agents: &'a str, flags: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["run", "Build a todo app", "--agents", agents];
+    args.extend_from_slice(flags);
+    args
+}
+
 /// The task id from `task <id> submitted`.
 fn submitted(stderr: &str) -> Option<Uuid> {
     stderr.lines().find_map(|l| {
@@ -219,14 +226,7 @@ async fn run_prints_each_agents_output_and_exits_0(backend: Backend) {
     let (app, token, client) = setup(backend).await;
 
     let run = client
-        .run(&[
-            "run",
-            "Build a todo app",
-            "--agents",
-            "tech-lead,frontend,qa",
-            "--options",
-            QUICK,
-        ])
+        .run(&run_args("tech-lead,frontend,qa", &["--options", QUICK]))
         .await;
 
     assert_eq!(run.code, Some(0), "{run:?}");
@@ -257,14 +257,7 @@ async fn json_prints_every_event_once_and_in_order() {
     let (app, token, client) = setup(Backend::Embedded).await;
 
     let run = client
-        .run(&[
-            "run",
-            "Build a todo app",
-            "--agents",
-            "tech-lead,qa",
-            "--parallel",
-            "--json",
-        ])
+        .run(&run_args("tech-lead,qa", &["--parallel", "--json"]))
         .await;
 
     assert_eq!(run.code, Some(0), "{run:?}");
@@ -286,15 +279,7 @@ async fn quiet_prints_only_the_task_id_and_the_outcome() {
     let (app, token, client) = setup(Backend::Embedded).await;
 
     let run = client
-        .run(&[
-            "run",
-            "Build a todo app",
-            "--agents",
-            "qa",
-            "--quiet",
-            "--options",
-            QUICK,
-        ])
+        .run(&run_args("qa", &["--quiet", "--options", QUICK]))
         .await;
 
     assert_eq!(run.code, Some(0), "{run:?}");
@@ -316,14 +301,13 @@ async fn a_failing_task_exits_1_and_can_be_retried() {
     let (_app, _token, client) = setup(Backend::Embedded).await;
 
     let run = client
-        .run(&[
-            "run",
-            "Build a todo app",
-            "--agents",
+        .run(&run_args(
             "tech-lead,qa",
-            "--options",
-            r#"{"latencyMs": 5, "tokens": 4, "failAgents": ["qa"], "failAttempts": 1}"#,
-        ])
+            &[
+                "--options",
+                r#"{"latencyMs": 5, "tokens": 4, "failAgents": ["qa"], "failAttempts": 1}"#,
+            ],
+        ))
         .await;
 
     assert_eq!(run.code, Some(1), "{run:?}");
@@ -351,14 +335,7 @@ async fn a_failing_task_exits_1_and_can_be_retried() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_from_another_client_ends_the_run_with_3() {
     let (_app, _token, client) = setup(Backend::Embedded).await;
-    let run = client.spawn(&[
-        "run",
-        "A long task",
-        "--agents",
-        "tech-lead,qa",
-        "--options",
-        SLOW,
-    ]);
+    let run = client.spawn(&run_args("tech-lead,qa", &["--options", SLOW]));
     let (_, stderr) = run
         .wait_for("tech-lead starting", |_, err| {
             err.contains("tech-lead: running")
@@ -382,7 +359,7 @@ async fn cancel_from_another_client_ends_the_run_with_3() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctrl_c_without_a_terminal_detaches_and_the_task_goes_on() {
     let (app, token, client) = setup(Backend::Embedded).await;
-    let run = client.spawn(&["run", "A long task", "--agents", "qa", "--options", SLOW]);
+    let run = client.spawn(&run_args("qa", &["--options", SLOW]));
     let (_, stderr) = run
         .wait_for("qa starting", |_, err| err.contains("qa: running"))
         .await;
@@ -393,12 +370,7 @@ async fn ctrl_c_without_a_terminal_detaches_and_the_task_goes_on() {
     let run = run.finish().await;
     assert_eq!(run.code, Some(4), "{run:?}");
     run.said(&format!("detached; task {task_id} goes on"));
-    let view: Value = app
-        .get(&format!("/api/tasks/{task_id}"), &token)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let view = app.wait_view(&token, task_id, "a view", |_| true).await;
     assert_eq!(view["status"], "running", "a detach cancels nothing");
 }
 
@@ -566,15 +538,10 @@ async fn bad_input_is_refused_and_nothing_is_submitted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_restart_mid_run_is_resumed_without_a_gap_or_a_repeat() {
     let (mut app, token, client) = setup(Backend::Embedded).await;
-    let run = client.spawn(&[
-        "run",
-        "Build a todo app",
-        "--agents",
+    let run = client.spawn(&run_args(
         "tech-lead,qa",
-        "--json",
-        "--options",
-        r#"{"latencyMs": 40, "tokens": 40}"#,
-    ]);
+        &["--json", "--options", r#"{"latencyMs": 40, "tokens": 40}"#],
+    ));
     run.wait_for("text streaming", |out, _| {
         out.contains(r#""type":"agent_token""#)
     })
