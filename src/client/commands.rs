@@ -271,7 +271,7 @@ pub async fn login(args: LoginArgs) -> Result<Exit> {
     Ok(Exit::Ok)
 }
 
-pub fn logout(_: ServerArgs) -> Result<Exit> {
+pub fn logout() -> Result<Exit> {
     match session::remove()? {
         Some(path) => eprintln!(
             "logged out: removed {} (the server has no logout endpoint; the token itself \

@@ -31,7 +31,7 @@ pub enum ClientCommand {
     /// Sign in and keep the session token in your config directory (mode 0600).
     Login(LoginArgs),
     /// Forget the stored session.
-    Logout(ServerArgs),
+    Logout,
 }
 
 #[derive(Args)]
@@ -134,6 +134,8 @@ pub struct LoginArgs {
 }
 
 /// Runs one client command; errors are printed here, and every outcome is an exit code.
+/// The caller exits with it at once: a blocking read of stdin (the ctrl-c question) must
+/// not hold up the runtime's shutdown.
 pub async fn main(command: ClientCommand) -> i32 {
     let result = match command {
         ClientCommand::Run(args) => run::run(args).await,
@@ -143,7 +145,7 @@ pub async fn main(command: ClientCommand) -> i32 {
         ClientCommand::Cancel(args) => commands::cancel(args).await,
         ClientCommand::Retry(args) => commands::retry(args).await,
         ClientCommand::Login(args) => commands::login(args).await,
-        ClientCommand::Logout(args) => commands::logout(args),
+        ClientCommand::Logout => commands::logout(),
     };
     match result {
         Ok(exit) => exit as i32,

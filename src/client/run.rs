@@ -104,8 +104,11 @@ pub async fn watch(
             _ = interrupts.next() => {
                 match ask(reporter, &mut interrupts, interactive).await {
                     Choice::Cancel => {
-                        api.post(&format!("/api/tasks/{task_id}/cancel"), None).await?;
-                        reporter.note("cancelling the task…")?;
+                        // A refusal (the task ended meanwhile) is said; its end still comes.
+                        match api.post(&format!("/api/tasks/{task_id}/cancel"), None).await {
+                            Ok(_) => reporter.note("cancelling the task…")?,
+                            Err(e) => reporter.note(&format!("the cancel was refused: {e}"))?,
+                        }
                     }
                     Choice::Detach => {
                         reporter.note(&format!(
