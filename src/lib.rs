@@ -2,6 +2,8 @@
 //! DATABASE_URL and no NATS_URL that is SQLite and in-process channels: a whole Troupe on
 //! one machine with nothing else installed.
 
+pub mod client;
+
 use std::sync::Arc;
 use std::time::Duration;
 

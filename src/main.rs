@@ -40,6 +40,8 @@ enum Command {
     /// Count agents' figures (GET /api/stats) from the EVENTS stream: a distributed
     /// deployment's stats consumer. Embedded, `troupe` does this itself.
     Stats(StatsArgs),
+    #[command(flatten)]
+    Client(troupe::client::ClientCommand),
 }
 
 #[derive(clap::Args)]
@@ -52,6 +54,9 @@ struct StatsArgs {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(Command::Client(command)) = cli.command {
+        std::process::exit(troupe::client::main(command).await);
+    }
     let _telemetry = init_tracing("troupe");
     let backend = cli.backend.config();
     if let Some(Command::Migrate) = cli.command {
