@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use troupe_events::relay::{Relay, RelayConfig, RelayPass};
-use troupe_events::{Event, EventBody, RawEvent};
+use troupe_events::{Backends, Event, EventBody, RawEvent};
 use uuid::Uuid;
 
 use crate::event_stream::{read_event_stream, stream_mismatches};
@@ -76,13 +76,27 @@ fn stored_but_never_published(task_id: Uuid, after: u64) -> Vec<RawEvent> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn what_was_stored_but_never_published_is_relayed_once() {
+/// A distributed app with no worker: tasks stay queued, and no relay runs but the test's.
+async fn app_without_workers() -> TestApp {
     let mut app = TestApp::spawn(Backend::Distributed).await;
-    // No worker: the task stays queued, and no relay but this test's runs.
     for worker in app.workers.drain(..) {
         worker.cancel();
     }
+    app
+}
+
+/// A relay that takes tasks at once, on connections of its own.
+fn relay_without_grace(backends: &Backends) -> Relay {
+    let config = RelayConfig {
+        grace: Duration::ZERO,
+        ..RelayConfig::default()
+    };
+    Relay::new(backends.store.clone(), backends.bus.clone(), config)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_was_stored_but_never_published_is_relayed_once() {
+    let app = app_without_workers().await;
     let token = app.user().await;
     let body = json!({
         "description": "Left behind",
@@ -93,14 +107,7 @@ async fn what_was_stored_but_never_published_is_relayed_once() {
     let backends = app.backends().await;
     let stored = stored_but_never_published(task, 1);
     backends.store.append(task, &stored).await.unwrap();
-    let relay = Relay::new(
-        backends.store.clone(),
-        backends.bus.clone(),
-        RelayConfig {
-            grace: Duration::ZERO,
-            ..RelayConfig::default()
-        },
-    );
+    let relay = relay_without_grace(&backends);
 
     let pass = relay.relay_once().await.unwrap();
     assert_eq!(
@@ -128,10 +135,7 @@ async fn what_was_stored_but_never_published_is_relayed_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_relay_leaves_a_task_alone_while_a_worker_holds_it() {
-    let mut app = TestApp::spawn(Backend::Distributed).await;
-    for worker in app.workers.drain(..) {
-        worker.cancel();
-    }
+    let app = app_without_workers().await;
     let token = app.user().await;
     let body = json!({"description": "Held", "selectedAgents": ["qa"], "provider": "simulated"});
     let task = app.submit(&token, &body).await;
@@ -139,14 +143,7 @@ async fn the_relay_leaves_a_task_alone_while_a_worker_holds_it() {
     let holder = Uuid::now_v7();
     let lease = Duration::from_secs(60);
     backends.store.claim(task, holder, 1, lease).await.unwrap();
-    let relay = Relay::new(
-        backends.store.clone(),
-        backends.bus.clone(),
-        RelayConfig {
-            grace: Duration::ZERO,
-            ..RelayConfig::default()
-        },
-    );
+    let relay = relay_without_grace(&backends);
     assert_eq!(relay.relay_once().await.unwrap(), RelayPass::default());
     backends.store.release(task, holder).await.unwrap();
     assert_eq!(relay.relay_once().await.unwrap().events, 1);
