@@ -172,43 +172,63 @@ impl StreamCursor {
         }
     }
 
-    /// The batch goes straight out when it follows what the stream has; otherwise the
-    /// gap before it is read from the store first.
+    /// What the store has before the batch and the stream lacks is published from the
+    /// store first (at a run's start, `task_created`; after a failure, what failed); then
+    /// the batch's own events the stream lacks, straight from the batch.
     async fn take(&mut self, batch: &[RawEvent]) {
-        let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
+        let Some(first) = batch.first() else {
             return;
         };
-        if self.published != Some(first.seq - 1) {
-            return self.catch_up().await;
-        }
-        match self.bus.publish(batch).await {
-            Ok(()) => {
-                self.published = Some(last.seq);
-                self.failures = 0;
+        let Some(mut published) = self.known_published().await else {
+            return;
+        };
+        let mut result = self.publish_stored(&mut published, first.seq - 1).await;
+        if result.is_ok() {
+            let fresh = &batch[batch.partition_point(|e| e.seq <= published)..];
+            if let Some(last) = fresh.last() {
+                result = self.bus.publish(fresh).await;
+                if result.is_ok() {
+                    published = last.seq;
+                }
             }
-            Err(e) => self.failed(&e),
         }
+        self.settle(published, result);
     }
 
     async fn catch_up(&mut self) {
         if !self.behind() {
             return;
         }
-        let mut published = match self.published {
-            Some(published) => published,
-            None => match self.store.published_through(self.task_id).await {
-                Ok(published) => published,
-                Err(e) => return self.failed(&e),
-            },
+        let Some(mut published) = self.known_published().await else {
+            return;
         };
-        let result = publish_stored(
+        let result = self.publish_stored(&mut published, self.stored()).await;
+        self.settle(published, result);
+    }
+
+    /// How far the stream has the task: known since the last publish, else the store's mark.
+    async fn known_published(&mut self) -> Option<u64> {
+        if self.published.is_none() {
+            match self.store.published_through(self.task_id).await {
+                Ok(published) => self.published = Some(published),
+                Err(e) => self.failed(&e),
+            }
+        }
+        self.published
+    }
+
+    async fn publish_stored(&self, published: &mut u64, through: u64) -> Result<()> {
+        publish_stored(
             self.store.as_ref(),
             self.bus.as_ref(),
             self.task_id,
-            &mut published,
-            self.stored(),
+            published,
+            through,
         )
-        .await;
+        .await
+    }
+
+    fn settle(&mut self, published: u64, result: Result<()>) {
         self.published = Some(published);
         match result {
             Ok(()) => self.failures = 0,

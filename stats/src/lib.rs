@@ -52,7 +52,7 @@ impl StatsConsumer {
 
     /// Counts every event of `batch` not counted yet, and those the store has before it
     /// that were never counted, in one transaction.
-    pub async fn apply(&self, batch: &[RawEvent]) -> troupe_events::Result<Applied> {
+    pub async fn apply(&self, batch: &[RawEvent]) -> anyhow::Result<Applied> {
         for _ in 0..CONFLICT_RETRIES {
             let (delta, applied) = self.delta_for(batch).await?;
             if delta.is_empty() || self.store.apply_stats(&delta).await? {
@@ -60,13 +60,14 @@ impl StatsConsumer {
             }
             tracing::debug!("another stats consumer counted part of this batch; counting it again");
         }
-        Err(troupe_events::Error::Corrupt(
-            "stats cursors kept moving under this batch".into(),
-        ))
+        anyhow::bail!(
+            "other stats consumers counted the same tasks first {CONFLICT_RETRIES} times in a row; \
+             this batch is left to come again"
+        )
     }
 
     /// Counts task `task_id`'s log up to `through` from the store.
-    pub async fn catch_up(&self, task_id: Uuid, through: u64) -> troupe_events::Result<Applied> {
+    pub async fn catch_up(&self, task_id: Uuid, through: u64) -> anyhow::Result<Applied> {
         let mut counted = self.store.stats_cursor(task_id).await?.map_or(0, |c| c.seq);
         let mut applied = Applied::default();
         while counted < through {

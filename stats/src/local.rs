@@ -20,10 +20,7 @@ const BATCH: usize = 256;
 const BEHIND_PAGE: u32 = 100;
 
 /// Counts every task's log up to its end as the store has it now.
-pub async fn catch_up_all(
-    consumer: &StatsConsumer,
-    store: &dyn Store,
-) -> troupe_events::Result<Applied> {
+pub async fn catch_up_all(consumer: &StatsConsumer, store: &dyn Store) -> anyhow::Result<Applied> {
     let mut total = Applied::default();
     loop {
         let behind = store.stats_behind(BEHIND_PAGE).await?;

@@ -102,7 +102,7 @@ impl StreamFeed {
                 for message in &messages {
                     let _ = message.ack_with(AckKind::Nak(Some(RETRY_AFTER))).await;
                 }
-                return Err(e.into());
+                return Err(e);
             }
         };
         for message in &messages {

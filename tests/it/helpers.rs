@@ -105,6 +105,18 @@ fn api_args() -> ApiArgs {
     }
 }
 
+/// The simulated provider's model priced, so that costs are counted and not all zero.
+pub fn priced() -> Tweaks {
+    let mut tweaks = Tweaks::default();
+    tweaks.worker.prices = std::sync::Arc::new(
+        troupe_worker::prices::Prices::parse(
+            r#"{"simulated": {"inputPerMillion": 3, "outputPerMillion": 15}}"#,
+        )
+        .unwrap(),
+    );
+    tweaks
+}
+
 pub fn worker_config() -> WorkerConfig {
     WorkerConfig {
         token_flush: Duration::from_millis(50),

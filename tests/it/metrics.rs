@@ -14,9 +14,8 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use troupe_events::metrics::{Kind, Series};
-use troupe_worker::prices::Prices;
 
-use crate::helpers::{Backend, TestApp, Tweaks, both_backends, database_url, of_type};
+use crate::helpers::{Backend, TestApp, both_backends, database_url, of_type, priced};
 
 both_backends!(
     a_run_is_counted_exactly,
@@ -359,15 +358,6 @@ async fn serve_worker_port(backends: troupe_events::Backends, stop: &Cancellatio
         stop.clone(),
     ));
     url
-}
-
-/// The simulated model priced, so that cost is counted too.
-fn priced() -> Tweaks {
-    let mut tweaks = Tweaks::default();
-    tweaks.worker.prices = Arc::new(
-        Prices::parse(r#"{"simulated": {"inputPerMillion": 3, "outputPerMillion": 15}}"#).unwrap(),
-    );
-    tweaks
 }
 
 fn task(agents: &[&str], mode: &str, options: Value) -> Value {

@@ -12,7 +12,7 @@ use troupe_stats::StatsConsumer;
 use troupe_stats::stream::{StreamConfig, StreamFeed};
 use uuid::Uuid;
 
-use crate::helpers::{Backend, TestApp, both_backends, nats_url};
+use crate::helpers::{Backend, TestApp, both_backends, nats_url, priced};
 
 /// Role, provider, model.
 type Route = (String, String, String);
@@ -127,7 +127,7 @@ async fn run_tasks(app: &TestApp, token: &str) -> Vec<Vec<Value>> {
 }
 
 async fn stats_equal_the_logs(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
+    let app = TestApp::spawn_with(backend, priced()).await;
     let token = app.user().await;
     let other = app.user().await;
     let logs = run_tasks(&app, &token).await;

@@ -3,28 +3,17 @@
 //! counted, and bad windows are refused.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use serde_json::{Value, json};
-use troupe_worker::prices::Prices;
 use uuid::Uuid;
 
-use crate::helpers::{Backend, TestApp, Tweaks, both_backends, of_type};
+use crate::helpers::{Backend, TestApp, both_backends, of_type, priced};
 
 both_backends!(
     the_history_lists_what_each_task_used,
     the_usage_report_adds_up_to_what_the_tasks_reported,
     bad_usage_windows_are_refused,
 );
-
-/// A price for the simulated provider's model, so that costs are not all zero.
-fn priced() -> Tweaks {
-    let mut tweaks = Tweaks::default();
-    tweaks.worker.prices = Arc::new(
-        Prices::parse(r#"{"simulated": {"inputPerMillion": 3, "outputPerMillion": 15}}"#).unwrap(),
-    );
-    tweaks
-}
 
 fn task(agents: &[&str], mode: &str, options: Value) -> Value {
     let mut provider_options = json!({"latencyMs": 0, "tokens": 4});

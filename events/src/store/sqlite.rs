@@ -541,7 +541,7 @@ impl Store for SqliteStore {
     async fn stats_cursor(&self, task_id: Uuid) -> Result<Option<StatsCursor>> {
         let row: Option<stats::CursorRow> = sqlx::query_as(&STATS.cursor)
             .bind(task_id)
-            .fetch_optional(&self.writer)
+            .fetch_optional(&self.readers)
             .await?;
         Ok(row.map(stats::cursor_of))
     }
