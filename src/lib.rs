@@ -70,7 +70,6 @@ pub async fn run(
         // `troupe stats`, a process of its own on the EVENTS stream.
         tokio::spawn(troupe_stats::local::run(
             troupe_stats::StatsConsumer::new(backends.store.clone()),
-            backends.store.clone(),
             backends.bus.clone(),
             shutdown.child_token(),
         ))

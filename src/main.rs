@@ -49,6 +49,10 @@ struct StatsArgs {
     /// Name of the durable JetStream consumer: one per independent reader of the stream.
     #[arg(long, env = "TROUPE_STATS_CONSUMER", default_value = troupe_stats::stream::DEFAULT_CONSUMER)]
     consumer: String,
+    /// Seconds between scans of the store for tasks the stream did not bring in full (lost
+    /// to its retention while this consumer was behind or away); one runs at start.
+    #[arg(long, env = "TROUPE_STATS_CATCH_UP_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    catch_up_secs: u64,
 }
 
 #[tokio::main]
@@ -67,6 +71,7 @@ async fn main() -> anyhow::Result<()> {
     if let Some(Command::Stats(args)) = cli.command {
         let config = troupe_stats::stream::StreamConfig {
             durable: args.consumer,
+            catch_up_every: std::time::Duration::from_secs(args.catch_up_secs),
             ..Default::default()
         };
         return troupe::run_stats(backend, config, shutdown_signal()).await;

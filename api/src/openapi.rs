@@ -26,6 +26,7 @@ pub const ERROR_CODES: &[(&str, u16, &str)] = &[
     ("invalid_limit", 400, "`limit` is not between 1 and 100."),
     ("invalid_days", 400, "`days` is not between 1 and 90."),
     ("invalid_hours", 400, "`hours` is not between 1 and 720."),
+    ("invalid_window", 400, "`hours` and `days` were both given."),
     (
         "invalid_query",
         400,

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, DurationRound, TimeDelta, Utc};
+use chrono::{DateTime, DurationRound, NaiveDate, TimeDelta, Utc};
 use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -62,6 +62,12 @@ pub struct StatsCounts {
     pub input_tokens: u64,
     pub output_tokens: u64,
     pub cost_usd: f64,
+    /// Calls whose token counts are the simulated provider's estimates.
+    pub simulated_calls: u64,
+    /// Calls whose provider reported no tokens: the token figures are a floor.
+    pub unreported_calls: u64,
+    /// Calls without a cost (no price for the model, or no tokens): the cost is a floor.
+    pub unpriced_calls: u64,
 }
 
 impl StatsCounts {
@@ -75,6 +81,9 @@ impl StatsCounts {
         self.input_tokens += other.input_tokens;
         self.output_tokens += other.output_tokens;
         self.cost_usd += other.cost_usd;
+        self.simulated_calls += other.simulated_calls;
+        self.unreported_calls += other.unreported_calls;
+        self.unpriced_calls += other.unpriced_calls;
     }
 }
 
@@ -86,6 +95,8 @@ pub struct StatsDelta {
     pub counts: BTreeMap<StatsKey, StatsCounts>,
     /// Attempts per duration bucket ([`duration_bucket`]).
     pub durations: BTreeMap<(StatsKey, u32), u64>,
+    /// Answered calls per bucket of their time to first token.
+    pub first_tokens: BTreeMap<(StatsKey, u32), u64>,
 }
 
 impl StatsDelta {
@@ -122,24 +133,66 @@ pub fn quantile_ms(histogram: &BTreeMap<u32, u64>, q: f64) -> Option<u64> {
     })
 }
 
-/// Rows of one owner since an hour, as the store returns them.
-#[derive(Debug, Clone, Default)]
+/// What a report's rows are summed by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatsPeriod {
+    Hour,
+    /// The UTC day.
+    Day,
+}
+
+/// Histogram rows: attempts (or calls) per route and bucket, over the whole window.
+pub type BucketRows = Vec<(Route, u32, u64)>;
+
+/// Rows of one owner since an instant, as the store returns them.
+#[derive(Debug, Clone)]
 pub struct StatsRows {
+    pub period: StatsPeriod,
+    /// Per period: `StatsKey::hour` is the hour, or the day's midnight UTC.
     pub counts: Vec<(StatsKey, StatsCounts)>,
-    /// Attempts per route (role, provider, model) and duration bucket, over the period.
-    pub durations: Vec<(Route, u32, u64)>,
+    /// Attempts per route and duration bucket.
+    pub durations: BucketRows,
+    /// Answered calls per route and bucket of their time to first token.
+    pub first_tokens: BucketRows,
+    /// The store had more period rows than a report reads.
+    pub truncated: bool,
 }
 
 /// `GET /api/stats`: the consumer's figures for the caller's tasks.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StatsReport {
-    /// The first hour counted.
+    /// The first instant counted.
     pub since: DateTime<Utc>,
-    /// Per role and model over the whole period, with duration percentiles.
+    /// The window had more rows than a report reads: `hours` or `days` hold the oldest,
+    /// and the totals cover only those.
+    pub truncated: bool,
+    /// Per role and model over the whole window, with percentiles.
     pub agents: Vec<AgentStats>,
-    /// Per hour, role and model.
-    pub hours: Vec<HourStats>,
+    /// Per role over the whole window (every provider and model), with percentiles.
+    pub roles: Vec<AgentRoleStats>,
+    /// Per hour, role and model (`?hours=`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hours: Option<Vec<HourStats>>,
+    /// Per UTC day, role and model (`?days=`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub days: Option<Vec<DayStats>>,
+}
+
+/// Percentiles, read from histograms whose buckets are 19% wide: each is the upper bound
+/// of its bucket, so within 19% of the true figure; `null` when nothing was measured.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Spread {
+    /// Of the ended attempts' durations.
+    pub p50_ms: Option<u64>,
+    pub p95_ms: Option<u64>,
+    pub p99_ms: Option<u64>,
+    /// Answered calls that produced text, whose time to first token is measured.
+    pub first_token_calls: u64,
+    pub first_token_p50_ms: Option<u64>,
+    pub first_token_p95_ms: Option<u64>,
+    pub first_token_p99_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -151,10 +204,18 @@ pub struct AgentStats {
     pub model: String,
     #[serde(flatten)]
     pub counts: StatsCounts,
-    /// Percentiles of the ended attempts' durations, to within 19%.
-    pub p50_ms: Option<u64>,
-    pub p95_ms: Option<u64>,
-    pub p99_ms: Option<u64>,
+    #[serde(flatten)]
+    pub spread: Spread,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentRoleStats {
+    pub role: String,
+    #[serde(flatten)]
+    pub counts: StatsCounts,
+    #[serde(flatten)]
+    pub spread: Spread,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -168,54 +229,142 @@ pub struct HourStats {
     pub counts: StatsCounts,
 }
 
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DayStats {
+    /// The UTC day, `YYYY-MM-DD`.
+    #[schema(value_type = String, format = Date)]
+    pub day: NaiveDate,
+    pub role: String,
+    pub provider: String,
+    pub model: String,
+    #[serde(flatten)]
+    pub counts: StatsCounts,
+}
+
 /// Role, provider and model.
 pub type Route = (String, String, String);
 
+/// One route's or role's counts and histograms over a window.
+#[derive(Debug, Default)]
+struct Figures {
+    counts: StatsCounts,
+    durations: BTreeMap<u32, u64>,
+    first_tokens: BTreeMap<u32, u64>,
+}
+
+impl Figures {
+    fn spread(&self) -> Spread {
+        Spread {
+            p50_ms: quantile_ms(&self.durations, 0.50),
+            p95_ms: quantile_ms(&self.durations, 0.95),
+            p99_ms: quantile_ms(&self.durations, 0.99),
+            first_token_calls: self.first_tokens.values().sum(),
+            first_token_p50_ms: quantile_ms(&self.first_tokens, 0.50),
+            first_token_p95_ms: quantile_ms(&self.first_tokens, 0.95),
+            first_token_p99_ms: quantile_ms(&self.first_tokens, 0.99),
+        }
+    }
+}
+
+/// The window's figures per route and per role.
+#[derive(Default)]
+struct Totals {
+    routes: BTreeMap<Route, Figures>,
+    roles: BTreeMap<String, Figures>,
+}
+
+impl Totals {
+    fn both(&mut self, route: &Route) -> [&mut Figures; 2] {
+        let by_route = self.routes.entry(route.clone()).or_default();
+        let by_role = self.roles.entry(route.0.clone()).or_default();
+        [by_route, by_role]
+    }
+
+    fn add_counts(&mut self, route: &Route, counts: &StatsCounts) {
+        for figures in self.both(route) {
+            figures.counts.add(counts);
+        }
+    }
+
+    fn add_buckets(&mut self, rows: BucketRows, pick: fn(&mut Figures) -> &mut BTreeMap<u32, u64>) {
+        for (route, bucket, count) in rows {
+            for figures in self.both(&route) {
+                *pick(figures).entry(bucket).or_default() += count;
+            }
+        }
+    }
+
+    fn agents(&self) -> Vec<AgentStats> {
+        self.routes
+            .iter()
+            .map(|((role, provider, model), figures)| AgentStats {
+                role: role.clone(),
+                provider: provider.clone(),
+                model: model.clone(),
+                counts: figures.counts,
+                spread: figures.spread(),
+            })
+            .collect()
+    }
+
+    fn roles(&self) -> Vec<AgentRoleStats> {
+        self.roles
+            .iter()
+            .map(|(role, figures)| AgentRoleStats {
+                role: role.clone(),
+                counts: figures.counts,
+                spread: figures.spread(),
+            })
+            .collect()
+    }
+}
+
 impl StatsRows {
     pub fn report(self, since: DateTime<Utc>) -> StatsReport {
-        let mut totals: BTreeMap<Route, StatsCounts> = BTreeMap::new();
-        let mut histograms: BTreeMap<Route, BTreeMap<u32, u64>> = BTreeMap::new();
-        let mut hours = Vec::with_capacity(self.counts.len());
-        for (key, counts) in self.counts {
+        let mut totals = Totals::default();
+        for (key, counts) in &self.counts {
             let route = (key.role.clone(), key.provider.clone(), key.model.clone());
-            totals.entry(route).or_default().add(&counts);
-            hours.push(HourStats {
-                hour: key.hour,
-                role: key.role,
-                provider: key.provider,
-                model: key.model,
-                counts,
-            });
+            totals.add_counts(&route, counts);
         }
-        for (route, bucket, count) in self.durations {
-            *histograms
-                .entry(route)
-                .or_default()
-                .entry(bucket)
-                .or_default() += count;
-        }
-        hours.sort_by(|a, b| (a.hour, &a.role, &a.model).cmp(&(b.hour, &b.role, &b.model)));
-        let agents = totals
-            .into_iter()
-            .map(|(route, counts)| {
-                let histogram = histograms.remove(&route).unwrap_or_default();
-                let (role, provider, model) = route;
-                AgentStats {
-                    role,
-                    provider,
-                    model,
-                    counts,
-                    p50_ms: quantile_ms(&histogram, 0.50),
-                    p95_ms: quantile_ms(&histogram, 0.95),
-                    p99_ms: quantile_ms(&histogram, 0.99),
-                }
-            })
-            .collect();
+        totals.add_buckets(self.durations, |f| &mut f.durations);
+        totals.add_buckets(self.first_tokens, |f| &mut f.first_tokens);
+        let mut rows = self.counts;
+        rows.sort_by(|(a, _), (b, _)| {
+            (a.hour, &a.role, &a.model).cmp(&(b.hour, &b.role, &b.model))
+        });
+        let (hours, days) = match self.period {
+            StatsPeriod::Hour => (Some(rows.into_iter().map(hour_stats).collect()), None),
+            StatsPeriod::Day => (None, Some(rows.into_iter().map(day_stats).collect())),
+        };
         StatsReport {
             since,
-            agents,
+            truncated: self.truncated,
+            agents: totals.agents(),
+            roles: totals.roles(),
             hours,
+            days,
         }
+    }
+}
+
+fn hour_stats((key, counts): (StatsKey, StatsCounts)) -> HourStats {
+    HourStats {
+        hour: key.hour,
+        role: key.role,
+        provider: key.provider,
+        model: key.model,
+        counts,
+    }
+}
+
+fn day_stats((key, counts): (StatsKey, StatsCounts)) -> DayStats {
+    DayStats {
+        day: key.hour.date_naive(),
+        role: key.role,
+        provider: key.provider,
+        model: key.model,
+        counts,
     }
 }
 

@@ -2,7 +2,7 @@
 //! cursor, so that counting a log in any number of batches gives the same figures.
 
 use troupe_events::stats::{StatsCounts, StatsCursor, StatsDelta, StatsKey, duration_bucket};
-use troupe_events::{Event, EventBody};
+use troupe_events::{AttemptUsage, Event, EventBody, UsageSource};
 
 /// How an attempt ended.
 #[derive(Debug, Clone, Copy)]
@@ -57,19 +57,43 @@ pub fn fold(cursor: &StatsCursor, event: &Event, delta: &mut StatsDelta) {
             agent_role,
             provider,
             model,
+            time_to_first_token,
             usage,
             ..
-        } => {
-            let counts = delta
-                .counts
-                .entry(key(agent_role, provider, model))
-                .or_default();
-            counts.calls += 1;
-            counts.input_tokens += usage.counts.input_tokens.unwrap_or(0);
-            counts.output_tokens += usage.counts.output_tokens.unwrap_or(0);
-            counts.cost_usd += usage.cost_usd.unwrap_or(0.0);
-        }
+        } => answered(
+            delta,
+            key(agent_role, provider, model),
+            usage,
+            *time_to_first_token,
+        ),
         _ => {}
+    }
+}
+
+/// A provider call that was answered: its tokens and cost, and how they are known.
+fn answered(
+    delta: &mut StatsDelta,
+    key: StatsKey,
+    usage: &AttemptUsage,
+    first_token_ms: Option<u64>,
+) {
+    let (input, output) = (usage.counts.input_tokens, usage.counts.output_tokens);
+    let call = StatsCounts {
+        calls: 1,
+        input_tokens: input.unwrap_or(0),
+        output_tokens: output.unwrap_or(0),
+        cost_usd: usage.cost_usd.unwrap_or(0.0),
+        simulated_calls: u64::from(usage.counts.source == UsageSource::Simulated),
+        unreported_calls: u64::from(input.is_none() && output.is_none()),
+        unpriced_calls: u64::from(usage.cost_usd.is_none()),
+        ..StatsCounts::default()
+    };
+    delta.counts.entry(key.clone()).or_default().add(&call);
+    if let Some(ms) = first_token_ms {
+        *delta
+            .first_tokens
+            .entry((key, duration_bucket(ms)))
+            .or_default() += 1;
     }
 }
 

@@ -30,6 +30,8 @@ pub use fold::fold;
 
 /// Times a batch is counted again when another consumer moved one of its cursors first.
 const CONFLICT_RETRIES: u32 = 5;
+/// Tasks read per round of the catch-up.
+const BEHIND_PAGE: u32 = 100;
 
 /// What one batch changed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +66,41 @@ impl StatsConsumer {
             "other stats consumers counted the same tasks first {CONFLICT_RETRIES} times in a row; \
              this batch is left to come again"
         )
+    }
+
+    /// Counts every task's log up to its end as the store has it now: what a feed did not
+    /// carry (the in-process bus drops what a lagging receiver missed; the stream drops
+    /// what is past its retention). Scans every task, so it runs every few seconds at most.
+    pub async fn catch_up_all(&self) -> anyhow::Result<Applied> {
+        let mut total = Applied::default();
+        loop {
+            let behind = self.store.stats_behind(BEHIND_PAGE).await?;
+            let mut round = Applied::default();
+            for task in &behind {
+                let done = self.catch_up(task.task_id, task.last_seq).await?;
+                round.tasks += done.tasks;
+                round.events += done.events;
+            }
+            total.tasks += round.tasks;
+            total.events += round.events;
+            // A round that moved nothing would find the same tasks again.
+            if behind.len() < BEHIND_PAGE as usize || round.events == 0 {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// [`Self::catch_up_all`] for a feed's loop, which goes on whatever happens.
+    pub async fn catch_up_logged(&self) {
+        match self.catch_up_all().await {
+            Ok(applied) if applied.events > 0 => tracing::info!(
+                tasks = applied.tasks,
+                events = applied.events,
+                "the stats consumer counted from the store what its feed had not carried"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "the stats consumer's catch-up failed"),
+        }
     }
 
     /// Counts task `task_id`'s log up to `through` from the store.

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer};
 use futures::StreamExt;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use troupe_events::bus::event_from_message;
 use troupe_events::{RawEvent, Subjects};
@@ -26,6 +27,9 @@ pub struct StreamConfig {
     pub durable: String,
     /// How long the stream waits for an ack before it delivers a message again.
     pub ack_wait: Duration,
+    /// How often the store is scanned for tasks the stream did not bring in full (it
+    /// lost them to its retention while the consumer was behind or away). At start too.
+    pub catch_up_every: Duration,
 }
 
 impl Default for StreamConfig {
@@ -33,6 +37,7 @@ impl Default for StreamConfig {
         StreamConfig {
             durable: DEFAULT_CONSUMER.into(),
             ack_wait: Duration::from_secs(30),
+            catch_up_every: Duration::from_secs(60),
         }
     }
 }
@@ -47,6 +52,7 @@ pub struct Fetched {
 pub struct StreamFeed {
     consumer: StatsConsumer,
     messages: consumer::Consumer<consumer::pull::Config>,
+    catch_up_every: Duration,
 }
 
 impl StreamFeed {
@@ -74,7 +80,11 @@ impl StreamFeed {
                 },
             )
             .await?;
-        Ok(StreamFeed { consumer, messages })
+        Ok(StreamFeed {
+            consumer,
+            messages,
+            catch_up_every: config.catch_up_every,
+        })
     }
 
     /// Fetches up to one batch, counts it, and acknowledges it once committed; on failure
@@ -115,10 +125,21 @@ impl StreamFeed {
         })
     }
 
-    /// Counts until `shutdown`.
+    /// Counts until `shutdown`: the stream, and every `catch_up_every` the store. The
+    /// catch-up runs between fetches, never racing one: a fetch dropped midway would leave
+    /// its messages unacknowledged until the stream's ack wait sends them again.
     pub async fn run(self, shutdown: CancellationToken) {
+        let mut next_catch_up = Instant::now();
         while !shutdown.is_cancelled() {
-            if let Err(e) = self.process_one().await {
+            if Instant::now() >= next_catch_up {
+                self.consumer.catch_up_logged().await;
+                next_catch_up = Instant::now() + self.catch_up_every;
+            }
+            let fetched = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                fetched = self.process_one() => fetched,
+            };
+            if let Err(e) = fetched {
                 tracing::warn!(error = %e, "counting events from the stream failed; retrying");
                 tokio::select! {
                     _ = shutdown.cancelled() => return,

@@ -308,6 +308,14 @@ impl TestApp {
         }
     }
 
+    /// The PostgreSQL schema of a distributed app.
+    pub fn schema(&self) -> &str {
+        match &self.cleanup {
+            Cleanup::Remote { schema, .. } => schema,
+            Cleanup::DataDir(_) => panic!("an embedded app has no PostgreSQL schema"),
+        }
+    }
+
     /// The api instance `i` (wrapping), so a test can move between instances.
     pub fn url(&self, i: usize) -> &str {
         &self.urls[i % self.urls.len()]

@@ -18,6 +18,7 @@ mod reference;
 mod resume;
 mod runs;
 mod stats;
+mod stats_faults;
 mod stream;
 mod traces;
 mod usage;

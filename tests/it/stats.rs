@@ -15,12 +15,12 @@ use uuid::Uuid;
 use crate::helpers::{Backend, TestApp, both_backends, nats_url, priced};
 
 /// Role, provider, model.
-type Route = (String, String, String);
+pub(crate) type Route = (String, String, String);
 
 /// The figures the api answers, per route, as compared here.
 #[derive(Debug, Default, Clone, PartialEq)]
-struct Figures {
-    attempts: u64,
+pub(crate) struct Figures {
+    pub(crate) attempts: u64,
     successes: u64,
     failures: u64,
     cancellations: u64,
@@ -30,6 +30,10 @@ struct Figures {
     output_tokens: u64,
     /// Micro-dollars, so that sums in another order compare equal.
     cost_micros: i64,
+    simulated_calls: u64,
+    unreported_calls: u64,
+    unpriced_calls: u64,
+    first_token_calls: u64,
 }
 
 fn route(role: &Value, provider: &Value, model: &Value) -> Route {
@@ -39,7 +43,7 @@ fn route(role: &Value, provider: &Value, model: &Value) -> Route {
 
 /// What the logs say, computed here without the consumer's code: attempts under the
 /// route the task asked for, calls, tokens and cost under the model that answered.
-fn expected_from_logs(logs: &[Vec<Value>]) -> BTreeMap<Route, Figures> {
+pub(crate) fn expected_from_logs(logs: &[Vec<Value>]) -> BTreeMap<Route, Figures> {
     let mut out: BTreeMap<Route, Figures> = BTreeMap::new();
     for log in logs {
         let created = &log[0];
@@ -60,36 +64,110 @@ fn expected_from_logs(logs: &[Vec<Value>]) -> BTreeMap<Route, Figures> {
                 f.input_tokens += event["inputTokens"].as_u64().unwrap_or(0);
                 f.output_tokens += event["outputTokens"].as_u64().unwrap_or(0);
                 f.cost_micros += (event["costUsd"].as_f64().unwrap_or(0.0) * 1e6).round() as i64;
+                f.simulated_calls += u64::from(event["source"] == "simulated");
+                f.unreported_calls +=
+                    u64::from(event["inputTokens"].is_null() && event["outputTokens"].is_null());
+                f.unpriced_calls += u64::from(event["costUsd"].is_null());
+                f.first_token_calls += u64::from(event["timeToFirstToken"].is_u64());
             }
         }
     }
     out
 }
 
-fn figures_of(report: &Value) -> BTreeMap<Route, Figures> {
-    let count = |agent: &Value, name: &str| agent[name].as_u64().unwrap();
+/// The figures of one row of a report (`agents`, `roles`, `hours`, `days`); a row has no
+/// `firstTokenCalls` but in `agents` and `roles`.
+fn figures_of_row(row: &Value) -> Figures {
+    let count = |name: &str| row[name].as_u64().unwrap();
+    Figures {
+        attempts: count("attempts"),
+        successes: count("successes"),
+        failures: count("failures"),
+        cancellations: count("cancellations"),
+        duration_ms: count("durationMs"),
+        calls: count("calls"),
+        input_tokens: count("inputTokens"),
+        output_tokens: count("outputTokens"),
+        cost_micros: (row["costUsd"].as_f64().unwrap() * 1e6).round() as i64,
+        simulated_calls: count("simulatedCalls"),
+        unreported_calls: count("unreportedCalls"),
+        unpriced_calls: count("unpricedCalls"),
+        first_token_calls: row["firstTokenCalls"].as_u64().unwrap_or(0),
+    }
+}
+
+/// The report's `agents`, per route.
+pub(crate) fn figures_of(report: &Value) -> BTreeMap<Route, Figures> {
     report["agents"]
         .as_array()
         .unwrap()
         .iter()
         .map(|a| {
-            let figures = Figures {
-                attempts: count(a, "attempts"),
-                successes: count(a, "successes"),
-                failures: count(a, "failures"),
-                cancellations: count(a, "cancellations"),
-                duration_ms: count(a, "durationMs"),
-                calls: count(a, "calls"),
-                input_tokens: count(a, "inputTokens"),
-                output_tokens: count(a, "outputTokens"),
-                cost_micros: (a["costUsd"].as_f64().unwrap() * 1e6).round() as i64,
-            };
-            (route(&a["role"], &a["provider"], &a["model"]), figures)
+            (
+                route(&a["role"], &a["provider"], &a["model"]),
+                figures_of_row(a),
+            )
         })
         .collect()
 }
 
-async fn stats(app: &TestApp, token: &str) -> Value {
+/// Rows summed per key; the first-token count, which period rows lack, left out.
+fn summed<K: Ord>(rows: impl Iterator<Item = (K, Figures)>) -> BTreeMap<K, Figures> {
+    let mut out: BTreeMap<K, Figures> = BTreeMap::new();
+    for (key, f) in rows {
+        let sum = out.entry(key).or_default();
+        sum.attempts += f.attempts;
+        sum.successes += f.successes;
+        sum.failures += f.failures;
+        sum.cancellations += f.cancellations;
+        sum.duration_ms += f.duration_ms;
+        sum.calls += f.calls;
+        sum.input_tokens += f.input_tokens;
+        sum.output_tokens += f.output_tokens;
+        sum.cost_micros += f.cost_micros;
+        sum.simulated_calls += f.simulated_calls;
+        sum.unreported_calls += f.unreported_calls;
+        sum.unpriced_calls += f.unpriced_calls;
+    }
+    out
+}
+
+/// `rows` of a report summed per route, without the first-token count.
+fn period_totals(rows: &Value) -> BTreeMap<Route, Figures> {
+    summed(rows.as_array().unwrap().iter().map(|r| {
+        let key = route(&r["role"], &r["provider"], &r["model"]);
+        (key, figures_of_row(r))
+    }))
+}
+
+/// What a report's views must agree on: `roles` are the sums of `agents`, and the period
+/// rows (`hours` or `days`) add up to `agents`.
+fn assert_consistent(report: &Value, periods: &str) {
+    let agents = figures_of(report);
+    let mut by_role = summed(
+        agents
+            .iter()
+            .map(|((role, _, _), f)| (role.clone(), f.clone())),
+    );
+    for ((role, _, _), f) in &agents {
+        by_role.get_mut(role).unwrap().first_token_calls += f.first_token_calls;
+    }
+    let roles: BTreeMap<String, Figures> = report["roles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["role"].as_str().unwrap().to_string(), figures_of_row(r)))
+        .collect();
+    assert_eq!(roles, by_role, "roles are the agents' sums");
+    let without_first_tokens = summed(agents.into_iter());
+    assert_eq!(
+        period_totals(&report[periods]),
+        without_first_tokens,
+        "{periods} add up to the agents"
+    );
+}
+
+pub(crate) async fn stats(app: &TestApp, token: &str) -> Value {
     let response = app.get("/api/stats?hours=2", token).await;
     assert_eq!(response.status(), 200);
     response.json().await.unwrap()
@@ -140,7 +218,9 @@ async fn stats_equal_the_logs(backend: Backend) {
 
     let feed = match backend {
         Backend::Embedded => None,
-        Backend::Distributed => Some(attach(&app, "it-stats").await),
+        Backend::Distributed => {
+            Some(attach(&app, "it-stats", StatsConsumer::new(app.store().await)).await)
+        }
     };
     let mut counted = BTreeMap::new();
     for _ in 0..100 {
@@ -165,7 +245,41 @@ async fn stats_equal_the_logs(backend: Backend) {
         .find(|a| a["role"] == "tech-lead" && a["successes"].as_u64() > Some(0))
         .expect("tech-lead's row");
     assert!(lead["p50Ms"].is_u64() && lead["p99Ms"].as_u64() >= lead["p50Ms"].as_u64());
-    assert!(!report["hours"].as_array().unwrap().is_empty());
+    // Calls, and so first tokens, count under the model that answered; the role's row has
+    // them all.
+    let lead_role = &report["roles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["role"] == "tech-lead")
+        .expect("tech-lead's role row");
+    assert!(
+        lead_role["firstTokenP50Ms"].is_u64() && lead_role["firstTokenCalls"].as_u64() > Some(0)
+    );
+    assert!(report["days"].is_null());
+    assert_consistent(&report, "hours");
+    let by_day: Value = app
+        .get("/api/stats?days=2", &token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        figures_of(&by_day),
+        expected,
+        "a days window counts the same"
+    );
+    assert!(by_day["hours"].is_null());
+    assert_consistent(&by_day, "days");
+    let today = chrono::Utc::now().date_naive().to_string();
+    assert!(
+        by_day["days"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["day"] == today.as_str()),
+        "today's row: {by_day}"
+    );
     assert_eq!(
         stats(&app, &other).await["agents"],
         json!([]),
@@ -183,7 +297,7 @@ async fn stats_equal_the_logs(backend: Backend) {
     }
     if let Some(feed) = feed {
         drop(feed);
-        let replay = attach(&app, "it-stats-replay").await;
+        let replay = attach(&app, "it-stats-replay", consumer.clone()).await;
         let mut messages = 0;
         for _ in 0..200 {
             let fetched = replay.process_one().await.unwrap();
@@ -199,29 +313,34 @@ async fn stats_equal_the_logs(backend: Backend) {
     assert_eq!(figures_of(&stats(&app, &token).await), expected);
 }
 
-async fn attach(app: &TestApp, durable: &str) -> StreamFeed {
+pub(crate) async fn attach(app: &TestApp, durable: &str, consumer: StatsConsumer) -> StreamFeed {
     let client = async_nats::connect(nats_url()).await.unwrap();
     let config = StreamConfig {
         durable: durable.into(),
         ..StreamConfig::default()
     };
     let subjects = troupe_events::Subjects::new(app.nats_prefix());
-    StreamFeed::attach(
-        client,
-        &subjects,
-        &config,
-        StatsConsumer::new(app.store().await),
-    )
-    .await
-    .unwrap()
+    StreamFeed::attach(client, &subjects, &config, consumer)
+        .await
+        .unwrap()
 }
 
 async fn a_bad_window_is_refused(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let token = app.user().await;
-    for query in ["hours=0", "hours=721", "hours=abc", "hours=-1"] {
+    for (query, code) in [
+        ("hours=0", "invalid_hours"),
+        ("hours=721", "invalid_hours"),
+        ("hours=abc", "invalid_query"),
+        ("hours=-1", "invalid_query"),
+        ("days=0", "invalid_days"),
+        ("days=91", "invalid_days"),
+        ("days=1&hours=1", "invalid_window"),
+    ] {
         let response = app.get(&format!("/api/stats?{query}"), &token).await;
         assert_eq!(response.status(), 400, "{query}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], code, "{query}");
     }
     let anonymous = app
         .client

@@ -41,18 +41,23 @@ pub struct UsageResponse {
 
 impl UsageQuery {
     fn days(&self) -> ApiResult<u32> {
-        match self.days.unwrap_or(DEFAULT_DAYS) {
-            days @ 1..=MAX_DAYS => Ok(days),
-            _ => Err(ApiError::bad_request(
-                "invalid_days",
-                format!("days must be a whole number from 1 to {MAX_DAYS}"),
-            )),
-        }
+        checked_days(self.days.unwrap_or(DEFAULT_DAYS))
+    }
+}
+
+/// A window of `days` UTC days, 1 to [`MAX_DAYS`] (also `GET /api/stats?days=`).
+pub(crate) fn checked_days(days: u32) -> ApiResult<u32> {
+    match days {
+        1..=MAX_DAYS => Ok(days),
+        _ => Err(ApiError::bad_request(
+            "invalid_days",
+            format!("days must be a whole number from 1 to {MAX_DAYS}"),
+        )),
     }
 }
 
 /// The first instant of the window of `days` UTC days that ends with `now`'s day.
-fn window_start(now: DateTime<Utc>, days: u32) -> DateTime<Utc> {
+pub(crate) fn window_start(now: DateTime<Utc>, days: u32) -> DateTime<Utc> {
     let today = now
         .date_naive()
         .and_hms_opt(0, 0, 0)

@@ -21,7 +21,7 @@ pub use sqlite::SqliteStore;
 
 use crate::error::{Error, Result};
 use crate::event::{Event, EventBody, RawEvent};
-use crate::stats::{StatsCursor, StatsDelta, StatsRows};
+use crate::stats::{StatsCursor, StatsDelta, StatsPeriod, StatsRows};
 use crate::task::{ControlRequest, Controls, NewTask, TaskRecord, TaskSpec, TaskStatus};
 use crate::usage::{DailyUsage, Percentiles, RoleStats, UsageReport, UsageTotals};
 
@@ -148,8 +148,13 @@ pub trait Store: Send + Sync + 'static {
     /// the embedded consumer's catch-up, not for a big deployment.
     async fn stats_behind(&self, limit: u32) -> Result<Vec<Behind>>;
 
-    /// The owner's stats rows from the hour `since` on.
-    async fn stats_rows(&self, owner_id: Uuid, since: DateTime<Utc>) -> Result<StatsRows>;
+    /// The owner's stats rows from `since` (an hour's start) on, summed by `period`.
+    async fn stats_rows(
+        &self,
+        owner_id: Uuid,
+        since: DateTime<Utc>,
+        period: StatsPeriod,
+    ) -> Result<StatsRows>;
 
     /// Puts every unfinished task back in the outbox. For a volatile queue, whose jobs
     /// die with the process: at start, whatever was running must be queued again.

@@ -17,10 +17,11 @@ use super::{
     unpublished_sql, usage_added, usage_added_sql,
 };
 use crate::error::{Error, Result};
-use crate::stats::{StatsCursor, StatsDelta, StatsRows};
+use crate::stats::{StatsCursor, StatsDelta, StatsPeriod, StatsRows};
 
 /// The stats consumer's statements in this store's placeholders.
-static STATS: LazyLock<StatsSql> = LazyLock::new(|| StatsSql::new('$'));
+static STATS: LazyLock<StatsSql> =
+    LazyLock::new(|| StatsSql::new('$', "date_trunc('day', hour, 'UTC')"));
 use crate::event::{Event, RawEvent};
 use crate::task::{ControlRequest, Controls, NewTask, TaskRecord, TaskStatus};
 use crate::usage::UsageReport;
@@ -498,8 +499,13 @@ impl Store for PgStore {
         Ok(behind_of(rows))
     }
 
-    async fn stats_rows(&self, owner_id: Uuid, since: DateTime<Utc>) -> Result<StatsRows> {
-        stats::read_stats_rows!(&self.pool, STATS, owner_id, since)
+    async fn stats_rows(
+        &self,
+        owner_id: Uuid,
+        since: DateTime<Utc>,
+        period: StatsPeriod,
+    ) -> Result<StatsRows> {
+        stats::read_stats_rows!(&self.pool, STATS, owner_id, since, period)
     }
 
     async fn requeue_unfinished(&self) -> Result<u64> {

@@ -22,10 +22,11 @@ use super::{
     unpublished_sql, usage_added, usage_added_sql,
 };
 use crate::error::{Error, Result};
-use crate::stats::{StatsCursor, StatsDelta, StatsRows};
+use crate::stats::{StatsCursor, StatsDelta, StatsPeriod, StatsRows};
 
 /// The stats consumer's statements in this store's placeholders.
-static STATS: LazyLock<StatsSql> = LazyLock::new(|| StatsSql::new('?'));
+static STATS: LazyLock<StatsSql> =
+    LazyLock::new(|| StatsSql::new('?', "substr(hour, 1, 10) || 'T00:00:00+00:00'"));
 use crate::event::{Event, RawEvent};
 use crate::task::{ControlRequest, Controls, NewTask, TaskRecord, TaskStatus};
 use crate::usage::UsageReport;
@@ -558,8 +559,13 @@ impl Store for SqliteStore {
         Ok(behind_of(rows))
     }
 
-    async fn stats_rows(&self, owner_id: Uuid, since: DateTime<Utc>) -> Result<StatsRows> {
-        stats::read_stats_rows!(&self.readers, STATS, owner_id, since)
+    async fn stats_rows(
+        &self,
+        owner_id: Uuid,
+        since: DateTime<Utc>,
+        period: StatsPeriod,
+    ) -> Result<StatsRows> {
+        stats::read_stats_rows!(&self.readers, STATS, owner_id, since, period)
     }
 
     async fn requeue_unfinished(&self) -> Result<u64> {
