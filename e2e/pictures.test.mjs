@@ -182,7 +182,31 @@ test('history and cards: each task\'s tokens and cost, labelled as simulated est
   });
 });
 
-test('usage page: tokens and cost per day, success rate and latency by role, from GET /api/usage', LIMIT, async (t) => {
+/**
+ * The stats consumer's report for the last 30 days once it covers what the test ran: it
+ * counts a moment after the events are stored (embedded: fed by the in-process bus, and
+ * from the store every 5 s), so poll until every role shows its ended attempts and the
+ * tokens equal the tasks' own usage (GET /api/tasks, computed from their logs).
+ */
+async function statsCovering(page, base, attempts, { timeout = 30_000 } = {}) {
+  const deadline = Date.now() + timeout;
+  const { tasks } = await apiGet(page, base, '/api/tasks');
+  const tokens = tasks.reduce((n, task) => n + task.usage.inputTokens + task.usage.outputTokens, 0);
+  let last = null;
+  for (;;) {
+    last = await apiGet(page, base, '/api/stats?days=30');
+    const seen = Object.fromEntries((last.roles || []).map((r) => [r.role, r.attempts]));
+    const counted = (last.roles || []).reduce((n, r) => n + r.inputTokens + r.outputTokens, 0);
+    const sorted = (o) => JSON.stringify(Object.entries(o).sort());
+    if (sorted(seen) === sorted(attempts) && counted === tokens) return { report: last, tasks };
+    if (Date.now() > deadline) {
+      assert.fail(`GET /api/stats never covered the tasks within ${timeout} ms: attempts ${sorted(seen)}, want ${sorted(attempts)}; tokens ${counted}, want ${tokens}`);
+    }
+    await page.waitForTimeout(250);
+  }
+}
+
+test('usage page: tokens and cost per day, success rate and latency by role, from the stats consumer (GET /api/stats)', LIMIT, async (t) => {
   const env = await setup(t, SERVER);
   const { page, base } = env;
   await run(env, async () => {
@@ -195,19 +219,31 @@ test('usage page: tokens and cost per day, success rate and latency by role, fro
     await execute(page);
     assert.equal(await waitFinished(page), 'failed');
 
+    // The page reads the stats consumer's figures: wait until they cover both tasks.
+    const { report, tasks } = await statsCovering(page, base, { 'tech-lead': 1, frontend: 1, qa: 2, backend: 1 });
+    const sum = (rows, key) => rows.reduce((n, r) => n + r[key], 0);
+    const totals = Object.fromEntries(['attempts', 'calls', 'inputTokens', 'outputTokens', 'costUsd', 'simulatedCalls']
+      .map((key) => [key, sum(report.roles, key)]));
+    assert.equal(totals.calls, sum(tasks.map((task) => task.usage), 'simulatedAttempts'), 'every call counted, each simulated');
+    assert.equal(totals.simulatedCalls, totals.calls);
+    assert.equal(totals.costUsd.toFixed(9), sum(tasks.map((task) => task.usage), 'costUsd').toFixed(9));
+    assert.equal(sum(report.days, 'calls'), totals.calls, 'the days add up to the roles');
+
     await page.click('[data-testid=nav-usage]');
     await page.waitForURL(/\/usage$/);
     assert.equal(await page.getAttribute('[data-testid=nav-usage]', 'aria-current'), 'page');
     await page.waitForSelector('[data-testid=usage-chart-tokens]');
-    const report = await apiGet(page, base, '/api/usage?days=30');
-    assert.equal(report.tasks, 2);
+    // The page says where its figures come from, and that they can lag.
+    assert.match(await page.textContent('[data-testid=usage-source]'), /^Figures from the stats consumer \(GET \/api\/stats\), .+ can lag a few seconds behind your tasks\. Read at \d\d:\d\d:\d\d\.$/);
 
     // The tiles are the report's totals, marked as simulated.
-    const tokens = report.totals.inputTokens + report.totals.outputTokens;
-    assert.equal((await page.textContent('[data-testid=usage-total-tasks] dd')).trim(), '2');
-    assert.equal((await page.textContent('[data-testid=usage-total-calls] dd')).trim(), String(report.daily.reduce((n, c) => n + c.attempts, 0)));
+    const tokens = totals.inputTokens + totals.outputTokens;
+    assert.equal((await page.textContent('[data-testid=usage-total-attempts] dt')).trim(), 'Attempts ended');
+    assert.equal((await page.textContent('[data-testid=usage-total-attempts] dd')).trim(), '5');
+    assert.equal((await page.textContent('[data-testid=usage-total-calls] dd')).trim(), String(totals.calls));
     assert.match((await page.textContent('[data-testid=usage-total-tokens] dd')).trim(), new RegExp(`^~${tokens.toLocaleString('en-US')}simulated$`));
     assert.match((await page.textContent('[data-testid=usage-total-cost] dd')).trim(), /^\$0\.\d{4}$/);
+    assert.match(await page.textContent('[data-testid=usage-marks-note]'), /^~ simulated/);
 
     // Tokens per day: 30 days, today's bar holds everything, stacked by role (4 roles).
     const today = new Date().toISOString().slice(0, 10);
@@ -219,24 +255,42 @@ test('usage page: tokens and cost per day, success rate and latency by role, fro
     assert.match(await page.getAttribute(todayBar, 'aria-label'), /: ~[\d,]+ tokens \(/);
     const legend = await page.$$eval('[data-testid=usage-chart-tokens-card] .chart-legend li', (els) => els.map((e) => e.textContent).sort());
     assert.deepEqual(legend, ['backend', 'frontend', 'qa', 'tech-lead']);
-    assert.equal(Number(await page.getAttribute(`[data-testid=usage-chart-cost-day-${today}]`, 'data-total')).toFixed(9), report.totals.costUsd.toFixed(9));
+    assert.equal(Number(await page.getAttribute(`[data-testid=usage-chart-cost-day-${today}]`, 'data-total')).toFixed(9), totals.costUsd.toFixed(9));
 
     // Success rate and latency by role.
     assert.equal(await page.$$eval('[data-testid=usage-chart-success] [data-testid^=usage-chart-success-]', (els) => els.length), 4);
     assert.equal((await page.textContent('[data-testid=usage-chart-success-qa] .chart-value')).trim(), '50% (1/2)');
     assert.equal((await page.textContent('[data-testid=usage-chart-success-tech-lead] .chart-value')).trim(), '100% (1/1)');
-    assert.match(await page.getAttribute('[data-testid=usage-chart-success-qa]', 'aria-label'), /^qa: 50% succeeded, 1 of 2 attempts completed, 1 failed$/);
+    assert.match(await page.getAttribute('[data-testid=usage-chart-success-qa]', 'aria-label'), /^qa: 50% succeeded, 1 of 2 attempts succeeded, 1 failed$/);
     const latency = await page.$$eval('[data-testid=usage-chart-latency] [data-testid^=usage-chart-latency-]', (els) => els.map((e) => e.dataset.testid).sort());
     assert.deepEqual(latency, ['usage-chart-latency-backend', 'usage-chart-latency-frontend', 'usage-chart-latency-qa', 'usage-chart-latency-tech-lead']);
     const qa = report.roles.find((r) => r.role === 'qa');
-    assert.equal(qa.duration.count, 1);
-    const latencyText = await page.textContent('[data-testid=usage-chart-latency-qa] .chart-value');
-    const expectedText = await page.evaluate(async (d) => {
+    assert.equal(qa.attempts, 2, 'the succeeded and the failed attempt');
+    assert.ok(qa.p50Ms != null && qa.p95Ms >= qa.p50Ms, JSON.stringify(qa));
+    const expectedText = (a, b) => page.evaluate(async ([x, y]) => {
       const f = await import('/ui/js/format.js');
-      return `${f.formatDuration(d.p50)} · ${f.formatDuration(d.p95)}`;
-    }, qa.duration);
-    assert.equal(latencyText.trim(), expectedText);
+      return [`${f.formatDuration(x)} · ${f.formatDuration(y)}`, `${f.formatDuration(x)} / ${f.formatDuration(y)}`];
+    }, [a, b]);
+    const [qaChart, qaCell] = await expectedText(qa.p50Ms, qa.p95Ms);
+    assert.equal((await page.textContent('[data-testid=usage-chart-latency-qa] .chart-value')).trim(), qaChart);
+    assert.match(await page.getAttribute('[data-testid=usage-chart-latency-qa]', 'aria-label'), /, over 2 attempts that ended$/);
+    assert.match(await page.textContent('[data-testid=usage-latency-note]'), /19%/);
     await screenshot(page, 'usage-page');
+
+    // The figures as a table, for those who do not read charts: outcomes, times and
+    // first tokens as the report has them.
+    await page.click('[data-testid=usage-chart-success-card] summary');
+    const rows = await page.$$eval('[data-testid=usage-table-roles] tbody tr', (trs) => trs.map((tr) => [...tr.children].map((td) => td.textContent)));
+    const qaRow = rows.find((r) => r[0] === 'qa');
+    assert.deepEqual(qaRow.slice(0, 5), ['qa', '1', '1', '0', '50%']);
+    assert.equal(qaRow[5], qaCell);
+    assert.ok(qa.firstTokenCalls > 0 && qa.firstTokenP50Ms != null, JSON.stringify(qa));
+    assert.equal(qaRow[6], (await expectedText(qa.firstTokenP50Ms, qa.firstTokenP95Ms))[1]);
+    assert.match(await page.textContent('[data-testid=usage-table-roles-note]'), /histogram whose buckets are 19% wide/);
+    await page.click('[data-testid=usage-chart-tokens-card] summary');
+    const daily = await page.$$eval('[data-testid=usage-table-daily] tbody tr', (trs) => trs.map((tr) => [...tr.children].map((td) => td.textContent)));
+    assert.equal(daily.reduce((n, r) => n + Number(r[5]), 0), totals.calls, 'the daily table\'s calls add up');
+    assert.equal(daily.reduce((n, r) => n + Number(r[4]), 0), 5, 'and its attempts');
 
     // Group by model: one series, the simulated model; the choice stays in the URL.
     await page.click('label[for=usage-by-model]');
@@ -246,11 +300,13 @@ test('usage page: tokens and cost per day, success rate and latency by role, fro
     await page.click('label[for=usage-days-7]');
     await page.waitForSelector('[data-testid=usage-body][data-days="7"]');
     assert.equal(await page.$$eval('[data-testid^=usage-chart-tokens-day-]', (els) => els.length), 7);
-
-    // The figures as a table, for those who do not read charts.
-    await page.click('[data-testid=usage-chart-success-card] summary');
-    const rows = await page.$$eval('[data-testid=usage-table-roles] tbody tr', (trs) => trs.map((tr) => [...tr.children].map((td) => td.textContent)));
-    assert.deepEqual(rows.map((r) => r.slice(0, 5)).find((r) => r[0] === 'qa'), ['qa', '1', '1', '0', '50%']);
+    // Refresh reads the report again, for the window shown.
+    const [again] = await Promise.all([
+      page.waitForResponse((r) => new URL(r.url()).pathname === '/api/stats'),
+      page.click('[data-testid=usage-refresh]'),
+    ]);
+    assert.equal(new URL(again.url()).search, '?days=7');
+    assert.equal(again.status(), 200);
 
     // 375 px wide: the charts fit the screen.
     await page.setViewportSize({ width: 375, height: 800 });

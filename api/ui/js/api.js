@@ -168,8 +168,11 @@ export const api = {
     take(pending);
     return events;
   },
-  /** Usage of the caller's tasks over the last `days` UTC days (GET /api/usage). */
-  usage: (days, opts) => request('GET', `/api/usage?days=${encodeURIComponent(days)}`, opts),
+  /**
+   * The stats consumer's figures for the caller's tasks over the last `days` UTC days
+   * (GET /api/stats?days=N): per role and model, per role, and per day.
+   */
+  stats: (days, opts) => request('GET', `/api/stats?days=${encodeURIComponent(days)}`, opts),
 };
 
 /** A v4 UUID; falls back to getRandomValues where randomUUID is missing (plain-http origins). */
