@@ -36,6 +36,10 @@ pub async fn run(listener: TcpListener, app: Router, stop: CancellationToken) {
     connections.wait().await;
 }
 
+/// The most a request's line and headers may take: hyper answers a longer head with 431
+/// instead of buffering up to its default of 400 KiB per connection.
+const MAX_HEAD_BYTES: usize = 32 * 1024;
+
 async fn serve_connection(tcp: TcpStream, app: Router, stop: CancellationToken) {
     // Without TCP_NODELAY, the first small write of each response on a keep-alive
     // connection waits for the client's delayed ACK: about 40 ms, the whole latency of a
@@ -44,6 +48,7 @@ async fn serve_connection(tcp: TcpStream, app: Router, stop: CancellationToken) 
         tracing::warn!(error = %e, "setting TCP_NODELAY on a connection failed");
     }
     let connection = http1::Builder::new()
+        .max_buf_size(MAX_HEAD_BYTES)
         .serve_connection(TokioIo::new(tcp), TowerToHyperService::new(app))
         .with_upgrades();
     let mut connection = pin!(connection);

@@ -7,6 +7,7 @@ mod control;
 mod event_stream;
 mod faults;
 mod helpers;
+mod hostile;
 mod input;
 mod load;
 mod metrics;

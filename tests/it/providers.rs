@@ -41,7 +41,8 @@ async fn completions(
         .map(|v| v.to_str().unwrap().to_string());
     seen.requests.lock().unwrap().push((auth, body));
     let mut stream = String::new();
-    for piece in ["Hello", " from", " the", " fake", " model."] {
+    // The NUL: a provider's text may hold what PostgreSQL cannot store.
+    for piece in ["Hello", " from", " the", " fake", " model.\u{0}"] {
         let chunk = json!({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "fake",
                            "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": null}]});
         stream.push_str(&format!("data: {chunk}\n\n"));
@@ -108,7 +109,10 @@ async fn an_openai_compatible_server_drives_the_agents(backend: Backend) {
     assert_eq!(view["usage"]["inputTokens"], 800);
     assert_eq!(view["agents"][1]["usage"]["outputTokens"], 25);
     for agent in view["agents"].as_array().unwrap() {
-        assert_eq!(agent["output"], "Hello from the fake model.");
+        assert_eq!(
+            agent["output"], "Hello from the fake model.\u{FFFD}",
+            "a NUL is stored as U+FFFD"
+        );
     }
     let requests = seen.requests.lock().unwrap().clone();
     assert_eq!(requests.len(), 2);

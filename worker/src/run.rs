@@ -22,7 +22,9 @@ use troupe_events::{
 use crate::appender::{Emitter, Stopped};
 use crate::artifacts::extract_artifacts;
 use crate::prices::Prices;
-use crate::providers::{Chunk, CompletionRequest, SharedProvider, TextStream, TokenCounts};
+use crate::providers::{
+    Chunk, CompletionRequest, SharedProvider, TextStream, TokenCounts, storable,
+};
 
 /// Most text one agent may produce. A provider that never stops must not exhaust memory
 /// (or the log): past this, the agent fails.
@@ -636,6 +638,7 @@ impl TaskRun {
                 delta = stream.next() => match delta {
                     Some(Ok(Chunk::Usage(usage))) => call.usage.merge(usage),
                     Some(Ok(Chunk::Text(text))) => {
+                        let text = storable(text);
                         call.first_text.get_or_insert_with(|| call.started.elapsed());
                         if output.len() + text.len() > MAX_AGENT_OUTPUT {
                             return Ok(Answer::Failed(format!(

@@ -60,11 +60,22 @@ pub struct ProviderError {
     pub retry_after: Option<Duration>,
 }
 
+/// A provider's text as it can be stored: PostgreSQL keeps no NUL character in `text` or
+/// `jsonb`, so one from a provider (its answer or an error body) would make every append
+/// of the task fail. It becomes U+FFFD, the replacement character.
+pub fn storable(text: String) -> String {
+    if text.contains('\0') {
+        text.replace('\0', "\u{FFFD}")
+    } else {
+        text
+    }
+}
+
 impl ProviderError {
     pub fn transient(message: impl Into<String>) -> Self {
         ProviderError {
             transient: true,
-            message: message.into(),
+            message: storable(message.into()),
             retry_after: None,
         }
     }
@@ -72,7 +83,7 @@ impl ProviderError {
     pub fn permanent(message: impl Into<String>) -> Self {
         ProviderError {
             transient: false,
-            message: message.into(),
+            message: storable(message.into()),
             retry_after: None,
         }
     }
