@@ -11,6 +11,7 @@ use secrecy::SecretString;
 use troupe_events::Catalogue;
 
 use crate::auth::Tokens;
+use crate::guard::AuthLimits;
 use crate::state::HttpConfig;
 
 #[derive(Clone, Args)]
@@ -37,6 +38,20 @@ pub struct ApiArgs {
     /// How long a task's streamUrl token lives, in minutes.
     #[arg(long, env = "TROUPE_STREAM_TOKEN_TTL_MINUTES", default_value_t = 240)]
     pub stream_token_ttl_minutes: u64,
+    /// Sign-ups and sign-ins per client address per minute (per api process).
+    #[arg(long, env = "TROUPE_AUTH_PER_ADDRESS_PER_MINUTE", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..))]
+    pub auth_per_address_per_minute: u32,
+    /// Sign-ins per account per minute, from any address (per api process).
+    #[arg(long, env = "TROUPE_AUTH_PER_ACCOUNT_PER_MINUTE", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub auth_per_account_per_minute: u32,
+    /// Password hashes computed at once (argon2id takes 19 MiB each). Default: the cores.
+    #[arg(long, env = "TROUPE_PASSWORD_HASHERS")]
+    pub password_hashers: Option<usize>,
+    /// The header in which the proxy in front gives the client's address (its last value
+    /// is used), e.g. X-Forwarded-For. Unset: the connection's peer address. Set it only
+    /// behind a proxy that writes it, or clients can pick their own address.
+    #[arg(long, env = "TROUPE_CLIENT_IP_HEADER")]
+    pub client_ip_header: Option<axum::http::HeaderName>,
 }
 
 const MIN_SECRET: usize = 32;
@@ -50,9 +65,17 @@ impl ApiArgs {
     }
 
     pub fn http(&self) -> HttpConfig {
+        let defaults = AuthLimits::default();
         HttpConfig {
             max_body_bytes: self.max_body_bytes.max(1024),
             max_streams: self.max_streams.max(1),
+            auth: AuthLimits {
+                per_address_per_minute: self.auth_per_address_per_minute,
+                per_account_per_minute: self.auth_per_account_per_minute,
+                hashers: self.password_hashers.unwrap_or(defaults.hashers).max(1),
+                client_ip_header: self.client_ip_header.clone(),
+                ..defaults
+            },
         }
     }
 

@@ -25,6 +25,13 @@ pub enum ApiError {
         code: &'static str,
         message: String,
     },
+    /// 429 with `Retry-After`: a limit was reached; `code` says which.
+    #[error("{message}")]
+    Limited {
+        code: &'static str,
+        message: String,
+        retry_after: std::time::Duration,
+    },
     #[error("the service is busy; try again shortly")]
     Unavailable,
     #[error(transparent)]
@@ -54,6 +61,7 @@ impl ApiError {
             ApiError::TaskNotFound => StatusCode::NOT_FOUND,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::Rejected { status, .. } => *status,
+            ApiError::Limited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -64,7 +72,8 @@ impl ApiError {
             ApiError::BadRequest { code, .. }
             | ApiError::Unprocessable { code, .. }
             | ApiError::Conflict { code, .. }
-            | ApiError::Rejected { code, .. } => code,
+            | ApiError::Rejected { code, .. }
+            | ApiError::Limited { code, .. } => code,
             ApiError::Unauthorized(_) => "unauthorized",
             ApiError::TaskNotFound => "task_not_found",
             ApiError::Unavailable => "unavailable",
@@ -108,6 +117,12 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (status, Json(body)).into_response();
+        if let ApiError::Limited { retry_after, .. } = &self {
+            let secs = retry_after.as_secs().max(1);
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,

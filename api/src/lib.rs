@@ -6,6 +6,7 @@ pub mod auth;
 pub mod cli;
 pub mod error;
 pub mod extract;
+pub mod guard;
 pub mod metrics;
 pub mod openapi;
 pub mod routes;
@@ -59,6 +60,7 @@ pub fn state(
     AppState {
         outbox: Outbox::start(backends.store.clone(), backends.queue.clone()),
         streams: Arc::new(tokio::sync::Semaphore::new(http.max_streams.max(1))),
+        guard: Arc::new(guard::AuthGuard::new(http.auth.clone())),
         backends,
         feeds,
         catalogue: Arc::new(catalogue),

@@ -19,6 +19,31 @@ use utoipa::openapi::{ContentBuilder, Object, OpenApi, Ref, RefOr, Type};
 pub const ERROR_CODES: &[(&str, u16, &str)] = &[
     ("invalid_json", 400, "The body is not valid JSON."),
     (
+        "invalid_text",
+        400,
+        "A string in the body holds the NUL character (`\\u0000`).",
+    ),
+    (
+        "invalid_client_address",
+        400,
+        "The proxy in front did not give the client's address (`TROUPE_CLIENT_IP_HEADER`).",
+    ),
+    (
+        "too_many_attempts_address",
+        429,
+        "Too many sign-ups or sign-ins from this address; see `Retry-After`.",
+    ),
+    (
+        "too_many_attempts_account",
+        429,
+        "Too many sign-ins on this account; see `Retry-After`.",
+    ),
+    (
+        "auth_busy",
+        429,
+        "Too many password checks at once; see `Retry-After`.",
+    ),
+    (
         "invalid_idempotency_key",
         400,
         "`Idempotency-Key` is empty or longer than 255 characters.",
@@ -211,6 +236,7 @@ pub const JSON_BODY: &[&str] = &[
     "invalid_body",
     "unsupported_media_type",
     "body_too_large",
+    "invalid_text",
 ];
 /// Endpoints under `/api/tasks/{id}`.
 pub const ONE_TASK: &[&str] = &["task_not_found", "invalid_path"];
@@ -532,8 +558,8 @@ mod tests {
     }
 
     /// Every error code written in the api's sources: the `code` of an `ApiError`, the
-    /// first argument of `ApiError::invalid` / `bad_request`, and the codes that
-    /// `error.rs` and `extract.rs` spell out in their matches.
+    /// first argument of `ApiError::invalid` / `bad_request` (and of `guard.rs`'s
+    /// `limited`), and the codes that `error.rs` and `extract.rs` spell out in their matches.
     fn codes_in_sources() -> BTreeSet<String> {
         let mut files = vec![];
         sources(
@@ -551,6 +577,7 @@ mod tests {
             match name {
                 "error.rs" => markers.push("=>"),
                 "extract.rs" => markers.push("("),
+                "guard.rs" => markers.push("limited("),
                 _ => {}
             }
             for marker in markers {

@@ -5,6 +5,7 @@
 //! part of an idle SSE stream's memory. Troupe speaks HTTP/1.1 (browsers' EventSource
 //! over plain HTTP does; TLS and HTTP/2 belong to the proxy in front, see deploy/).
 
+use std::net::SocketAddr;
 use std::pin::pin;
 use std::time::Duration;
 
@@ -16,6 +17,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::guard::PeerAddr;
+
 /// Serves `app` on `listener` until `stop`; then stops accepting, lets requests under way
 /// finish, and returns once every connection has closed.
 pub async fn run(listener: TcpListener, app: Router, stop: CancellationToken) {
@@ -26,8 +29,8 @@ pub async fn run(listener: TcpListener, app: Router, stop: CancellationToken) {
             accepted = listener.accept() => accepted,
         };
         match accepted {
-            Ok((tcp, _)) => {
-                connections.spawn(serve_connection(tcp, app.clone(), stop.clone()));
+            Ok((tcp, peer)) => {
+                connections.spawn(serve_connection(tcp, peer, app.clone(), stop.clone()));
             }
             Err(e) => accept_failed(e).await,
         }
@@ -40,7 +43,7 @@ pub async fn run(listener: TcpListener, app: Router, stop: CancellationToken) {
 /// instead of buffering up to its default of 400 KiB per connection.
 const MAX_HEAD_BYTES: usize = 32 * 1024;
 
-async fn serve_connection(tcp: TcpStream, app: Router, stop: CancellationToken) {
+async fn serve_connection(tcp: TcpStream, peer: SocketAddr, app: Router, stop: CancellationToken) {
     // Without TCP_NODELAY, the first small write of each response on a keep-alive
     // connection waits for the client's delayed ACK: about 40 ms, the whole latency of a
     // trivial task.
@@ -49,7 +52,10 @@ async fn serve_connection(tcp: TcpStream, app: Router, stop: CancellationToken) 
     }
     let connection = http1::Builder::new()
         .max_buf_size(MAX_HEAD_BYTES)
-        .serve_connection(TokioIo::new(tcp), TowerToHyperService::new(app))
+        .serve_connection(
+            TokioIo::new(tcp),
+            TowerToHyperService::new(with_peer(app, peer)),
+        )
         .with_upgrades();
     let mut connection = pin!(connection);
     let result = tokio::select! {
@@ -62,6 +68,22 @@ async fn serve_connection(tcp: TcpStream, app: Router, stop: CancellationToken) 
     if let Err(e) = result {
         tracing::debug!(error = %e, "a connection ended with an error");
     }
+}
+
+/// `app` with the connection's peer address on every request, for the rate limits.
+fn with_peer(
+    app: Router,
+    peer: SocketAddr,
+) -> impl tower::Service<
+    axum::http::Request<hyper::body::Incoming>,
+    Response = axum::response::Response,
+    Error = std::convert::Infallible,
+    Future = impl Send,
+> + Clone {
+    tower::util::MapRequest::new(app, move |mut request: axum::http::Request<_>| {
+        request.extensions_mut().insert(PeerAddr(peer));
+        request
+    })
 }
 
 /// Out of file descriptors, say: keep serving the connections there are, and try

@@ -8,6 +8,7 @@ use troupe_events::{Backends, Catalogue, Feeds};
 use troupe_worker::providers::Providers;
 
 use crate::auth::Tokens;
+use crate::guard::{AuthGuard, AuthLimits};
 
 /// Limits and choices of the HTTP layer.
 #[derive(Debug, Clone)]
@@ -16,6 +17,8 @@ pub struct HttpConfig {
     pub max_body_bytes: usize,
     /// Event streams this process serves at once; past that, new ones get 503.
     pub max_streams: usize,
+    /// The account endpoints' limits.
+    pub auth: AuthLimits,
 }
 
 impl Default for HttpConfig {
@@ -23,6 +26,7 @@ impl Default for HttpConfig {
         HttpConfig {
             max_body_bytes: 64 * 1024,
             max_streams: 10_000,
+            auth: AuthLimits::default(),
         }
     }
 }
@@ -42,4 +46,6 @@ pub struct AppState {
     pub closing: CancellationToken,
     /// One permit per open event stream.
     pub streams: Arc<Semaphore>,
+    /// Rate limits and the password hashers of the account endpoints.
+    pub guard: Arc<AuthGuard>,
 }

@@ -1,6 +1,7 @@
 //! End-to-end tests over HTTP, each run twice: embedded (SQLite, in-process bus and queue)
 //! and distributed (PostgreSQL, NATS JetStream, two api instances and a worker).
 
+mod accounts;
 mod cli;
 mod control;
 #[path = "../support/event_stream.rs"]

@@ -6,6 +6,7 @@ use utoipa::ToSchema;
 use crate::auth::{hash_password, verify_password};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Json;
+use crate::guard::ClientIp;
 use crate::openapi::{JSON_BODY, errors};
 use crate::state::AppState;
 
@@ -30,9 +31,25 @@ pub struct Session {
 
 errors!(
     RegisterErrors = JSON_BODY,
-    &["invalid_email", "invalid_password", "email_taken"]
+    &[
+        "invalid_email",
+        "invalid_password",
+        "email_taken",
+        "too_many_attempts_address",
+        "auth_busy",
+        "invalid_client_address",
+    ]
 );
-errors!(LoginErrors = JSON_BODY, &["unauthorized"]);
+errors!(
+    LoginErrors = JSON_BODY,
+    &[
+        "unauthorized",
+        "too_many_attempts_address",
+        "too_many_attempts_account",
+        "auth_busy",
+        "invalid_client_address",
+    ]
+);
 
 impl Credentials {
     fn validate(self) -> ApiResult<(String, String)> {
@@ -61,7 +78,8 @@ impl Credentials {
 
 /// Create an account
 ///
-/// Returns a session token for the new account.
+/// Returns a session token for the new account. Limited per client address
+/// (`TROUPE_AUTH_PER_ADDRESS_PER_MINUTE`): past it, 429 with `Retry-After`.
 #[utoipa::path(
     post,
     path = "/auth/register",
@@ -75,10 +93,15 @@ impl Credentials {
 )]
 pub async fn register(
     State(state): State<AppState>,
+    ClientIp(address): ClientIp,
     Json(body): Json<Credentials>,
 ) -> ApiResult<(StatusCode, axum::Json<Session>)> {
+    state.guard.attempt_from(address)?;
     let (email, password) = body.validate()?;
-    let hash = hash_password(password).await?;
+    let hash = {
+        let _hasher = state.guard.hasher().await?;
+        hash_password(password).await?
+    };
     let user = state
         .backends
         .store
@@ -97,7 +120,9 @@ pub async fn register(
 
 /// Sign in
 ///
-/// A wrong email and a wrong password get the same answer.
+/// A wrong email and a wrong password get the same answer, in the same time. Limited per
+/// client address and per account (`TROUPE_AUTH_PER_ACCOUNT_PER_MINUTE`, from any
+/// address): past either, 429 with `Retry-After`.
 #[utoipa::path(
     post,
     path = "/auth/login",
@@ -111,21 +136,44 @@ pub async fn register(
 )]
 pub async fn login(
     State(state): State<AppState>,
+    ClientIp(address): ClientIp,
     Json(body): Json<Credentials>,
 ) -> ApiResult<axum::Json<Session>> {
     let wrong = ApiError::Unauthorized("wrong email or password");
+    state.guard.attempt_from(address)?;
     let email = body.email.unwrap_or_default();
     let password = body.password.unwrap_or_default();
     if email.trim().is_empty() || password.is_empty() || password.len() > 1024 {
         return Err(wrong);
     }
-    let Some(user) = state.backends.store.user_by_email(email.trim()).await? else {
-        return Err(wrong);
+    state.guard.attempt_on(email.trim())?;
+    let user = state.backends.store.user_by_email(email.trim()).await?;
+    let _hasher = state.guard.hasher().await?;
+    // An unknown email is checked against a hash of nothing, so that it takes as long as a
+    // wrong password: the time of the answer does not tell which emails have accounts.
+    let (hash, user_id) = match user {
+        Some(user) => (user.password_hash, Some(user.id)),
+        None => (unknown_account_hash().await?, None),
     };
-    if !verify_password(password, user.password_hash).await? {
-        return Err(wrong);
+    match (verify_password(password, hash).await?, user_id) {
+        (true, Some(user_id)) => Ok(axum::Json(Session {
+            token: state.tokens.session(user_id),
+        })),
+        _ => Err(wrong),
     }
-    Ok(axum::Json(Session {
-        token: state.tokens.session(user.id),
-    }))
+}
+
+/// A hash no password is known to match, made once per process.
+async fn unknown_account_hash() -> anyhow::Result<String> {
+    static HASH: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
+    HASH.get_or_try_init(|| {
+        let nobody = rand::distr::SampleString::sample_string(
+            &rand::distr::Alphanumeric,
+            &mut rand::rng(),
+            32,
+        );
+        hash_password(nobody)
+    })
+    .await
+    .cloned()
 }
