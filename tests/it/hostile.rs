@@ -240,11 +240,25 @@ fn generated() -> Vec<Hostile> {
         .collect()
 }
 
-async fn send(app: &TestApp, token: &str, request: &Hostile) -> (u16, String) {
+/// A client that opens a connection per request: the server may close one whose body it
+/// refused unread, and a pooled connection would then fail the next request.
+fn fresh_connections() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap()
+}
+
+async fn send(
+    client: &reqwest::Client,
+    app: &TestApp,
+    token: &str,
+    request: &Hostile,
+) -> (u16, String) {
     let url = format!("{}{}", app.url(0), request.path);
     let mut builder = match request.method {
-        "POST" => app.client.post(&url).body(request.body.clone()),
-        _ => app.client.get(&url),
+        "POST" => client.post(&url).body(request.body.clone()),
+        _ => client.get(&url),
     }
     .bearer_auth(token);
     if let Some(content_type) = request.content_type {
@@ -260,10 +274,13 @@ async fn send(app: &TestApp, token: &str, request: &Hostile) -> (u16, String) {
     }
 }
 
-async fn task_count(app: &TestApp, token: &str) -> usize {
-    let list: Value = app
-        .get("/api/tasks?limit=100", token)
+async fn task_count(client: &reqwest::Client, app: &TestApp, token: &str) -> usize {
+    let list: Value = client
+        .get(format!("{}/api/tasks?limit=100", app.url(0)))
+        .bearer_auth(token)
+        .send()
         .await
+        .unwrap()
         .json()
         .await
         .unwrap();
@@ -273,10 +290,11 @@ async fn task_count(app: &TestApp, token: &str) -> usize {
 async fn hostile_requests_get_a_4xx_and_change_nothing(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let token = app.user().await;
-    let mut tasks = task_count(&app, &token).await;
+    let client = fresh_connections();
+    let mut tasks = task_count(&client, &app, &token).await;
     let mut refused = 0;
     for (case, request) in generated().iter().enumerate() {
-        let (status, body) = send(&app, &token, request).await;
+        let (status, body) = send(&client, &app, &token, request).await;
         let shown = String::from_utf8_lossy(&request.body[..request.body.len().min(300)]);
         let said = format!(
             "case {case}: {} {} ({:?}) {shown} -> {status} {body}",
@@ -292,7 +310,7 @@ async fn hostile_requests_get_a_4xx_and_change_nothing(backend: Backend) {
             );
         }
         // A refused request stores nothing; an accepted submit stores one task.
-        let now = task_count(&app, &token).await;
+        let now = task_count(&client, &app, &token).await;
         if status < 300 && request.path == "/api/tasks" {
             assert_eq!(now, (tasks + 1).min(100), "{said}");
         } else {

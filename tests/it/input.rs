@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use crate::helpers::{Backend, TestApp, both_backends};
+use crate::helpers::{Backend, TestApp, Tweaks, both_backends};
 
 both_backends!(
     bad_task_bodies_are_refused_and_store_nothing,
@@ -12,6 +12,7 @@ both_backends!(
     bad_cursors_are_refused,
     idempotency_key_returns_the_same_task,
     accounts_refuse_bad_and_duplicate_registrations,
+    an_operator_can_turn_the_simulated_provider_off,
 );
 
 async fn assert_error(response: reqwest::Response, status: u16, code: &str) {
@@ -78,6 +79,21 @@ async fn bad_task_bodies_are_refused_and_store_nothing(backend: Backend) {
             422,
             "invalid_provider_options",
         ),
+        // The simulated provider's answer may take at most 5 minutes: 2,000 × 10 s is not.
+        (
+            with(
+                "providerOptions",
+                json!({"tokens": 2000, "latencyMs": 10_000}),
+            ),
+            422,
+            "invalid_provider_options",
+        ),
+        (
+            with("providerOptions", json!({"latencyMs": -1})),
+            422,
+            "invalid_provider_options",
+        ),
+        (with("description", json!("a\u{0}b")), 400, "invalid_text"),
         (with("selectedAgents", json!("qa")), 422, "invalid_body"),
         (
             with("description", json!("x".repeat(20_001))),
@@ -410,4 +426,31 @@ async fn streams_past_the_limit_are_refused_and_change_nothing(backend: Backend)
         reopened.is_some(),
         "a stream place frees up when its client leaves"
     );
+}
+
+async fn an_operator_can_turn_the_simulated_provider_off(backend: Backend) {
+    let mut tweaks = Tweaks::default();
+    tweaks.providers.simulated = false;
+    let app = TestApp::spawn_with(backend, tweaks).await;
+    let token = app.user().await;
+    let providers: Value = app
+        .get("/api/providers", &token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let simulated = providers["providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "simulated")
+        .expect("the catalogue still names it");
+    assert_eq!(simulated["configured"], false, "{providers}");
+    let named = json!({"description": "d", "selectedAgents": ["qa"], "provider": "simulated"});
+    let unnamed = json!({"description": "d", "selectedAgents": ["qa"]});
+    for body in [named, unnamed] {
+        let response = app.post("/api/tasks", &token, &body).await;
+        assert_error(response, 422, "provider_not_configured").await;
+    }
+    assert_eq!(task_count(&app, &token).await, 0);
 }

@@ -44,6 +44,16 @@ pub struct ProviderArgs {
     /// on rate limits, 5xx and timeouts are spent. Also TROUPE_FALLBACK_<PROVIDER>.
     #[arg(long = "fallback", value_name = "PROVIDER=FALLBACK[:MODEL]")]
     pub fallbacks: Vec<String>,
+    /// `off`: no task runs on the simulated provider (a submit naming it is refused).
+    #[arg(long, env = "TROUPE_SIMULATED", value_enum, default_value_t = Switch::On)]
+    pub simulated: Switch,
+}
+
+/// A setting that is on or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
 }
 
 impl ProviderArgs {
@@ -70,6 +80,7 @@ impl ProviderArgs {
                 .unwrap_or(defaults.anthropic_model.clone()),
             request_timeout: Duration::from_secs(self.provider_timeout_secs.max(1)),
             max_attempts: self.provider_max_attempts.max(1),
+            simulated: self.simulated == Switch::On,
             ..defaults
         }
     }

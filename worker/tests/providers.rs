@@ -238,6 +238,7 @@ fn settings(url: &str) -> ProviderSettings {
         retry_base_delay: Duration::from_millis(10),
         retry_max_delay: Duration::from_millis(40),
         fallbacks: Default::default(),
+        simulated: true,
     }
 }
 

@@ -14,7 +14,7 @@ use troupe_events::{
     Budget, ExecutionMode, NewTask, ProviderRoute, Submitted, TaskRecord, TaskStatus, TaskView,
     UsageTotals,
 };
-use troupe_worker::providers::Providers;
+use troupe_worker::providers::{Providers, SimulatedProvider};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
@@ -68,8 +68,9 @@ pub struct TaskRequest {
     #[schema(max_length = 200)]
     model: Option<String>,
     /// Passed to the provider. The HTTP providers read `temperature` and `maxTokens`; the
-    /// simulated one `latencyMs`, `tokens`, `failAgents` and `failAttempts`. A wrong value
-    /// fails the agent with a message naming it.
+    /// simulated one `latencyMs`, `tokens`, `failAgents` and `failAttempts` (checked at
+    /// submit: types, ranges, at most 5 minutes an answer). A wrong value for an HTTP
+    /// provider fails the agent with a message naming it.
     #[schema(value_type = Option<Object>)]
     provider_options: Option<Value>,
     /// The most the task may spend; when its usage passes a limit, it is cancelled.
@@ -82,6 +83,22 @@ pub struct TaskRequest {
     /// fallback for the task's provider, if any.
     #[schema(value_type = Option<ProviderRoute>)]
     fallback: Option<Value>,
+    /// Seconds from submit after which the task is cancelled, saying so; 1 to the
+    /// server's `TROUPE_MAX_TASK_SECS` (3600 by default), which is also the default.
+    #[schema(minimum = 1)]
+    timeout_secs: Option<u64>,
+}
+
+/// `timeoutSecs`: 1 to `max`, `max` when absent.
+fn timeout_secs(requested: Option<u64>, max: u64) -> ApiResult<u64> {
+    match requested {
+        None => Ok(max),
+        Some(secs @ 1..) if secs <= max => Ok(secs),
+        Some(secs) => Err(ApiError::invalid(
+            "invalid_timeout",
+            format!("timeoutSecs must be 1 to {max} seconds, not {secs}"),
+        )),
+    }
 }
 
 impl TaskRequest {
@@ -167,7 +184,7 @@ impl TaskRequest {
             }
         };
         let provider = match self.provider.filter(|p| !p.is_empty()) {
-            None => state.providers.default_name().to_string(),
+            None => usable_provider(state, "provider", state.providers.default_name().into())?,
             Some(name) => usable_provider(state, "provider", name)?,
         };
         let model = model_name(self.model)
@@ -183,6 +200,12 @@ impl TaskRequest {
                 ));
             }
         };
+        let timeout_secs = timeout_secs(self.timeout_secs, state.http.max_task_secs)?;
+        let simulated = |name: &str| name == "simulated";
+        if simulated(&provider) || fallback.as_ref().is_some_and(|f| simulated(&f.provider)) {
+            SimulatedProvider::check_options(&provider_options)
+                .map_err(|message| ApiError::invalid("invalid_provider_options", message))?;
+        }
         Ok(TaskSpec {
             title,
             description,
@@ -193,6 +216,7 @@ impl TaskRequest {
             provider_options,
             budget: budget(self.budget)?,
             fallback,
+            timeout_secs: Some(timeout_secs),
         })
     }
 }

@@ -34,6 +34,9 @@ pub struct ProviderSettings {
     pub retry_max_delay: Duration,
     /// Where each provider's calls go when it keeps failing, by provider name.
     pub fallbacks: BTreeMap<String, ProviderRoute>,
+    /// Whether tasks may run on the simulated provider (`TROUPE_SIMULATED=off` turns it
+    /// off, for a server whose users must get real answers or none).
+    pub simulated: bool,
 }
 
 impl Default for ProviderSettings {
@@ -51,6 +54,7 @@ impl Default for ProviderSettings {
             retry_base_delay: retry.base_delay,
             retry_max_delay: retry.max_delay,
             fallbacks: BTreeMap::new(),
+            simulated: true,
         }
     }
 }
@@ -74,7 +78,7 @@ pub struct ProviderInfo {
 pub struct Providers {
     openai: Option<SharedProvider>,
     anthropic: Option<SharedProvider>,
-    simulated: SharedProvider,
+    simulated: Option<SharedProvider>,
     openai_model: String,
     anthropic_model: String,
     fallbacks: BTreeMap<String, ProviderRoute>,
@@ -131,7 +135,9 @@ impl Providers {
         Providers {
             openai,
             anthropic,
-            simulated: Arc::new(SimulatedProvider),
+            simulated: settings
+                .simulated
+                .then(|| Arc::new(SimulatedProvider) as SharedProvider),
             openai_model: settings.openai_model.clone(),
             anthropic_model: settings.anthropic_model.clone(),
             fallbacks: settings.fallbacks.clone(),
@@ -152,7 +158,7 @@ impl Providers {
         match name {
             "openai" => self.openai = Some(provider),
             "anthropic" => self.anthropic = Some(provider),
-            _ => self.simulated = provider,
+            _ => self.simulated = Some(provider),
         }
         self
     }
@@ -162,7 +168,7 @@ impl Providers {
         match name {
             "openai" => self.openai.clone(),
             "anthropic" => self.anthropic.clone(),
-            "simulated" => Some(self.simulated.clone()),
+            "simulated" => self.simulated.clone(),
             _ => None,
         }
     }
@@ -189,13 +195,14 @@ impl Providers {
                 name: "simulated".into(),
                 label: "Simulated (offline)".into(),
                 simulated: true,
-                configured: true,
+                configured: self.simulated.is_some(),
                 default_model: None,
             },
         ]
     }
 
-    /// The provider a task gets when it names none: a real one when there is one.
+    /// The provider a task gets when it names none: a real one when there is one (it may
+    /// be the simulated one turned off: a submit then says so).
     pub fn default_name(&self) -> &'static str {
         if self.openai.is_some() {
             "openai"
@@ -213,6 +220,21 @@ mod tests {
 
     fn key(s: &str) -> Option<SecretString> {
         Some(SecretString::from(s.to_string()))
+    }
+
+    #[test]
+    fn the_simulated_provider_can_be_turned_off() {
+        let providers = Providers::from_settings(&ProviderSettings {
+            simulated: false,
+            ..ProviderSettings::default()
+        });
+        assert!(providers.get("simulated").is_none());
+        let simulated = providers
+            .catalogue()
+            .into_iter()
+            .find(|p| p.simulated)
+            .unwrap();
+        assert!(!simulated.configured);
     }
 
     #[test]
