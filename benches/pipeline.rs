@@ -543,6 +543,7 @@ async fn tasks_of(store: &dyn Store, owner: Uuid, count: usize) -> anyhow::Resul
             spec: TaskSpec {
                 budget: None,
                 fallback: None,
+                timeout_secs: None,
                 title: "bench".into(),
                 description: "bench".into(),
                 agents: vec![qa.clone()],

@@ -52,6 +52,10 @@ pub struct ApiArgs {
     /// behind a proxy that writes it, or clients can pick their own address.
     #[arg(long, env = "TROUPE_CLIENT_IP_HEADER")]
     pub client_ip_header: Option<axum::http::HeaderName>,
+    /// The longest a task may take from submit, in seconds: past it the task is cancelled.
+    /// A submit's `timeoutSecs` may ask for less; absent, it gets this.
+    #[arg(long, env = "TROUPE_MAX_TASK_SECS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
+    pub max_task_secs: u64,
 }
 
 const MIN_SECRET: usize = 32;
@@ -76,6 +80,7 @@ impl ApiArgs {
                 client_ip_header: self.client_ip_header.clone(),
                 ..defaults
             },
+            max_task_secs: self.max_task_secs,
         }
     }
 

@@ -184,7 +184,12 @@ pub const ERROR_CODES: &[(&str, u16, &str)] = &[
     (
         "invalid_provider_options",
         422,
-        "`providerOptions` is not a JSON object.",
+        "`providerOptions` is not a JSON object, or not what the provider takes (the simulated one: types, ranges, at most 5 minutes an answer).",
+    ),
+    (
+        "invalid_timeout",
+        422,
+        "`timeoutSecs` is not between 1 and the server's `TROUPE_MAX_TASK_SECS`.",
     ),
     (
         "invalid_budget",
@@ -256,6 +261,7 @@ pub const SUBMIT: &[&str] = &[
     "invalid_model",
     "invalid_provider_options",
     "invalid_budget",
+    "invalid_timeout",
     "invalid_fallback",
     "idempotency_key_reused",
     "already_exists",

@@ -19,6 +19,9 @@ pub struct HttpConfig {
     pub max_streams: usize,
     /// The account endpoints' limits.
     pub auth: AuthLimits,
+    /// The longest a task may take from submit, in seconds: `timeoutSecs`' ceiling and
+    /// default.
+    pub max_task_secs: u64,
 }
 
 impl Default for HttpConfig {
@@ -27,6 +30,7 @@ impl Default for HttpConfig {
             max_body_bytes: 64 * 1024,
             max_streams: 10_000,
             auth: AuthLimits::default(),
+            max_task_secs: 3600,
         }
     }
 }

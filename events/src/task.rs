@@ -49,6 +49,10 @@ pub struct TaskSpec {
     /// the worker's configured fallback for `provider`, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback: Option<ProviderRoute>,
+    /// Seconds from submit after which the worker cancels the task; absent (tasks from
+    /// before deadlines existed): none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<u64>,
 }
 
 /// A provider and, optionally, its model. As text (flags, settings): `anthropic` or
@@ -625,6 +629,7 @@ mod tests {
         TaskSpec {
             budget: None,
             fallback: None,
+            timeout_secs: None,
             title: "t".into(),
             description: "d".into(),
             agents: vec![

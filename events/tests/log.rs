@@ -129,6 +129,7 @@ async fn new_task(log: &Log) -> Uuid {
         spec: TaskSpec {
             budget: None,
             fallback: None,
+            timeout_secs: None,
             title: "t".into(),
             description: "d".into(),
             agents: vec![AgentDef {

@@ -18,6 +18,7 @@ both_backends!(
     a_paused_task_starts_no_agent_until_resumed,
     a_paused_task_gives_its_worker_slot_back,
     one_idempotency_key_sent_to_two_apis_at_once_makes_one_task,
+    a_task_past_its_deadline_is_cancelled_saying_why,
 );
 
 fn slow(agents: &[&str], mode: &str) -> Value {
@@ -557,4 +558,39 @@ async fn a_paused_task_gives_its_worker_slot_back(backend: Backend) {
         .await;
     let done = app.wait_finished(&token, paused).await;
     assert_eq!(done["status"], "completed");
+}
+
+async fn a_task_past_its_deadline_is_cancelled_saying_why(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let token = app.user().await;
+    for (timeout, code) in [
+        (json!(0), "invalid_timeout"),
+        (json!(3601), "invalid_timeout"),
+    ] {
+        let mut body = endless(&["qa"], "sequential");
+        body["timeoutSecs"] = timeout;
+        let response = app.post("/api/tasks", &token, &body).await;
+        assert_eq!(response.status(), 422);
+        let error: Value = response.json().await.unwrap();
+        assert_eq!(error["error"]["code"], code, "{error}");
+    }
+    let mut body = endless(&["tech-lead", "qa"], "sequential");
+    body["timeoutSecs"] = json!(1);
+    let task_id = app.submit(&token, &body).await;
+    let view = app.wait_finished(&token, task_id).await;
+    assert_eq!(view["status"], "cancelled", "{view}");
+    let log = app.log(&token, task_id).await;
+    let last = log.last().unwrap();
+    assert_eq!(last["type"], "task_cancelled");
+    assert!(
+        last["reason"].as_str().unwrap().contains("deadline"),
+        "{last}"
+    );
+    let cancelled = crate::helpers::of_type(&log, "agent_cancelled");
+    assert_eq!(cancelled.len(), 1, "the running agent was stopped: {log:?}");
+    let took = last["totalExecutionTime"].as_u64().unwrap_or(0);
+    assert!(
+        took < 20_000,
+        "cancelled near its deadline, not at the end: {last}"
+    );
 }

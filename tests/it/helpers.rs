@@ -107,6 +107,7 @@ fn api_args() -> ApiArgs {
         auth_per_account_per_minute: 100_000,
         password_hashers: None,
         client_ip_header: None,
+        max_task_secs: 3600,
     }
 }
 

@@ -460,6 +460,7 @@ impl Worker {
         let task_id = run.task.id;
         tokio::select! {
             _ = self.watch_controls(task_id, &run.control) => unreachable!("the watch never ends"),
+            _ = enforce_deadline(&run.task, &run.control) => unreachable!("a deadline waits on once passed"),
             closing = run.clone().run() => closing,
         }
     }
@@ -548,6 +549,21 @@ impl Worker {
             }
         }
     }
+}
+
+/// Cancels the task at its deadline (`timeoutSecs` from submit), saying why, so that the
+/// run ends as a cancelled one; a task picked up past it is cancelled at once. Never ends.
+async fn enforce_deadline(task: &TaskRecord, control: &Control) {
+    if let Some(secs) = task.spec.timeout_secs {
+        let deadline =
+            task.created_at + chrono::TimeDelta::seconds(secs.min(i64::MAX as u64) as i64);
+        let left = (deadline - chrono::Utc::now()).to_std().unwrap_or_default();
+        tokio::time::sleep(left).await;
+        control.cancel_for(format!(
+            "the task ran past its deadline (timeoutSecs {secs} from submit)"
+        ));
+    }
+    std::future::pending::<()>().await
 }
 
 /// Runs `beat` every `every`, the first time after one period, forever.

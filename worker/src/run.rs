@@ -95,7 +95,7 @@ impl Control {
     }
 
     /// Cancels the task as a user's cancel does, for `reason`.
-    fn cancel_for(&self, reason: String) {
+    pub(crate) fn cancel_for(&self, reason: String) {
         self.reason
             .lock()
             .expect("control lock")

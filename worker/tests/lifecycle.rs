@@ -61,6 +61,7 @@ async fn submit(backends: &Backends, roles: &[&str], mode: ExecutionMode) -> Uui
         spec: TaskSpec {
             budget: None,
             fallback: None,
+            timeout_secs: None,
             title: "t".into(),
             description: "d".into(),
             agents: roles
