@@ -67,6 +67,10 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(std::time::Duration::from_secs(10))
+            // sqlx pings every connection it hands out by default: a round trip before each
+            // statement. A broken connection fails its statement instead, which the callers
+            // retry as they retry any store outage.
+            .test_before_acquire(false)
             .connect_with(options)
             .await?;
         Ok(PgStore { pool })
