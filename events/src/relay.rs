@@ -70,14 +70,26 @@ pub struct TaskPublisher {
 }
 
 impl TaskPublisher {
-    pub fn start(store: Arc<dyn Store>, bus: Arc<dyn Bus>, task_id: Uuid) -> Self {
+    /// `created`: the task's `task_created` when it is all its log holds (a run's first
+    /// pickup), sent from memory: the api stores it and publishes nothing, and reading it
+    /// and the mark back from the store cost two round trips a task.
+    pub fn start(
+        store: Arc<dyn Store>,
+        bus: Arc<dyn Bus>,
+        task_id: Uuid,
+        created: Option<RawEvent>,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(QUEUED_BATCHES);
         let stored = Arc::new(AtomicU64::new(0));
+        let created = created.filter(|e| e.seq == 1 && e.task_id == task_id);
         let cursor = StreamCursor {
             store,
             bus,
             task_id,
-            published: None,
+            // A log of one event has a mark of 0, or of 1 if an earlier run published it
+            // and died: publishing it again is a repeat the stream drops.
+            published: created.as_ref().map(|_| 0),
+            created,
             stored: stored.clone(),
             marked: 0,
             failures: 0,
@@ -143,6 +155,8 @@ struct StreamCursor {
     /// The last seq the stream acknowledged, in an unbroken run from the task's start;
     /// `None` until read from the store.
     published: Option<u64>,
+    /// `task_created`, to publish from memory rather than from the store.
+    created: Option<RawEvent>,
     stored: Arc<AtomicU64>,
     marked: u64,
     failures: u32,
@@ -217,7 +231,14 @@ impl StreamCursor {
         self.published
     }
 
-    async fn publish_stored(&self, published: &mut u64, through: u64) -> Result<()> {
+    async fn publish_stored(&mut self, published: &mut u64, through: u64) -> Result<()> {
+        if *published == 0
+            && through >= 1
+            && let Some(created) = self.created.take()
+        {
+            self.bus.publish(std::slice::from_ref(&created)).await?;
+            *published = 1;
+        }
         publish_stored(
             self.store.as_ref(),
             self.bus.as_ref(),

@@ -60,17 +60,18 @@ pub struct Appender {
 impl Appender {
     /// `halt` is cancelled the moment the appender stops for good (the task was lost or
     /// the store keeps failing), so that agents stop their provider calls at once.
+    /// `log` is where the task's log ends at pickup.
     pub fn start(
         store: Arc<dyn Store>,
         bus: Arc<dyn Bus>,
         task_id: Uuid,
-        last_seq: u64,
+        log: LogEnd,
         halt: CancellationToken,
     ) -> (Appender, Emitter) {
         let (tx, rx) = mpsc::channel(QUEUE);
         // In the task's span: its appends are children of the run.
         let join = tokio::spawn(Instrument::in_current_span(async move {
-            let result = run(store, bus, task_id, last_seq, rx, &halt).await;
+            let result = run(store, bus, task_id, log, rx, &halt).await;
             if result.is_err() {
                 halt.cancel();
             }
@@ -88,18 +89,35 @@ impl Appender {
     }
 }
 
+/// Where a task's log ends when a run picks it up.
+#[derive(Debug, Clone)]
+pub struct LogEnd {
+    pub last_seq: u64,
+    /// `task_created`, when it is the log's only event: the stream is sent it from memory.
+    pub created: Option<RawEvent>,
+}
+
 async fn run(
     store: Arc<dyn Store>,
     bus: Arc<dyn Bus>,
     task_id: Uuid,
-    last_seq: u64,
+    log: LogEnd,
     rx: mpsc::Receiver<EventBody>,
     halt: &CancellationToken,
 ) -> Result<u64, AppendError> {
     let stream = bus
         .keeps_events()
-        .then(|| TaskPublisher::start(store.clone(), bus.clone(), task_id));
-    let stored = store_all(&store, &bus, stream.as_ref(), task_id, last_seq, rx, halt).await;
+        .then(|| TaskPublisher::start(store.clone(), bus.clone(), task_id, log.created));
+    let stored = store_all(
+        &store,
+        &bus,
+        stream.as_ref(),
+        task_id,
+        log.last_seq,
+        rx,
+        halt,
+    )
+    .await;
     if let Some(stream) = stream {
         stream.finish().await;
     }

@@ -26,7 +26,11 @@ use troupe_events::{
 };
 use uuid::Uuid;
 
-use crate::appender::{AppendError, Appender, Emitter, Stopped};
+use crate::appender::{AppendError, Appender, Emitter, LogEnd, Stopped};
+
+/// A task as a run picks it up: its row, its view, and `task_created` when it is the log's
+/// only event.
+type Loaded = (TaskRecord, TaskView, Option<troupe_events::RawEvent>);
 use crate::prices::Prices;
 use crate::providers::Providers;
 use crate::run::{Control, Route, TaskRun};
@@ -334,7 +338,7 @@ impl Worker {
         if let Err(duplicate) = self.claim(delivery, holder).await {
             return duplicate;
         }
-        let (task, view) = match self.load(task_id).await {
+        let (task, view, created) = match self.load(task_id).await {
             Ok(Some(loaded)) => loaded,
             Ok(None) => return Outcome::Missing,
             Err(e) => return Outcome::retry("reading the task's log", &e),
@@ -352,7 +356,10 @@ impl Worker {
             self.backends.store.clone(),
             self.backends.bus.clone(),
             task_id,
-            view.last_seq,
+            LogEnd {
+                last_seq: view.last_seq,
+                created,
+            },
             halt.clone(),
         );
         let run = TaskRun {
@@ -383,14 +390,19 @@ impl Worker {
         }
     }
 
-    /// The task row and its view, folded from the log a page at a time.
-    async fn load(&self, task_id: Uuid) -> troupe_events::Result<Option<(TaskRecord, TaskView)>> {
+    /// The task row and its view, folded from the log a page at a time, and `task_created`
+    /// when it is the log's only event.
+    async fn load(&self, task_id: Uuid) -> troupe_events::Result<Option<Loaded>> {
         let store = self.backends.store.as_ref();
         let Some(task) = store.task(task_id).await? else {
             return Ok(None);
         };
         let mut view = TaskView::new(task_id, &task.spec);
+        let mut first = None;
         troupe_events::store::read_log(store, task_id, 0, |raw| {
+            if raw.seq == 1 {
+                first = Some(raw.clone());
+            }
             view.apply(&raw.parse().map_err(|e| {
                 troupe_events::Error::Corrupt(format!(
                     "event {} of task {task_id} cannot be read: {e}",
@@ -400,7 +412,8 @@ impl Worker {
             Ok(())
         })
         .await?;
-        Ok(Some((task, view)))
+        let created = first.filter(|_| view.last_seq == 1);
+        Ok(Some((task, view, created)))
     }
 
     /// `route`'s provider on this worker, ready to call.
