@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use troupe_events::stats::{CursorMove, StatsCursor, StatsDelta};
 use troupe_events::store::LOG_PAGE;
-use troupe_events::{RawEvent, Store};
+use troupe_events::{Behind, RawEvent, Store};
 use uuid::Uuid;
 
 pub use fold::fold;
@@ -32,6 +32,13 @@ pub use fold::fold;
 const CONFLICT_RETRIES: u32 = 5;
 /// Tasks read per round of the catch-up.
 const BEHIND_PAGE: u32 = 100;
+/// Event bytes a catch-up counts in one transaction.
+const GATHERED_BYTES: usize = 4 << 20;
+
+fn add(total: &mut Applied, more: Applied) {
+    total.tasks += more.tasks;
+    total.events += more.events;
+}
 
 /// What one batch changed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -69,18 +76,14 @@ impl StatsConsumer {
     }
 
     /// Counts every task's log up to its end as the store has it now: what a feed did not
-    /// carry (the in-process bus drops what a lagging receiver missed; the stream drops
-    /// what is past its retention). Scans every task, so it runs every few seconds at most.
+    /// carry (the stream drops what is past its retention), or, embedded, everything.
+    /// Many tasks' events go in one transaction, up to [`GATHERED_BYTES`] at a time. Scans
+    /// every task, so it runs every few seconds at most.
     pub async fn catch_up_all(&self) -> anyhow::Result<Applied> {
         let mut total = Applied::default();
         loop {
             let behind = self.store.stats_behind(BEHIND_PAGE).await?;
-            let mut round = Applied::default();
-            for task in &behind {
-                let done = self.catch_up(task.task_id, task.last_seq).await?;
-                round.tasks += done.tasks;
-                round.events += done.events;
-            }
+            let round = self.count_behind(&behind).await?;
             total.tasks += round.tasks;
             total.events += round.events;
             // A round that moved nothing would find the same tasks again.
@@ -88,6 +91,31 @@ impl StatsConsumer {
                 return Ok(total);
             }
         }
+    }
+
+    /// Counts a page of each task's events past its cursor, gathered into as few
+    /// transactions as their size allows.
+    async fn count_behind(&self, behind: &[Behind]) -> anyhow::Result<Applied> {
+        let mut applied = Applied::default();
+        let mut gathered: Vec<RawEvent> = vec![];
+        let mut bytes = 0;
+        for task in behind {
+            let page = self
+                .store
+                .events_after(task.task_id, task.through, LOG_PAGE)
+                .await?;
+            bytes += page.iter().map(|e| e.json.len()).sum::<usize>();
+            gathered.extend(page);
+            if bytes >= GATHERED_BYTES {
+                add(&mut applied, self.apply(&gathered).await?);
+                gathered.clear();
+                bytes = 0;
+            }
+        }
+        if !gathered.is_empty() {
+            add(&mut applied, self.apply(&gathered).await?);
+        }
+        Ok(applied)
     }
 
     /// [`Self::catch_up_all`] for a feed's loop, which goes on whatever happens.
@@ -103,21 +131,22 @@ impl StatsConsumer {
         }
     }
 
-    /// Counts task `task_id`'s log up to `through` from the store.
-    pub async fn catch_up(&self, task_id: Uuid, through: u64) -> anyhow::Result<Applied> {
-        let mut counted = self.store.stats_cursor(task_id).await?.map_or(0, |c| c.seq);
-        let mut applied = Applied::default();
-        while counted < through {
-            let page = self.store.events_after(task_id, counted, LOG_PAGE).await?;
-            let Some(last) = page.last().map(|e| e.seq) else {
-                break;
-            };
-            let done = self.apply(&page).await?;
-            applied.tasks += done.tasks;
-            applied.events += done.events;
-            counted = last;
+    /// Counts `tasks`' logs past their cursors as the store has them now, a page each:
+    /// the embedded feed's tasks that the bus said have new events.
+    pub async fn count_tasks(
+        &self,
+        tasks: impl IntoIterator<Item = Uuid>,
+    ) -> anyhow::Result<Applied> {
+        let mut behind = vec![];
+        for task_id in tasks {
+            let through = self.store.stats_cursor(task_id).await?.map_or(0, |c| c.seq);
+            behind.push(Behind {
+                task_id,
+                through,
+                last_seq: u64::MAX,
+            });
         }
-        Ok(applied)
+        self.count_behind(&behind).await
     }
 
     async fn delta_for(&self, batch: &[RawEvent]) -> troupe_events::Result<(StatsDelta, Applied)> {
