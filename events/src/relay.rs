@@ -9,6 +9,7 @@
 //! message carries `Nats-Msg-Id: <taskId>:<seq>` and repeats come within its duplicate
 //! window (see `EventStreamLimits::duplicate_window`).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -50,6 +51,63 @@ pub async fn publish_stored(
     Ok(())
 }
 
+/// How often the marks of many tasks are written together.
+const MARKS_EVERY: Duration = Duration::from_millis(250);
+
+/// How far the stream has each task, waiting to be written to the store: the marks of
+/// all of a worker's tasks go in one statement every [`MARKS_EVERY`]. A write per task at
+/// the end of each run was a round trip per task on the database the appends use.
+#[derive(Clone, Default)]
+pub struct Marks {
+    pending: Arc<std::sync::Mutex<HashMap<Uuid, u64>>>,
+}
+
+impl Marks {
+    /// The stream has the task's events up to `through`.
+    pub fn record(&self, task_id: Uuid, through: u64) {
+        let mut pending = self.pending.lock().expect("marks lock");
+        let mark = pending.entry(task_id).or_default();
+        *mark = (*mark).max(through);
+    }
+
+    /// Writes what is pending; on failure it stays pending for the next time.
+    pub async fn flush(&self, store: &dyn Store) -> Result<()> {
+        let marks: Vec<(Uuid, u64)> = {
+            let mut pending = self.pending.lock().expect("marks lock");
+            let mut marks: Vec<_> = pending.drain().collect();
+            // One order for every writer: concurrent updates of the same rows never deadlock.
+            marks.sort_unstable();
+            marks
+        };
+        if marks.is_empty() {
+            return Ok(());
+        }
+        let written = store.mark_published(&marks).await;
+        if written.is_err() {
+            for (task_id, through) in marks {
+                self.record(task_id, through);
+            }
+        }
+        written
+    }
+
+    /// Writes the marks every [`MARKS_EVERY`] until `shutdown`, and once more then.
+    pub async fn run(self, store: Arc<dyn Store>, shutdown: CancellationToken) {
+        loop {
+            let stopping = tokio::select! {
+                _ = shutdown.cancelled() => true,
+                _ = tokio::time::sleep(MARKS_EVERY) => false,
+            };
+            if let Err(e) = self.flush(store.as_ref()).await {
+                tracing::warn!(error = %e, "recording how far the event stream has tasks failed; retrying");
+            }
+            if stopping {
+                return;
+            }
+        }
+    }
+}
+
 /// Batches a [`TaskPublisher`] holds for the stream; past that it drops them and reads
 /// them back from the store, so a stream that is slow or away never holds up the appender.
 const QUEUED_BATCHES: usize = 64;
@@ -76,6 +134,7 @@ impl TaskPublisher {
     pub fn start(
         store: Arc<dyn Store>,
         bus: Arc<dyn Bus>,
+        marks: Marks,
         task_id: Uuid,
         created: Option<RawEvent>,
     ) -> Self {
@@ -90,6 +149,7 @@ impl TaskPublisher {
             // and died: publishing it again is a repeat the stream drops.
             published: created.as_ref().map(|_| 0),
             created,
+            marks,
             stored: stored.clone(),
             marked: 0,
             failures: 0,
@@ -132,12 +192,12 @@ async fn follow(mut cursor: StreamCursor, mut rx: mpsc::Receiver<Vec<RawEvent>>)
             _ = sleep_until(wake) => cursor.catch_up().await,
         }
         if cursor.unmarked() && last_mark.elapsed() >= MARK_EVERY {
-            cursor.mark().await;
+            cursor.mark();
             last_mark = Instant::now();
         }
     }
     cursor.catch_up().await;
-    cursor.mark().await;
+    cursor.mark();
 }
 
 async fn sleep_until(at: Option<Instant>) {
@@ -157,6 +217,7 @@ struct StreamCursor {
     published: Option<u64>,
     /// `task_created`, to publish from memory rather than from the store.
     created: Option<RawEvent>,
+    marks: Marks,
     stored: Arc<AtomicU64>,
     marked: u64,
     failures: u32,
@@ -263,15 +324,10 @@ impl StreamCursor {
             "publishing events to the event stream failed; retrying from the store");
     }
 
-    async fn mark(&mut self) {
-        let Some(published) = self.published.filter(|p| *p > self.marked) else {
-            return;
-        };
-        match self.store.mark_published(self.task_id, published).await {
-            Ok(()) => self.marked = published,
-            Err(e) => {
-                tracing::warn!(task_id = %self.task_id, error = %e, "recording published events failed")
-            }
+    fn mark(&mut self) {
+        if let Some(published) = self.published.filter(|p| *p > self.marked) {
+            self.marks.record(self.task_id, published);
+            self.marked = published;
         }
     }
 }
@@ -345,7 +401,9 @@ impl Relay {
         )
         .await;
         if published > task.through {
-            self.store.mark_published(task.task_id, published).await?;
+            self.store
+                .mark_published(&[(task.task_id, published)])
+                .await?;
             crate::metrics::relayed(published - task.through);
             tracing::info!(task_id = %task.task_id, from = task.through + 1, through = published,
                 "published stored events the event stream had not acknowledged");

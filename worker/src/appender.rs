@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
-use troupe_events::relay::TaskPublisher;
+use troupe_events::relay::{Marks, TaskPublisher};
 use troupe_events::{Bus, Event, EventBody, RawEvent, Store};
 use uuid::Uuid;
 
@@ -64,6 +64,7 @@ impl Appender {
     pub fn start(
         store: Arc<dyn Store>,
         bus: Arc<dyn Bus>,
+        marks: Marks,
         task_id: Uuid,
         log: LogEnd,
         halt: CancellationToken,
@@ -71,7 +72,7 @@ impl Appender {
         let (tx, rx) = mpsc::channel(QUEUE);
         // In the task's span: its appends are children of the run.
         let join = tokio::spawn(Instrument::in_current_span(async move {
-            let result = run(store, bus, task_id, log, rx, &halt).await;
+            let result = run(store, bus, marks, task_id, log, rx, &halt).await;
             if result.is_err() {
                 halt.cancel();
             }
@@ -100,6 +101,7 @@ pub struct LogEnd {
 async fn run(
     store: Arc<dyn Store>,
     bus: Arc<dyn Bus>,
+    marks: Marks,
     task_id: Uuid,
     log: LogEnd,
     rx: mpsc::Receiver<EventBody>,
@@ -107,7 +109,7 @@ async fn run(
 ) -> Result<u64, AppendError> {
     let stream = bus
         .keeps_events()
-        .then(|| TaskPublisher::start(store.clone(), bus.clone(), task_id, log.created));
+        .then(|| TaskPublisher::start(store.clone(), bus.clone(), marks, task_id, log.created));
     let stored = store_all(
         &store,
         &bus,

@@ -19,7 +19,7 @@ use futures::{FutureExt, StreamExt};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
-use troupe_events::relay::{Relay, RelayConfig};
+use troupe_events::relay::{Marks, Relay, RelayConfig};
 use troupe_events::{
     Backends, Claim, Delivery, Event, EventBody, ProviderRoute, TaskRecord, TaskStatus, TaskView,
     millis_since,
@@ -132,6 +132,8 @@ pub struct Worker {
     providers: Providers,
     config: WorkerConfig,
     agent_slots: Arc<Semaphore>,
+    /// How far the event stream has this worker's tasks, written a few times a second.
+    marks: Marks,
 }
 
 impl Worker {
@@ -142,6 +144,7 @@ impl Worker {
             providers,
             config,
             agent_slots,
+            marks: Marks::default(),
         }
     }
 
@@ -149,6 +152,7 @@ impl Worker {
     /// handed back to the queue, to be resumed by whichever worker takes them next.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let mut slots = tokio::task::JoinSet::new();
+        let marks = self.write_marks();
         if self.backends.bus.keeps_events() {
             let relay = Relay::new(
                 self.backends.store.clone(),
@@ -163,6 +167,24 @@ impl Worker {
             slots.spawn(async move { worker.slot(shutdown).await });
         }
         while slots.join_next().await.is_some() {}
+        // After the task slots, so that their last marks are written.
+        if let Some((writer, stop)) = marks {
+            stop.cancel();
+            let _ = writer.await;
+        }
+    }
+
+    /// The writer of this worker's published marks, when its bus keeps events, and what
+    /// stops it.
+    fn write_marks(&self) -> Option<(tokio::task::JoinHandle<()>, CancellationToken)> {
+        self.backends.bus.keeps_events().then(|| {
+            let stop = CancellationToken::new();
+            let writer = self
+                .marks
+                .clone()
+                .run(self.backends.store.clone(), stop.clone());
+            (tokio::spawn(writer), stop)
+        })
     }
 
     async fn slot(&self, shutdown: CancellationToken) {
@@ -355,6 +377,7 @@ impl Worker {
         let (appender, emitter) = Appender::start(
             self.backends.store.clone(),
             self.backends.bus.clone(),
+            self.marks.clone(),
             task_id,
             LogEnd {
                 last_seq: view.last_seq,

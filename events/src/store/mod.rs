@@ -129,9 +129,9 @@ pub trait Store: Send + Sync + 'static {
     /// The last seq of the task known to be in the event stream (0: none).
     async fn published_through(&self, task_id: Uuid) -> Result<u64>;
 
-    /// Records that the task's events up to `through` are in the event stream. Never moves
-    /// the mark back.
-    async fn mark_published(&self, task_id: Uuid, through: u64) -> Result<()>;
+    /// Records, for each `(task, through)`, that the task's events up to `through` are in
+    /// the event stream, all in one statement. Never moves a mark back.
+    async fn mark_published(&self, marks: &[(Uuid, u64)]) -> Result<()>;
 
     /// Tasks with stored events past their published mark, untouched since `older_than`
     /// and held by no worker: what the relay publishes again. Oldest first.

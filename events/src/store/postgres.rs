@@ -465,12 +465,16 @@ impl Store for PgStore {
         Ok(seq.unwrap_or(0) as u64)
     }
 
-    async fn mark_published(&self, task_id: Uuid, through: u64) -> Result<()> {
-        sqlx::query("UPDATE tasks SET published_seq = $2 WHERE id = $1 AND published_seq < $2")
-            .bind(task_id)
-            .bind(through as i64)
-            .execute(&self.pool)
-            .await?;
+    async fn mark_published(&self, marks: &[(Uuid, u64)]) -> Result<()> {
+        let (ids, seqs): (Vec<Uuid>, Vec<i64>) = marks.iter().map(|(t, s)| (*t, *s as i64)).unzip();
+        sqlx::query(
+            "UPDATE tasks SET published_seq = m.seq FROM unnest($1::uuid[], $2::bigint[]) AS m(id, seq)
+             WHERE tasks.id = m.id AND tasks.published_seq < m.seq",
+        )
+        .bind(ids)
+        .bind(seqs)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 

@@ -525,12 +525,16 @@ impl Store for SqliteStore {
         Ok(seq.unwrap_or(0) as u64)
     }
 
-    async fn mark_published(&self, task_id: Uuid, through: u64) -> Result<()> {
-        sqlx::query("UPDATE tasks SET published_seq = ?2 WHERE id = ?1 AND published_seq < ?2")
-            .bind(task_id)
-            .bind(through as i64)
-            .execute(&self.writer)
-            .await?;
+    async fn mark_published(&self, marks: &[(Uuid, u64)]) -> Result<()> {
+        let mut tx = self.writer.begin().await?;
+        for (task_id, through) in marks {
+            sqlx::query("UPDATE tasks SET published_seq = ?2 WHERE id = ?1 AND published_seq < ?2")
+                .bind(task_id)
+                .bind(*through as i64)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 
