@@ -60,7 +60,9 @@ pub struct AuthGuard {
 }
 
 /// Holds a hasher until dropped.
-pub struct HashPermit(#[allow(dead_code)] OwnedSemaphorePermit);
+pub struct HashPermit {
+    _hasher: OwnedSemaphorePermit,
+}
 
 impl AuthGuard {
     pub fn new(limits: AuthLimits) -> Self {
@@ -93,7 +95,7 @@ impl AuthGuard {
     /// Waits for a hasher, or refuses when too many requests wait already.
     pub async fn hasher(&self) -> Result<HashPermit, ApiError> {
         if let Ok(permit) = self.hashers.clone().try_acquire_owned() {
-            return Ok(HashPermit(permit));
+            return Ok(HashPermit { _hasher: permit });
         }
         if self.waiting.fetch_add(1, Ordering::SeqCst) >= self.limits.hash_queue {
             self.waiting.fetch_sub(1, Ordering::SeqCst);
@@ -105,9 +107,9 @@ impl AuthGuard {
         }
         let permit = self.hashers.clone().acquire_owned().await;
         self.waiting.fetch_sub(1, Ordering::SeqCst);
-        Ok(HashPermit(
-            permit.expect("the hashers' semaphore is never closed"),
-        ))
+        Ok(HashPermit {
+            _hasher: permit.expect("the hashers' semaphore is never closed"),
+        })
     }
 }
 
