@@ -326,7 +326,14 @@ impl Api {
             Catalogue::builtin(),
             Providers::from_settings(&ProviderSettings::default()),
             tokens,
-            HttpConfig::default(),
+            HttpConfig {
+                // The benchmark submits thousands of tasks a second as one user.
+                limits: troupe_api::guard::RequestLimits {
+                    submits_per_user_per_minute: u32::MAX,
+                    ..Default::default()
+                },
+                ..HttpConfig::default()
+            },
         );
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let base = format!("http://{}", listener.local_addr()?);
@@ -1296,6 +1303,7 @@ impl Api {
             .env("NATS_URL", &env.nats_url)
             .env("TROUPE_NATS_PREFIX", &env.prefix)
             .env("TROUPE_JWT_SECRET", random_secret())
+            .env("TROUPE_SUBMITS_PER_MINUTE", "1000000")
             .env("TROUPE_BIND", format!("127.0.0.1:{port}"))
             .env("RUST_LOG", "warn")
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")

@@ -11,7 +11,7 @@ use secrecy::SecretString;
 use troupe_events::Catalogue;
 
 use crate::auth::Tokens;
-use crate::guard::AuthLimits;
+use crate::guard::RequestLimits;
 use crate::state::HttpConfig;
 
 #[derive(Clone, Args)]
@@ -38,6 +38,9 @@ pub struct ApiArgs {
     /// How long a task's streamUrl token lives, in minutes.
     #[arg(long, env = "TROUPE_STREAM_TOKEN_TTL_MINUTES", default_value_t = 240)]
     pub stream_token_ttl_minutes: u64,
+    /// Tasks one user may submit per minute (per api process); past it, 429.
+    #[arg(long, env = "TROUPE_SUBMITS_PER_MINUTE", default_value_t = 120, value_parser = clap::value_parser!(u32).range(1..))]
+    pub submits_per_minute: u32,
     /// Sign-ups and sign-ins per client address per minute (per api process).
     #[arg(long, env = "TROUPE_AUTH_PER_ADDRESS_PER_MINUTE", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..))]
     pub auth_per_address_per_minute: u32,
@@ -69,11 +72,12 @@ impl ApiArgs {
     }
 
     pub fn http(&self) -> HttpConfig {
-        let defaults = AuthLimits::default();
+        let defaults = RequestLimits::default();
         HttpConfig {
             max_body_bytes: self.max_body_bytes.max(1024),
             max_streams: self.max_streams.max(1),
-            auth: AuthLimits {
+            limits: RequestLimits {
+                submits_per_user_per_minute: self.submits_per_minute,
                 per_address_per_minute: self.auth_per_address_per_minute,
                 per_account_per_minute: self.auth_per_account_per_minute,
                 hashers: self.password_hashers.unwrap_or(defaults.hashers).max(1),

@@ -1,7 +1,8 @@
-//! What stands between the account endpoints and a flood: attempts per client address and
-//! per account (GCRA rate limits, governor), and a bound on password hashes at once, so
-//! that sign-ups or guesses queue or are refused with 429 instead of taking the memory
-//! (argon2id uses 19 MiB a hash) and the cores. Limits are per api process.
+//! What stands between the account and submit endpoints and a flood: attempts per client
+//! address and per account, submits per user (GCRA rate limits, governor), and a bound on
+//! password hashes at once, so that sign-ups, guesses or submits queue or are refused with
+//! 429 instead of taking the memory (argon2id uses 19 MiB a hash), the cores and the
+//! workers. Limits are per api process.
 
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
@@ -19,9 +20,11 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::error::ApiError;
 use crate::state::AppState;
 
-/// The account endpoints' limits.
+/// The account and submit endpoints' limits.
 #[derive(Debug, Clone)]
-pub struct AuthLimits {
+pub struct RequestLimits {
+    /// Tasks a user may submit per minute (every submit endpoint, replays included).
+    pub submits_per_user_per_minute: u32,
     /// Sign-ups and sign-ins per client address per minute.
     pub per_address_per_minute: u32,
     /// Sign-ins per account (email) per minute, from any address.
@@ -35,9 +38,10 @@ pub struct AuthLimits {
     pub client_ip_header: Option<HeaderName>,
 }
 
-impl Default for AuthLimits {
+impl Default for RequestLimits {
     fn default() -> Self {
-        AuthLimits {
+        RequestLimits {
+            submits_per_user_per_minute: 120,
             per_address_per_minute: 30,
             per_account_per_minute: 10,
             hashers: std::thread::available_parallelism().map_or(2, usize::from),
@@ -51,12 +55,13 @@ impl Default for AuthLimits {
 /// of addresses or emails.
 const REMEMBERED_KEYS: usize = 100_000;
 
-pub struct AuthGuard {
+pub struct Guard {
+    submits: DefaultKeyedRateLimiter<uuid::Uuid>,
     per_address: DefaultKeyedRateLimiter<IpAddr>,
     per_account: DefaultKeyedRateLimiter<String>,
     hashers: Arc<Semaphore>,
     waiting: AtomicUsize,
-    limits: AuthLimits,
+    limits: RequestLimits,
 }
 
 /// Holds a hasher until dropped.
@@ -64,16 +69,25 @@ pub struct HashPermit {
     _hasher: OwnedSemaphorePermit,
 }
 
-impl AuthGuard {
-    pub fn new(limits: AuthLimits) -> Self {
+impl Guard {
+    pub fn new(limits: RequestLimits) -> Self {
         let per_minute = |n: u32| Quota::per_minute(NonZeroU32::new(n.max(1)).expect("n >= 1"));
-        AuthGuard {
+        Guard {
+            submits: DefaultKeyedRateLimiter::keyed(per_minute(limits.submits_per_user_per_minute)),
             per_address: DefaultKeyedRateLimiter::keyed(per_minute(limits.per_address_per_minute)),
             per_account: DefaultKeyedRateLimiter::keyed(per_minute(limits.per_account_per_minute)),
             hashers: Arc::new(Semaphore::new(limits.hashers.max(1))),
             waiting: AtomicUsize::new(0),
             limits,
         }
+    }
+
+    /// One submit by `user`: refused past the user's limit.
+    pub fn submit_by(&self, user: uuid::Uuid) -> Result<(), ApiError> {
+        forget_idle(&self.submits);
+        self.submits
+            .check_key(&user)
+            .map_err(|not_until| limited("too_many_submits", "submits by you", not_until))
     }
 
     /// One attempt from `address`: refused past the address's limit.
@@ -171,11 +185,11 @@ pub struct PeerAddr(pub SocketAddr);
 mod tests {
     use super::*;
 
-    fn guard(hashers: usize, hash_queue: usize) -> AuthGuard {
-        AuthGuard::new(AuthLimits {
+    fn guard(hashers: usize, hash_queue: usize) -> Guard {
+        Guard::new(RequestLimits {
             hashers,
             hash_queue,
-            ..AuthLimits::default()
+            ..RequestLimits::default()
         })
     }
 
@@ -206,10 +220,10 @@ mod tests {
 
     #[test]
     fn attempts_past_the_limit_are_refused_per_key() {
-        let guard = AuthGuard::new(AuthLimits {
+        let guard = Guard::new(RequestLimits {
             per_address_per_minute: 2,
             per_account_per_minute: 1,
-            ..AuthLimits::default()
+            ..RequestLimits::default()
         });
         let (a, b) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
         assert!(guard.attempt_from(a).is_ok() && guard.attempt_from(a).is_ok());

@@ -60,7 +60,7 @@ pub fn state(
     AppState {
         outbox: Outbox::start(backends.store.clone(), backends.queue.clone()),
         streams: Arc::new(tokio::sync::Semaphore::new(http.max_streams.max(1))),
-        guard: Arc::new(guard::AuthGuard::new(http.auth.clone())),
+        guard: Arc::new(guard::Guard::new(http.limits.clone())),
         backends,
         feeds,
         catalogue: Arc::new(catalogue),

@@ -39,6 +39,11 @@ pub const ERROR_CODES: &[(&str, u16, &str)] = &[
         "Too many sign-ins on this account; see `Retry-After`.",
     ),
     (
+        "too_many_submits",
+        429,
+        "You submitted more tasks this minute than `TROUPE_SUBMITS_PER_MINUTE`; see `Retry-After`.",
+    ),
+    (
         "auth_busy",
         429,
         "Too many password checks at once; see `Retry-After`.",
@@ -247,6 +252,7 @@ pub const JSON_BODY: &[&str] = &[
 pub const ONE_TASK: &[&str] = &["task_not_found", "invalid_path"];
 /// Endpoints that submit a task.
 pub const SUBMIT: &[&str] = &[
+    "too_many_submits",
     "invalid_idempotency_key",
     "missing_description",
     "description_too_long",

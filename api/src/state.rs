@@ -8,7 +8,7 @@ use troupe_events::{Backends, Catalogue, Feeds};
 use troupe_worker::providers::Providers;
 
 use crate::auth::Tokens;
-use crate::guard::{AuthGuard, AuthLimits};
+use crate::guard::{Guard, RequestLimits};
 
 /// Limits and choices of the HTTP layer.
 #[derive(Debug, Clone)]
@@ -17,8 +17,8 @@ pub struct HttpConfig {
     pub max_body_bytes: usize,
     /// Event streams this process serves at once; past that, new ones get 503.
     pub max_streams: usize,
-    /// The account endpoints' limits.
-    pub auth: AuthLimits,
+    /// The account and submit endpoints' limits.
+    pub limits: RequestLimits,
     /// The longest a task may take from submit, in seconds: `timeoutSecs`' ceiling and
     /// default.
     pub max_task_secs: u64,
@@ -29,7 +29,7 @@ impl Default for HttpConfig {
         HttpConfig {
             max_body_bytes: 64 * 1024,
             max_streams: 10_000,
-            auth: AuthLimits::default(),
+            limits: RequestLimits::default(),
             max_task_secs: 3600,
         }
     }
@@ -50,6 +50,6 @@ pub struct AppState {
     pub closing: CancellationToken,
     /// One permit per open event stream.
     pub streams: Arc<Semaphore>,
-    /// Rate limits and the password hashers of the account endpoints.
-    pub guard: Arc<AuthGuard>,
+    /// Rate limits of the account and submit endpoints, and the password hashers.
+    pub guard: Arc<Guard>,
 }

@@ -425,6 +425,7 @@ impl Cluster {
                 self.config.ack_wait_secs.to_string(),
             )
             .env("TROUPE_DB_MAX_CONNECTIONS", "8")
+            .env("TROUPE_SUBMITS_PER_MINUTE", "1000000")
             .env("TROUPE_TOKEN_FLUSH_MS", "50")
             .env(
                 "TROUPE_MAX_TASK_RUNS",

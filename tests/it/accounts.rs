@@ -1,7 +1,7 @@
-//! The account endpoints under a flood, on both backends: sign-ins are limited per account
-//! from any address and per client address, with 429, `Retry-After` and a code that says
-//! which limit; the client's address comes from the trusted proxy's header when one is
-//! configured.
+//! The account and submit endpoints under a flood, on both backends: sign-ins are limited
+//! per account from any address and per client address, submits per user, each with 429,
+//! `Retry-After` and a code that says which limit; the client's address comes from the
+//! trusted proxy's header when one is configured.
 
 use serde_json::{Value, json};
 
@@ -10,6 +10,7 @@ use crate::helpers::{Backend, TestApp, Tweaks, both_backends};
 both_backends!(
     sign_ins_are_limited_per_account_from_any_address,
     sign_ups_are_limited_per_address_as_the_proxy_gives_it,
+    submits_are_limited_per_user,
 );
 
 async fn post_json(
@@ -114,5 +115,35 @@ async fn sign_ups_are_limited_per_address_as_the_proxy_gives_it(backend: Backend
             .await
             .0,
         401
+    );
+}
+
+async fn submits_are_limited_per_user(backend: Backend) {
+    let mut tweaks = Tweaks::default();
+    tweaks.api.submits_per_minute = 3;
+    let app = TestApp::spawn_with(backend, tweaks).await;
+    let (flooder, other) = (app.user().await, app.user().await);
+    let body = json!({"description": "d", "selectedAgents": ["qa"], "provider": "simulated",
+                      "providerOptions": {"latencyMs": 0, "tokens": 1}});
+    for _ in 0..3 {
+        assert_eq!(app.post("/api/tasks", &flooder, &body).await.status(), 202);
+    }
+    let refused = app.post("/api/tasks", &flooder, &body).await;
+    assert_eq!(refused.status(), 429);
+    assert!(refused.headers().contains_key("retry-after"));
+    let error: Value = refused.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "too_many_submits", "{error}");
+    let streamed = app.post("/api/agents/execute", &flooder, &body).await;
+    assert_eq!(streamed.status(), 429, "every submit endpoint counts");
+    assert_eq!(
+        app.post("/api/tasks", &other, &body).await.status(),
+        202,
+        "others are not held back"
+    );
+    let listed: Value = app.get("/api/tasks", &flooder).await.json().await.unwrap();
+    assert_eq!(
+        listed["tasks"].as_array().unwrap().len(),
+        3,
+        "a refused submit stores nothing"
     );
 }

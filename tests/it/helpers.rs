@@ -103,6 +103,7 @@ fn api_args() -> ApiArgs {
         session_ttl_hours: 1,
         stream_token_ttl_minutes: 10,
         // Every test signs in from 127.0.0.1: tests/it/accounts.rs sets the limits it tests.
+        submits_per_minute: 100_000,
         auth_per_address_per_minute: 100_000,
         auth_per_account_per_minute: 100_000,
         password_hashers: None,
@@ -596,6 +597,8 @@ pub fn troupe_command(data_dir: &std::path::Path) -> (std::process::Command, Str
         .args(["--bind", &format!("127.0.0.1:{port}")])
         .env_remove("DATABASE_URL")
         .env_remove("NATS_URL")
+        // The load tests submit hundreds of tasks a second as one user.
+        .env("TROUPE_SUBMITS_PER_MINUTE", "1000000")
         .stdout(std::process::Stdio::null());
     (command, format!("http://127.0.0.1:{port}"))
 }

@@ -340,6 +340,7 @@ pub async fn submit(
     headers: &HeaderMap,
     body: TaskRequest,
 ) -> ApiResult<Submitted> {
+    state.guard.submit_by(user.id)?;
     let key = idempotency_key(headers)?;
     let spec = body.into_spec(state)?;
     let request_hash = {
