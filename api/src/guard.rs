@@ -168,7 +168,10 @@ impl FromRequestParts<AppState> for ClientIp {
                 .next_back();
             return forwarded.map(ClientIp).ok_or(ApiError::bad_request(
                 "invalid_client_address",
-                format!("the proxy did not say who you are ({name})"),
+                format!(
+                    "this server takes the client's address from the {name} header its proxy \
+                     writes, and the request has none: reach it through that proxy"
+                ),
             ));
         }
         let peer = parts.extensions.get::<PeerAddr>().map(|p| p.0.ip());

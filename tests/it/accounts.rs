@@ -140,7 +140,7 @@ async fn submits_are_limited_per_user(backend: Backend) {
         202,
         "others are not held back"
     );
-    let listed: Value = app.get("/api/tasks", &flooder).await.json().await.unwrap();
+    let listed = app.get_json("/api/tasks", &flooder).await;
     assert_eq!(
         listed["tasks"].as_array().unwrap().len(),
         3,

@@ -367,6 +367,17 @@ impl TestApp {
             .unwrap()
     }
 
+    /// The JSON of a GET that must succeed.
+    pub async fn get_json(&self, path: &str, token: &str) -> Value {
+        let response = self.get(path, token).await;
+        assert!(
+            response.status().is_success(),
+            "GET {path}: {}",
+            response.status()
+        );
+        response.json().await.unwrap()
+    }
+
     /// Submits and returns the task id.
     pub async fn submit(&self, token: &str, body: &Value) -> Uuid {
         let r = self.post("/api/tasks", token, body).await;

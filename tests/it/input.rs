@@ -433,12 +433,7 @@ async fn an_operator_can_turn_the_simulated_provider_off(backend: Backend) {
     tweaks.providers.simulated = false;
     let app = TestApp::spawn_with(backend, tweaks).await;
     let token = app.user().await;
-    let providers: Value = app
-        .get("/api/providers", &token)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let providers: Value = app.get_json("/api/providers", &token).await;
     let simulated = providers["providers"]
         .as_array()
         .unwrap()

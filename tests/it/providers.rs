@@ -86,12 +86,7 @@ async fn an_openai_compatible_server_drives_the_agents(backend: Backend) {
     };
     let app = TestApp::spawn_with(backend, tweaks).await;
     let token = app.user().await;
-    let providers: Value = app
-        .get("/api/providers", &token)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let providers: Value = app.get_json("/api/providers", &token).await;
     assert_eq!(providers["default"], "openai");
 
     let task_id = app

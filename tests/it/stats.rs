@@ -258,12 +258,7 @@ async fn stats_equal_the_logs(backend: Backend) {
     );
     assert!(report["days"].is_null());
     assert_consistent(&report, "hours");
-    let by_day: Value = app
-        .get("/api/stats?days=2", &token)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let by_day: Value = app.get_json("/api/stats?days=2", &token).await;
     assert_eq!(
         figures_of(&by_day),
         expected,

@@ -590,9 +590,12 @@ impl Worker {
 /// Cancels the task at its deadline (`timeoutSecs` from submit), saying why, so that the
 /// run ends as a cancelled one; a task picked up past it is cancelled at once. Never ends.
 async fn enforce_deadline(task: &TaskRecord, control: &Control) {
-    if let Some(secs) = task.spec.timeout_secs {
-        let deadline =
-            task.created_at + chrono::TimeDelta::seconds(secs.min(i64::MAX as u64) as i64);
+    let deadline = task.spec.timeout_secs.and_then(|secs| {
+        let after = chrono::TimeDelta::try_seconds(i64::try_from(secs).ok()?)?;
+        Some((secs, task.created_at.checked_add_signed(after)?))
+    });
+    // A deadline too far to reckon (the api allows a year at most) is none.
+    if let Some((secs, deadline)) = deadline {
         let left = (deadline - chrono::Utc::now()).to_std().unwrap_or_default();
         tokio::time::sleep(left).await;
         control.cancel_for(format!(
