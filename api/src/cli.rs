@@ -10,6 +10,7 @@ use rand::distr::{Alphanumeric, SampleString};
 use secrecy::SecretString;
 use troupe_events::Catalogue;
 
+use crate::auth::SecureCookies;
 use crate::auth::Tokens;
 use crate::guard::RequestLimits;
 use crate::state::HttpConfig;
@@ -59,6 +60,10 @@ pub struct ApiArgs {
     /// A submit's `timeoutSecs` may ask for less; absent, it gets this.
     #[arg(long, env = "TROUPE_MAX_TASK_SECS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
     pub max_task_secs: u64,
+    /// When the web UI's session cookies are marked Secure: auto (when the proxy in front
+    /// says the request came over TLS, X-Forwarded-Proto: https), always, never.
+    #[arg(long, env = "TROUPE_SECURE_COOKIES", value_enum, default_value_t = SecureCookies::Auto)]
+    pub secure_cookies: SecureCookies,
 }
 
 const MIN_SECRET: usize = 32;
@@ -85,6 +90,7 @@ impl ApiArgs {
                 ..defaults
             },
             max_task_secs: self.max_task_secs,
+            secure_cookies: self.secure_cookies,
         }
     }
 

@@ -219,7 +219,17 @@ pub const ERROR_CODES: &[(&str, u16, &str)] = &[
     (
         "invalid_password",
         422,
-        "`password` is not 8 to 1024 characters long.",
+        "`password` (or `newPassword`) is not 8 to 1024 characters long.",
+    ),
+    (
+        "wrong_password",
+        403,
+        "The password given to confirm a change (`currentPassword`, or `password` to delete the account) is not the account's.",
+    ),
+    (
+        "csrf_token_invalid",
+        403,
+        "A request signed in by the session cookie that changes something did not send the session's CSRF token in `X-CSRF-Token`.",
     ),
     (
         "internal",
@@ -239,7 +249,7 @@ pub const ERROR_CODES: &[(&str, u16, &str)] = &[
 ];
 
 /// Endpoints that need a session token.
-pub const SIGNED_IN: &[&str] = &["unauthorized"];
+pub const SIGNED_IN: &[&str] = &["unauthorized", "csrf_token_invalid"];
 /// Endpoints that read a JSON body.
 pub const JSON_BODY: &[&str] = &[
     "invalid_json",

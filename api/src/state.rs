@@ -7,7 +7,7 @@ use troupe_events::dispatch::Outbox;
 use troupe_events::{Backends, Catalogue, Feeds};
 use troupe_worker::providers::Providers;
 
-use crate::auth::Tokens;
+use crate::auth::{SecureCookies, Tokens};
 use crate::guard::{Guard, RequestLimits};
 
 /// Limits and choices of the HTTP layer.
@@ -22,6 +22,8 @@ pub struct HttpConfig {
     /// The longest a task may take from submit, in seconds: `timeoutSecs`' ceiling and
     /// default.
     pub max_task_secs: u64,
+    /// When the web UI's session cookies are marked `Secure`.
+    pub secure_cookies: SecureCookies,
 }
 
 impl Default for HttpConfig {
@@ -31,6 +33,7 @@ impl Default for HttpConfig {
             max_streams: 10_000,
             limits: RequestLimits::default(),
             max_task_secs: 3600,
+            secure_cookies: SecureCookies::Auto,
         }
     }
 }

@@ -52,6 +52,10 @@ pub trait Bus: Send + Sync + 'static {
     async fn nudges(&self, task_id: Uuid) -> Result<BoxStream<'static, ()>>;
 
     async fn ping(&self) -> Result<()>;
+
+    /// Removes the task's events from what the bus keeps for consumers (its owner deleted
+    /// it). Nothing to do on a bus that keeps none.
+    async fn forget(&self, task_id: Uuid) -> Result<()>;
 }
 
 /// Subject names under one prefix, so that several deployments (or test runs) can share
@@ -276,6 +280,10 @@ impl Bus for MemoryBus {
     async fn ping(&self) -> Result<()> {
         Ok(())
     }
+
+    async fn forget(&self, _task_id: Uuid) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Retention of the EVENTS stream that analytics consumers read from.
@@ -442,6 +450,20 @@ impl Bus for NatsBus {
 
     async fn ping(&self) -> Result<()> {
         self.client.flush().await.map_err(Error::nats)
+    }
+
+    async fn forget(&self, task_id: Uuid) -> Result<()> {
+        let stream = self
+            .jetstream
+            .get_stream_no_info(self.subjects.stream_name("EVENTS"))
+            .await
+            .map_err(Error::nats)?;
+        stream
+            .purge()
+            .filter(self.subjects.task_events(task_id))
+            .await
+            .map_err(Error::nats)?;
+        Ok(())
     }
 }
 

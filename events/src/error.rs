@@ -9,6 +9,8 @@ pub enum Error {
     /// Another writer appended to the task first: whoever gets this has lost the task.
     #[error("task {task_id} was appended to by another writer (expected last seq {expected})")]
     SeqConflict { task_id: Uuid, expected: u64 },
+    #[error("{0} no longer exists")]
+    NotFound(&'static str),
     #[error("task {0} not found")]
     TaskNotFound(Uuid),
     #[error("the task queue is full")]

@@ -15,6 +15,7 @@ pub mod relay;
 pub mod runtime;
 pub mod stats;
 pub mod store;
+pub mod sweep;
 pub mod task;
 pub mod trace;
 pub mod usage;
@@ -27,8 +28,8 @@ pub use event::{Artifact, Event, EventBody, RawEvent, millis_since};
 pub use follow::{Encode, FeedConfig, Feeds, Followed};
 pub use queue::{Delivery, MemoryQueue, NatsQueue, TaskQueue};
 pub use store::{
-    Behind, Claim, Dispatch, Lease, PgStore, SqliteStore, Store, Submitted, Transition,
-    Transitioned, User,
+    Behind, Claim, Deletion, Dispatch, Lease, PgStore, Session, SqliteStore, Store, Submitted,
+    Swept, Transition, Transitioned, User,
 };
 pub use task::{
     AgentDef, ControlRequest, Controls, ExecutionMode, NewTask, ProviderRoute, RunLedger, TaskJob,

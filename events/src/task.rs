@@ -231,6 +231,9 @@ pub struct TaskRecord {
     /// A cancel or pause the api recorded and the worker has not carried out yet.
     pub cancel_requested: bool,
     pub pause_requested: bool,
+    /// Its owner deleted it before it ended: it is hidden, and goes once it ends.
+    #[serde(skip)]
+    pub delete_requested: bool,
     /// Every `agent_usage` in the log so far, summed by each append: a task's cost without
     /// reading its log.
     pub usage: UsageTotals,

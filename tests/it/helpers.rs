@@ -109,6 +109,7 @@ fn api_args() -> ApiArgs {
         password_hashers: None,
         client_ip_header: None,
         max_task_secs: 3600,
+        secure_cookies: troupe_api::auth::SecureCookies::Auto,
     }
 }
 

@@ -4,6 +4,7 @@
 mod accounts;
 mod cli;
 mod control;
+mod deletion;
 #[path = "../support/event_stream.rs"]
 mod event_stream;
 mod faults;
@@ -19,6 +20,7 @@ mod providers;
 mod reference;
 mod resume;
 mod runs;
+mod sessions;
 mod stats;
 mod stats_faults;
 mod stream;

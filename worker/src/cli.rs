@@ -11,6 +11,7 @@ use crate::WorkerConfig;
 use crate::prices::Prices;
 use crate::providers::{ProviderSettings, Providers};
 use troupe_events::ProviderRoute;
+use troupe_events::sweep::SweepConfig;
 
 /// `TROUPE_FALLBACK_OPENAI=anthropic:claude-haiku-4-5` gives `openai` a fallback.
 const FALLBACK_ENV_PREFIX: &str = "TROUPE_FALLBACK_";
@@ -157,6 +158,13 @@ pub struct WorkerArgs {
     /// {"gpt-4o-mini": {"inputPerMillion": 0.15, "outputPerMillion": 0.6}}.
     #[arg(long, env = "TROUPE_PRICES", value_parser = Prices::parse)]
     pub prices: Option<Prices>,
+    /// Days an ended task is kept, counted from its last event; then it and its log are
+    /// deleted. 0 keeps every task.
+    #[arg(long, env = "TROUPE_RETENTION_DAYS", default_value_t = 0)]
+    pub retention_days: u32,
+    /// Seconds between sweeps of deleted tasks, tasks past retention and expired sessions.
+    #[arg(long, env = "TROUPE_SWEEP_SECS", default_value_t = 30)]
+    pub sweep_secs: u64,
 }
 
 impl WorkerArgs {
@@ -168,6 +176,11 @@ impl WorkerArgs {
             max_deliveries: self.max_deliveries.max(1),
             token_flush: Duration::from_millis(self.token_flush_ms.max(10)),
             prices: Arc::new(self.prices.clone().unwrap_or_default()),
+            sweep: SweepConfig {
+                every: Duration::from_secs(self.sweep_secs.max(1)),
+                retain_ended: (self.retention_days > 0)
+                    .then(|| Duration::from_secs(u64::from(self.retention_days) * 86_400)),
+            },
             ..WorkerConfig::default()
         }
     }

@@ -20,6 +20,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use troupe_events::relay::{Marks, Relay, RelayConfig};
+use troupe_events::sweep::{SweepConfig, Sweeper};
 use troupe_events::{
     Backends, Claim, Delivery, Event, EventBody, ProviderRoute, TaskRecord, TaskStatus, TaskView,
     millis_since,
@@ -62,6 +63,9 @@ pub struct WorkerConfig {
     /// The relay that gets what workers stored, but the event stream never acknowledged,
     /// into the stream; it runs in every worker when the bus keeps events.
     pub relay: RelayConfig,
+    /// The sweep of deleted tasks, ended tasks past their retention and expired sessions;
+    /// it runs in every worker.
+    pub sweep: SweepConfig,
 }
 
 impl Default for WorkerConfig {
@@ -77,6 +81,7 @@ impl Default for WorkerConfig {
             poll_wait: Duration::from_secs(5),
             prices: Arc::default(),
             relay: RelayConfig::default(),
+            sweep: SweepConfig::default(),
         }
     }
 }
@@ -161,6 +166,12 @@ impl Worker {
             );
             slots.spawn(relay.run(shutdown.clone()));
         }
+        let sweeper = Sweeper::new(
+            self.backends.store.clone(),
+            self.backends.bus.clone(),
+            self.config.sweep.clone(),
+        );
+        slots.spawn(sweeper.run(shutdown.clone()));
         for _ in 0..self.config.task_concurrency.max(1) {
             let worker = self.clone();
             let shutdown = shutdown.clone();

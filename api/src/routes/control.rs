@@ -9,8 +9,8 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use troupe_events::task::AgentState;
 use troupe_events::{
-    ControlRequest, Dispatch, EventBody, TaskRecord, TaskStatus, Transition, Transitioned,
-    millis_since,
+    ControlRequest, Deletion, Dispatch, EventBody, TaskRecord, TaskStatus, Transition,
+    Transitioned, millis_since,
 };
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -225,6 +225,77 @@ pub async fn cancel(
         ),
     })
     .await
+}
+
+/// A task deletion that waits for the task's worker to stop it.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Deleting {
+    pub task_id: Uuid,
+    /// `true`: the task is hidden and its worker asked to cancel it; its log and artifacts
+    /// are deleted once it has stopped.
+    pub delete_requested: bool,
+}
+
+errors!(DeleteErrors = SIGNED_IN, ONE_TASK, &["task_busy"]);
+
+/// Delete a task
+///
+/// The task, its log and its artifacts are deleted. A task that has ended goes at once
+/// (204). One that runs is hidden at once (404 from now on), cancelled, and deleted
+/// when its worker has stopped it (202). A task queued or paused is cancelled here, then
+/// deleted (204). Its events also leave the event stream that analytics consumers read;
+/// figures already counted from them (`/api/stats`) stay.
+#[utoipa::path(
+    delete,
+    path = "/tasks/{id}",
+    operation_id = "deleteTask",
+    tag = "control",
+    security(("session" = [])),
+    params(("id" = Uuid, Path, description = "The task's id.")),
+    responses(
+        (status = 204, description = "Deleted."),
+        (status = 202, description = "Hidden and being cancelled; deleted once stopped.", body = Deleting),
+        DeleteErrors,
+    ),
+)]
+pub async fn delete(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(task_id): Path<Uuid>,
+) -> ApiResult<axum::response::Response> {
+    use axum::response::IntoResponse;
+    let task = owned_task(&state, user.id, task_id).await?;
+    if !task.status.is_terminal() {
+        match cancel(State(state.clone()), user, Path(task_id)).await {
+            // It ended meanwhile: nothing to stop.
+            Ok(_)
+            | Err(ApiError::Conflict {
+                code: "task_finished",
+                ..
+            }) => {}
+            Err(other) => return Err(other),
+        }
+    }
+    match state.backends.store.delete_task(task_id).await? {
+        Deletion::Deleted => {
+            troupe_events::sweep::forget(state.backends.bus.as_ref(), task_id).await;
+            tracing::info!(%task_id, "task deleted");
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        Deletion::Marked => {
+            tracing::info!(%task_id, "task marked for deletion once its worker stops it");
+            Ok((
+                StatusCode::ACCEPTED,
+                axum::Json(Deleting {
+                    task_id,
+                    delete_requested: true,
+                }),
+            )
+                .into_response())
+        }
+        Deletion::Missing => Err(ApiError::TaskNotFound),
+    }
 }
 
 /// Cancel one agent

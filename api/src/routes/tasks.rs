@@ -377,7 +377,7 @@ pub async fn submit(
 pub fn stream_url(state: &AppState, user: AuthUser, task_id: Uuid) -> String {
     format!(
         "/api/tasks/{task_id}/events?token={}",
-        state.tokens.stream(user.id, task_id)
+        state.tokens.stream(user, task_id)
     )
 }
 
@@ -554,7 +554,9 @@ pub async fn list(
 /// The caller's task; another user's task is as missing as one that does not exist.
 pub async fn owned_task(state: &AppState, user_id: Uuid, task_id: Uuid) -> ApiResult<TaskRecord> {
     match state.backends.store.task(task_id).await? {
-        Some(task) if task.owner_id == user_id => Ok(task),
+        // A task its owner deleted is gone for them at once, though its rows wait for the
+        // sweep until its worker has stopped it.
+        Some(task) if task.owner_id == user_id && !task.delete_requested => Ok(task),
         _ => Err(ApiError::TaskNotFound),
     }
 }

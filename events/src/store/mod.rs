@@ -32,6 +32,34 @@ pub struct User {
     pub password_hash: String,
 }
 
+/// A signed-in session. Its tokens name `id`, and are honoured while the row is there and
+/// `expires_at` is ahead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Session {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// What deleting a task did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deletion {
+    /// The task had ended: its row and its log are gone.
+    Deleted,
+    /// The task has not ended: it is marked, hidden from its owner, and removed by a sweep
+    /// once its log ends.
+    Marked,
+    Missing,
+}
+
+/// What one sweep removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Swept {
+    pub tasks: Vec<Uuid>,
+    pub sessions: u64,
+    pub accounts: u64,
+}
+
 /// What a submit did: made a task, or found the one made earlier with the same key.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Submitted {
@@ -58,6 +86,37 @@ pub trait Store: Send + Sync + 'static {
     async fn create_user(&self, email: &str, password_hash: &str) -> Result<User>;
 
     async fn user_by_email(&self, email: &str) -> Result<Option<User>>;
+
+    async fn user(&self, id: Uuid) -> Result<Option<User>>;
+
+    async fn create_session(&self, session: &Session) -> Result<()>;
+
+    /// The user of a live session: `None` once it has ended or expired, or its user is gone.
+    async fn session_user(&self, session_id: Uuid) -> Result<Option<Uuid>>;
+
+    async fn end_session(&self, session_id: Uuid) -> Result<()>;
+
+    /// Sets the user's password hash, ends every session of the user and starts `session`,
+    /// in one transaction: a token from before the change is refused everywhere.
+    async fn replace_password(
+        &self,
+        user_id: Uuid,
+        password_hash: &str,
+        session: &Session,
+    ) -> Result<()>;
+
+    /// Ends the user's sessions, frees their email and marks every task of theirs for
+    /// deletion (cancelling those that have not ended), in one transaction; the sweep
+    /// removes the tasks as they end, then the user and their stats.
+    async fn delete_account(&self, user_id: Uuid) -> Result<()>;
+
+    /// Deletes an ended task with its log; marks one that has not ended (see [`Deletion`]).
+    async fn delete_task(&self, task_id: Uuid) -> Result<Deletion>;
+
+    /// Removes up to `limit` ended tasks that are marked for deletion or, when
+    /// `ended_before` is given, last changed before it; the expired sessions; and the
+    /// deleted accounts that have no task left, with their stats.
+    async fn sweep(&self, ended_before: Option<DateTime<Utc>>, limit: u32) -> Result<Swept>;
 
     /// Writes the task row, its `task_created` event (seq 1) and its outbox row in one
     /// transaction. With an idempotency key already used by the same owner, returns the
@@ -705,6 +764,7 @@ fn created_record(task: &NewTask, now: DateTime<Utc>) -> TaskRecord {
         last_seq: 1,
         cancel_requested: false,
         pause_requested: false,
+        delete_requested: false,
         usage: UsageTotals::default(),
     }
 }
@@ -780,6 +840,7 @@ struct TaskRow<'r> {
     last_seq: i64,
     cancel_requested: bool,
     pause_requested: bool,
+    delete_requested: bool,
     usage: UsageRow,
 }
 
@@ -794,6 +855,7 @@ fn task_record(row: TaskRow<'_>) -> Result<TaskRecord> {
         last_seq,
         cancel_requested,
         pause_requested,
+        delete_requested,
         usage,
     } = row;
     let spec: TaskSpec =
@@ -810,6 +872,7 @@ fn task_record(row: TaskRow<'_>) -> Result<TaskRecord> {
         last_seq: last_seq as u64,
         cancel_requested,
         pause_requested,
+        delete_requested,
         usage: usage_totals(usage),
     })
 }
@@ -841,6 +904,52 @@ fn control_sql(request: &ControlRequest, mark: char) -> String {
 
 /// The statuses in which a worker may append: the task is neither finished nor paused.
 const WRITABLE: &str = "status IN ('queued', 'running')";
+/// A task whose log has ended: only these are deleted.
+const ENDED: &str = "status IN ('completed', 'failed', 'cancelled')";
+/// What a sweep removes: `{mark}1` the retention cut-off (or NULL), `{mark}2` the limit.
+/// A paused task marked for deletion is one whose account was deleted: no worker holds
+/// it, and nobody may resume it.
+fn swept_sql(mark: char, lock: &str) -> String {
+    format!(
+        "SELECT id FROM tasks
+         WHERE ({ENDED} AND (delete_requested OR ({mark}1 IS NOT NULL AND updated_at < {mark}1)))
+            OR (status = 'paused' AND delete_requested)
+         ORDER BY updated_at LIMIT {mark}2 {lock}"
+    )
+}
+/// Deleted accounts whose tasks are all gone.
+const EMPTIED_ACCOUNTS: &str = "SELECT id FROM users WHERE delete_requested
+     AND NOT EXISTS (SELECT 1 FROM tasks WHERE tasks.owner_id = users.id)";
+/// The statements that remove an emptied account's rows, for one user id or an array of
+/// them in `{ids}`.
+fn delete_account_rows_sql(ids: &str) -> [String; 4] {
+    [
+        format!("DELETE FROM stats_hourly WHERE owner_id {ids}"),
+        format!("DELETE FROM stats_durations WHERE owner_id {ids}"),
+        format!("DELETE FROM stats_first_tokens WHERE owner_id {ids}"),
+        format!("DELETE FROM users WHERE id {ids}"),
+    ]
+}
+/// What deleting an account does to its tasks (`{mark}1` the user): all are marked, and
+/// those that may still run are asked to stop.
+fn mark_account_tasks_sql(mark: char, yes: &str) -> String {
+    format!(
+        "UPDATE tasks SET delete_requested = {yes},
+             cancel_requested = CASE WHEN {WRITABLE} THEN {yes} ELSE cancel_requested END
+         WHERE owner_id = {mark}1"
+    )
+}
+/// The statements that remove tasks' rows, children first, for one task id or an array
+/// of them in `{ids}`.
+fn delete_task_rows_sql(ids: &str) -> [String; 5] {
+    [
+        format!("DELETE FROM task_events WHERE task_id {ids}"),
+        format!("DELETE FROM task_agent_cancels WHERE task_id {ids}"),
+        format!("DELETE FROM task_outbox WHERE task_id {ids}"),
+        format!("DELETE FROM stats_cursors WHERE task_id {ids}"),
+        format!("DELETE FROM tasks WHERE id {ids}"),
+    ]
+}
 
 /// What an append does to the pending requests, given the batch's new status in `{status}`:
 /// a run that ended has carried out (or outlived) a cancel or a pause, a pause that took

@@ -9,12 +9,13 @@ use uuid::Uuid;
 
 use super::stats::{self, StatsSql};
 use super::{
-    Behind, CONTROLS_SQL, Claim, Dialect, Dispatch, Lease, Lines, PAGE_BYTES, ReportSql, Store,
-    SubmitParts, Submitted, TaskRow, Transition, Transitioned, User, WRITABLE, batch_bounds,
-    behind_of, bind_usage_added, clear_outbox_query, control_sql, controls_of, created_record,
-    earlier_submit, first_id_since, is_unique_violation, raw_event, read_report_rows, refused,
-    row_usage, settle_claim, settled_requests_sql, status_after, task_record, task_usage_columns,
-    unpublished_sql, usage_added, usage_added_sql,
+    Behind, CONTROLS_SQL, Claim, Deletion, Dialect, Dispatch, EMPTIED_ACCOUNTS, Lease, Lines,
+    PAGE_BYTES, ReportSql, Session, Store, SubmitParts, Submitted, Swept, TaskRow, Transition,
+    Transitioned, User, WRITABLE, batch_bounds, behind_of, bind_usage_added, clear_outbox_query,
+    control_sql, controls_of, created_record, delete_account_rows_sql, delete_task_rows_sql,
+    earlier_submit, first_id_since, is_unique_violation, mark_account_tasks_sql, raw_event,
+    read_report_rows, refused, row_usage, settle_claim, settled_requests_sql, status_after,
+    swept_sql, task_record, task_usage_columns, unpublished_sql, usage_added, usage_added_sql,
 };
 use crate::error::{Error, Result};
 use crate::stats::{StatsCursor, StatsDelta, StatsPeriod, StatsRows};
@@ -28,7 +29,7 @@ use crate::usage::UsageReport;
 
 const TASK_COLUMNS: &str = concat!(
     "id, owner_id, spec::text AS spec, status, created_at, updated_at, last_seq, ",
-    "cancel_requested, pause_requested, ",
+    "cancel_requested, pause_requested, delete_requested, ",
     task_usage_columns!()
 );
 
@@ -93,6 +94,55 @@ impl PgStore {
     }
 }
 
+fn user_of(r: &sqlx::postgres::PgRow) -> Result<User> {
+    Ok(User {
+        id: r.try_get("id")?,
+        email: r.try_get("email")?,
+        password_hash: r.try_get("password_hash")?,
+    })
+}
+
+async fn insert_session<'e>(db: impl sqlx::PgExecutor<'e>, session: &Session) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO sessions (id, user_id, created_at, expires_at) VALUES ($1, $2, now(), $3)",
+    )
+    .bind(session.id)
+    .bind(session.user_id)
+    .bind(session.expires_at)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Removes the tasks' rows; the caller holds their row locks (or knows they have ended).
+async fn delete_task_rows(tx: &mut sqlx::PgConnection, tasks: &[Uuid]) -> Result<()> {
+    static DELETES: LazyLock<[String; 5]> = LazyLock::new(|| delete_task_rows_sql("= ANY($1)"));
+    if tasks.is_empty() {
+        return Ok(());
+    }
+    for statement in DELETES.iter() {
+        sqlx::query(statement).bind(tasks).execute(&mut *tx).await?;
+    }
+    Ok(())
+}
+
+/// Removes the deleted accounts that have no task left, with their stats.
+async fn delete_emptied_accounts(tx: &mut sqlx::PgConnection) -> Result<u64> {
+    static DELETES: LazyLock<[String; 4]> = LazyLock::new(|| delete_account_rows_sql("= ANY($1)"));
+    let users: Vec<Uuid> = sqlx::query_scalar(EMPTIED_ACCOUNTS)
+        .fetch_all(&mut *tx)
+        .await?;
+    if !users.is_empty() {
+        for statement in DELETES.iter() {
+            sqlx::query(statement)
+                .bind(&users)
+                .execute(&mut *tx)
+                .await?;
+        }
+    }
+    Ok(users.len() as u64)
+}
+
 fn task_from_row(r: &sqlx::postgres::PgRow) -> Result<TaskRecord> {
     task_record(TaskRow {
         id: r.try_get("id")?,
@@ -104,6 +154,7 @@ fn task_from_row(r: &sqlx::postgres::PgRow) -> Result<TaskRecord> {
         last_seq: r.try_get("last_seq")?,
         cancel_requested: r.try_get("cancel_requested")?,
         pause_requested: r.try_get("pause_requested")?,
+        delete_requested: r.try_get("delete_requested")?,
         usage: row_usage(r)?,
     })
 }
@@ -151,14 +202,136 @@ impl Store for PgStore {
         .bind(email)
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|r| {
-            Ok(User {
-                id: r.try_get("id")?,
-                email: r.try_get("email")?,
-                password_hash: r.try_get("password_hash")?,
-            })
+        row.map(|r| user_of(&r)).transpose()
+    }
+
+    async fn user(&self, id: Uuid) -> Result<Option<User>> {
+        let row = sqlx::query("SELECT id, email, password_hash FROM users WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| user_of(&r)).transpose()
+    }
+
+    async fn create_session(&self, session: &Session) -> Result<()> {
+        insert_session(&self.pool, session).await
+    }
+
+    async fn session_user(&self, session_id: Uuid) -> Result<Option<Uuid>> {
+        Ok(
+            sqlx::query_scalar("SELECT user_id FROM sessions WHERE id = $1 AND expires_at > now()")
+                .bind(session_id)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn end_session(&self, session_id: Uuid) -> Result<()> {
+        sqlx::query("DELETE FROM sessions WHERE id = $1")
+            .bind(session_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn replace_password(
+        &self,
+        user_id: Uuid,
+        password_hash: &str,
+        session: &Session,
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let changed = sqlx::query("UPDATE users SET password_hash = $2 WHERE id = $1")
+            .bind(user_id)
+            .bind(password_hash)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if changed == 0 {
+            return Err(Error::NotFound("the account"));
+        }
+        sqlx::query("DELETE FROM sessions WHERE user_id = $1")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+        insert_session(&mut *tx, session).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn delete_account(&self, user_id: Uuid) -> Result<()> {
+        static MARK_TASKS: LazyLock<String> = LazyLock::new(|| mark_account_tasks_sql('$', "TRUE"));
+        let mut tx = self.pool.begin().await?;
+        let renamed = sqlx::query(
+            "UPDATE users SET delete_requested = TRUE, email = 'deleted:' || id::text WHERE id = $1",
+        )
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if renamed == 0 {
+            return Err(Error::NotFound("the account"));
+        }
+        for statement in [
+            "DELETE FROM sessions WHERE user_id = $1",
+            MARK_TASKS.as_str(),
+        ] {
+            sqlx::query(statement)
+                .bind(user_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn delete_task(&self, task_id: Uuid) -> Result<Deletion> {
+        let mut tx = self.pool.begin().await?;
+        let status: Option<String> =
+            sqlx::query_scalar("SELECT status FROM tasks WHERE id = $1 FOR UPDATE")
+                .bind(task_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let deletion = match status.as_deref().and_then(TaskStatus::parse) {
+            None => return Ok(Deletion::Missing),
+            Some(status) if status.is_terminal() => {
+                delete_task_rows(&mut tx, &[task_id]).await?;
+                Deletion::Deleted
+            }
+            Some(_) => {
+                sqlx::query("UPDATE tasks SET delete_requested = TRUE WHERE id = $1")
+                    .bind(task_id)
+                    .execute(&mut *tx)
+                    .await?;
+                Deletion::Marked
+            }
+        };
+        tx.commit().await?;
+        Ok(deletion)
+    }
+
+    async fn sweep(&self, ended_before: Option<DateTime<Utc>>, limit: u32) -> Result<Swept> {
+        static SWEPT: LazyLock<String> = LazyLock::new(|| {
+            swept_sql('$', "FOR UPDATE SKIP LOCKED").replace("$1 IS", "$1::timestamptz IS")
+        });
+        let mut tx = self.pool.begin().await?;
+        let tasks: Vec<Uuid> = sqlx::query_scalar(&SWEPT)
+            .bind(ended_before)
+            .bind(i64::from(limit))
+            .fetch_all(&mut *tx)
+            .await?;
+        delete_task_rows(&mut tx, &tasks).await?;
+        let sessions = sqlx::query("DELETE FROM sessions WHERE expires_at <= now()")
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        let accounts = delete_emptied_accounts(&mut tx).await?;
+        tx.commit().await?;
+        Ok(Swept {
+            tasks,
+            sessions,
+            accounts,
         })
-        .transpose()
     }
 
     async fn create_task(&self, task: &NewTask) -> Result<Submitted> {
@@ -214,7 +387,7 @@ impl Store for PgStore {
     ) -> Result<Vec<TaskRecord>> {
         let rows = sqlx::query(&format!(
             "SELECT {TASK_COLUMNS} FROM tasks
-             WHERE owner_id = $1 AND ($2::uuid IS NULL OR id < $2)
+             WHERE owner_id = $1 AND ($2::uuid IS NULL OR id < $2) AND NOT delete_requested
              ORDER BY id DESC LIMIT $3"
         ))
         .bind(owner_id)

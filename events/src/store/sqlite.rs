@@ -14,12 +14,13 @@ use uuid::Uuid;
 
 use super::stats::{self, StatsSql};
 use super::{
-    Behind, CONTROLS_SQL, Claim, Dialect, Dispatch, Lease, Lines, PAGE_BYTES, ReportSql, Store,
-    SubmitParts, Submitted, TaskRow, Transition, Transitioned, User, WRITABLE, batch_bounds,
-    behind_of, bind_usage_added, clear_outbox_query, control_sql, controls_of, created_record,
-    earlier_submit, first_id_since, is_unique_violation, raw_event, read_report_rows, refused,
-    row_usage, settle_claim, settled_requests_sql, status_after, task_record, task_usage_columns,
-    unpublished_sql, usage_added, usage_added_sql,
+    Behind, CONTROLS_SQL, Claim, Deletion, Dialect, Dispatch, EMPTIED_ACCOUNTS, Lease, Lines,
+    PAGE_BYTES, ReportSql, Session, Store, SubmitParts, Submitted, Swept, TaskRow, Transition,
+    Transitioned, User, WRITABLE, batch_bounds, behind_of, bind_usage_added, clear_outbox_query,
+    control_sql, controls_of, created_record, delete_account_rows_sql, delete_task_rows_sql,
+    earlier_submit, first_id_since, is_unique_violation, mark_account_tasks_sql, raw_event,
+    read_report_rows, refused, row_usage, settle_claim, settled_requests_sql, status_after,
+    swept_sql, task_record, task_usage_columns, unpublished_sql, usage_added, usage_added_sql,
 };
 use crate::error::{Error, Result};
 use crate::stats::{StatsCursor, StatsDelta, StatsPeriod, StatsRows};
@@ -55,7 +56,7 @@ const READERS: u32 = 4;
 
 const TASK_COLUMNS: &str = concat!(
     "id, owner_id, spec, status, created_at, updated_at, last_seq, cancel_requested, ",
-    "pause_requested, ",
+    "pause_requested, delete_requested, ",
     task_usage_columns!()
 );
 
@@ -140,6 +141,50 @@ impl SqliteStore {
     }
 }
 
+fn user_of(r: &sqlx::sqlite::SqliteRow) -> Result<User> {
+    Ok(User {
+        id: r.try_get("id")?,
+        email: r.try_get("email")?,
+        password_hash: r.try_get("password_hash")?,
+    })
+}
+
+async fn insert_session<'e>(db: impl sqlx::SqliteExecutor<'e>, session: &Session) -> Result<()> {
+    sqlx::query("INSERT INTO sessions (id, user_id, created_at, expires_at) VALUES (?, ?, ?, ?)")
+        .bind(session.id)
+        .bind(session.user_id)
+        .bind(Utc::now())
+        .bind(session.expires_at)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// Removes the tasks' rows, one task at a time: SQLite binds no arrays.
+async fn delete_task_rows(tx: &mut sqlx::SqliteConnection, tasks: &[Uuid]) -> Result<()> {
+    static DELETES: LazyLock<[String; 5]> = LazyLock::new(|| delete_task_rows_sql("= ?"));
+    for task in tasks {
+        for statement in DELETES.iter() {
+            sqlx::query(statement).bind(task).execute(&mut *tx).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes the deleted accounts that have no task left, with their stats.
+async fn delete_emptied_accounts(tx: &mut sqlx::SqliteConnection) -> Result<u64> {
+    static DELETES: LazyLock<[String; 4]> = LazyLock::new(|| delete_account_rows_sql("= ?"));
+    let users: Vec<Uuid> = sqlx::query_scalar(EMPTIED_ACCOUNTS)
+        .fetch_all(&mut *tx)
+        .await?;
+    for user in &users {
+        for statement in DELETES.iter() {
+            sqlx::query(statement).bind(user).execute(&mut *tx).await?;
+        }
+    }
+    Ok(users.len() as u64)
+}
+
 fn task_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<TaskRecord> {
     task_record(TaskRow {
         id: r.try_get("id")?,
@@ -151,6 +196,7 @@ fn task_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<TaskRecord> {
         last_seq: r.try_get("last_seq")?,
         cancel_requested: r.try_get("cancel_requested")?,
         pause_requested: r.try_get("pause_requested")?,
+        delete_requested: r.try_get("delete_requested")?,
         usage: row_usage(r)?,
     })
 }
@@ -198,14 +244,136 @@ impl Store for SqliteStore {
                 .bind(email)
                 .fetch_optional(&self.readers)
                 .await?;
-        row.map(|r| {
-            Ok(User {
-                id: r.try_get("id")?,
-                email: r.try_get("email")?,
-                password_hash: r.try_get("password_hash")?,
-            })
+        row.map(|r| user_of(&r)).transpose()
+    }
+
+    async fn user(&self, id: Uuid) -> Result<Option<User>> {
+        let row = sqlx::query("SELECT id, email, password_hash FROM users WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.readers)
+            .await?;
+        row.map(|r| user_of(&r)).transpose()
+    }
+
+    async fn create_session(&self, session: &Session) -> Result<()> {
+        insert_session(&self.writer, session).await
+    }
+
+    async fn session_user(&self, session_id: Uuid) -> Result<Option<Uuid>> {
+        Ok(
+            sqlx::query_scalar("SELECT user_id FROM sessions WHERE id = ? AND expires_at > ?")
+                .bind(session_id)
+                .bind(Utc::now())
+                .fetch_optional(&self.readers)
+                .await?,
+        )
+    }
+
+    async fn end_session(&self, session_id: Uuid) -> Result<()> {
+        sqlx::query("DELETE FROM sessions WHERE id = ?")
+            .bind(session_id)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    async fn replace_password(
+        &self,
+        user_id: Uuid,
+        password_hash: &str,
+        session: &Session,
+    ) -> Result<()> {
+        let mut tx = self.writer.begin().await?;
+        let changed = sqlx::query("UPDATE users SET password_hash = ? WHERE id = ?")
+            .bind(password_hash)
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if changed == 0 {
+            return Err(Error::NotFound("the account"));
+        }
+        sqlx::query("DELETE FROM sessions WHERE user_id = ?")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+        insert_session(&mut *tx, session).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn delete_account(&self, user_id: Uuid) -> Result<()> {
+        static MARK_TASKS: LazyLock<String> = LazyLock::new(|| mark_account_tasks_sql('?', "1"));
+        let mut tx = self.writer.begin().await?;
+        let renamed = sqlx::query(
+            "UPDATE users SET delete_requested = 1, email = 'deleted:' || hex(id) WHERE id = ?1",
+        )
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if renamed == 0 {
+            return Err(Error::NotFound("the account"));
+        }
+        for statement in [
+            "DELETE FROM sessions WHERE user_id = ?1",
+            MARK_TASKS.as_str(),
+        ] {
+            sqlx::query(statement)
+                .bind(user_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn delete_task(&self, task_id: Uuid) -> Result<Deletion> {
+        // The one writer connection serialises this with every append and transition.
+        let mut tx = self.writer.begin().await?;
+        let status: Option<String> = sqlx::query_scalar("SELECT status FROM tasks WHERE id = ?")
+            .bind(task_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let deletion = match status.as_deref().and_then(TaskStatus::parse) {
+            None => return Ok(Deletion::Missing),
+            Some(status) if status.is_terminal() => {
+                delete_task_rows(&mut tx, &[task_id]).await?;
+                Deletion::Deleted
+            }
+            Some(_) => {
+                sqlx::query("UPDATE tasks SET delete_requested = 1 WHERE id = ?")
+                    .bind(task_id)
+                    .execute(&mut *tx)
+                    .await?;
+                Deletion::Marked
+            }
+        };
+        tx.commit().await?;
+        Ok(deletion)
+    }
+
+    async fn sweep(&self, ended_before: Option<DateTime<Utc>>, limit: u32) -> Result<Swept> {
+        static SWEPT: LazyLock<String> = LazyLock::new(|| swept_sql('?', ""));
+        let mut tx = self.writer.begin().await?;
+        let tasks: Vec<Uuid> = sqlx::query_scalar(&SWEPT)
+            .bind(ended_before)
+            .bind(i64::from(limit))
+            .fetch_all(&mut *tx)
+            .await?;
+        delete_task_rows(&mut tx, &tasks).await?;
+        let sessions = sqlx::query("DELETE FROM sessions WHERE expires_at <= ?")
+            .bind(Utc::now())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        let accounts = delete_emptied_accounts(&mut tx).await?;
+        tx.commit().await?;
+        Ok(Swept {
+            tasks,
+            sessions,
+            accounts,
         })
-        .transpose()
     }
 
     async fn create_task(&self, task: &NewTask) -> Result<Submitted> {
@@ -268,7 +436,7 @@ impl Store for SqliteStore {
     ) -> Result<Vec<TaskRecord>> {
         let rows = sqlx::query(&format!(
             "SELECT {TASK_COLUMNS} FROM tasks
-             WHERE owner_id = ?1 AND (?2 IS NULL OR id < ?2)
+             WHERE owner_id = ?1 AND (?2 IS NULL OR id < ?2) AND NOT delete_requested
              ORDER BY id DESC LIMIT ?3"
         ))
         .bind(owner_id)

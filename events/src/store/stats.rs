@@ -90,13 +90,17 @@ impl StatsSql {
                 m(1)
             ),
             insert_cursor: format!(
+                // Only while the task is there: one its owner deleted meanwhile moves no
+                // cursor, and the batch is counted again without it.
                 "INSERT INTO stats_cursors (task_id, owner_id, provider, model, seq)
-                 VALUES ({}, {}, {}, {}, {}) ON CONFLICT DO NOTHING",
+                 SELECT {}, {}, {}, {}, {} WHERE EXISTS (SELECT 1 FROM tasks WHERE id = {})
+                 ON CONFLICT DO NOTHING",
                 m(1),
                 m(2),
                 m(3),
                 m(4),
-                m(5)
+                m(5),
+                m(1)
             ),
             move_cursor: format!(
                 "UPDATE stats_cursors SET provider = {}, model = {}, seq = {}

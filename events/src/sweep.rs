@@ -1,0 +1,96 @@
+//! Removes what nobody may read any more: tasks their owners deleted before they ended
+//! (once their logs end), ended tasks past the operator's retention period, expired
+//! sessions. Every worker sweeps; a sweep skips rows another holds, so they share the work.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::bus::Bus;
+use crate::error::Result;
+use crate::store::{Store, Swept};
+
+/// Tasks removed per transaction: a log of thousands of events each, so kept small.
+const SWEEP_BATCH: u32 = 50;
+
+#[derive(Debug, Clone)]
+pub struct SweepConfig {
+    pub every: Duration,
+    /// Ended tasks last changed longer ago than this are deleted; `None` keeps them.
+    pub retain_ended: Option<Duration>,
+}
+
+impl Default for SweepConfig {
+    fn default() -> Self {
+        SweepConfig {
+            every: Duration::from_secs(30),
+            retain_ended: None,
+        }
+    }
+}
+
+pub struct Sweeper {
+    store: Arc<dyn Store>,
+    bus: Arc<dyn Bus>,
+    config: SweepConfig,
+}
+
+impl Sweeper {
+    pub fn new(store: Arc<dyn Store>, bus: Arc<dyn Bus>, config: SweepConfig) -> Self {
+        Sweeper { store, bus, config }
+    }
+
+    /// Sweeps until nothing is left to remove.
+    pub async fn sweep_once(&self) -> Result<Swept> {
+        let ended_before = self.config.retain_ended.and_then(|keep| {
+            chrono::Duration::from_std(keep)
+                .ok()
+                .and_then(|keep| chrono::Utc::now().checked_sub_signed(keep))
+        });
+        let mut total = Swept::default();
+        loop {
+            let swept = self.store.sweep(ended_before, SWEEP_BATCH).await?;
+            for task_id in &swept.tasks {
+                forget(self.bus.as_ref(), *task_id).await;
+            }
+            let done = swept.tasks.len() < SWEEP_BATCH as usize;
+            total.tasks.extend(swept.tasks);
+            total.sessions += swept.sessions;
+            if done {
+                return Ok(total);
+            }
+        }
+    }
+
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(self.config.every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            match self.sweep_once().await {
+                Ok(swept) if !swept.tasks.is_empty() || swept.sessions > 0 => tracing::info!(
+                    tasks = swept.tasks.len(),
+                    sessions = swept.sessions,
+                    "swept deleted and expired tasks and sessions"
+                ),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "the sweep failed; it runs again at its next tick")
+                }
+            }
+        }
+    }
+}
+
+/// Drops a deleted task's events from the bus's stream. Best effort: the stream's own
+/// retention removes what a failed purge left.
+pub async fn forget(bus: &dyn Bus, task_id: Uuid) {
+    if let Err(e) = bus.forget(task_id).await {
+        tracing::warn!(%task_id, error = %e, "removing a deleted task's events from the event stream failed; the stream's retention will");
+    }
+}
