@@ -203,6 +203,16 @@ export async function screenshot(page, name) {
 
 // ---- UI steps ------------------------------------------------------------------------
 
+/** Signs in on the login page and waits for the builder. */
+export async function signIn(page, base, email, password = PASSWORD) {
+  await page.goto(`${base}/login`);
+  await page.fill('[data-testid=login-email]', email);
+  await page.fill('[data-testid=login-password]', password);
+  await page.click('[data-testid=login-submit]');
+  await page.waitForURL(/\/new$/);
+  await page.waitForSelector('[data-testid=execute-button]');
+}
+
 export async function register(page, base) {
   const email = `e2e-${Date.now()}-${Math.random().toString(36).slice(2, 8)}@example.com`;
   await page.goto(`${base}/login?mode=register`);
@@ -320,10 +330,20 @@ export async function snapshot(page) {
   });
 }
 
+/**
+ * The browser's session cookie (troupe_session), as the browser holds it: HttpOnly, so
+ * only the test can read it, not the page. Null when there is none.
+ */
+export async function sessionCookie(page) {
+  const cookies = await page.context().cookies();
+  return cookies.find((c) => c.name === 'troupe_session' && c.value) || null;
+}
+
+/** The session token, for the tests' own API calls (Authorization: Bearer): the session cookie's value. */
 export async function sessionToken(page) {
-  const token = await page.evaluate(() => sessionStorage.getItem('troupe.token'));
-  assert.ok(token, 'the session token is in sessionStorage (troupe.token)');
-  return token;
+  const cookie = await sessionCookie(page);
+  assert.ok(cookie, 'the browser holds the session cookie (troupe_session)');
+  return cookie.value;
 }
 
 export async function apiGet(page, base, pathAndQuery) {

@@ -1,4 +1,4 @@
-// The requests that control a task (cancel, pause, resume, retry) as the viewer runs
+// The requests that control a task (cancel, pause, resume, retry, delete) as the viewer runs
 // them. One request at a time per scope (the task, or one agent): its buttons stay
 // disabled while it is in flight and until the event log shows its effect (so a
 // button does not come back for the moment between a 200 and its event), and a
@@ -15,6 +15,7 @@ const FAILED = {
   pause: 'Could not pause',
   resume: 'Could not resume',
   retry: 'Could not retry',
+  delete: 'Could not delete',
 };
 
 export class ActionRunner {

@@ -1,9 +1,15 @@
 // The HTTP client for Troupe's API. Same origin by default; `?api=<origin>` on any
 // page (kept for the tab in sessionStorage) points it elsewhere, for development.
+//
+// The session is the `troupe_session` cookie that sign-in sets: HttpOnly, so no script
+// of the page (nor one injected into it) can read the token and use it elsewhere. The
+// page learns whether it is signed in, and as whom, from GET /api/auth/session. A
+// request that changes something sends the session's CSRF token in X-CSRF-Token (the
+// `troupe_csrf` cookie's value, which a page of another site cannot read).
 
 const BASE_KEY = 'troupe.apiBase';
-const TOKEN_KEY = 'troupe.token';
-const EMAIL_KEY = 'troupe.email';
+const CSRF_COOKIE = 'troupe_csrf';
+const SAFE_METHODS = new Set(['GET', 'HEAD', 'OPTIONS']);
 
 (function readBaseFromQuery() {
   try {
@@ -15,6 +21,14 @@ const EMAIL_KEY = 'troupe.email';
   } catch { /* sessionStorage unavailable: same origin */ }
 })();
 
+// Earlier versions kept the token in sessionStorage: drop what one may have left there.
+(function forgetStoredToken() {
+  try {
+    sessionStorage.removeItem('troupe.token');
+    sessionStorage.removeItem('troupe.email');
+  } catch { /* unavailable: nothing kept either */ }
+})();
+
 export function apiBase() {
   try { return sessionStorage.getItem(BASE_KEY) || ''; } catch { return ''; }
 }
@@ -24,26 +38,64 @@ export function apiUrl(path) {
   return apiBase() + path;
 }
 
-// --- session token --------------------------------------------------------
-
-export function getToken() {
-  try { return sessionStorage.getItem(TOKEN_KEY); } catch { return null; }
+/** Cookies go with every request: to our own origin, or to the `?api=` one in development. */
+function credentials() {
+  return apiBase() ? 'include' : 'same-origin';
 }
 
-export function getEmail() {
-  try { return sessionStorage.getItem(EMAIL_KEY); } catch { return null; }
+// --- session ----------------------------------------------------------------
+
+/** { userId, email, csrfToken } while signed in (from GET /api/auth/session), else null. */
+let session = null;
+
+export function currentSession() {
+  return session;
 }
 
-export function setSession(token, email) {
-  sessionStorage.setItem(TOKEN_KEY, token);
-  if (email) sessionStorage.setItem(EMAIL_KEY, email);
+export function isSignedIn() {
+  return session !== null;
 }
 
-export function clearSession() {
+/** Forgets the account in memory (the cookie is the server's to clear: POST /api/auth/logout). */
+export function forgetSession() {
+  session = null;
+}
+
+/**
+ * Asks the server whom the session cookie belongs to: resolves to the session, or to
+ * null when there is none (401). Throws an ApiError when the server cannot be reached.
+ */
+export async function loadSession({ signal } = {}) {
   try {
-    sessionStorage.removeItem(TOKEN_KEY);
-    sessionStorage.removeItem(EMAIL_KEY);
-  } catch { /* ignore */ }
+    session = await request('GET', '/api/auth/session', { auth: false, signal });
+  } catch (err) {
+    if (err && err.status === 401) {
+      session = null;
+      return null;
+    }
+    throw err;
+  }
+  return session;
+}
+
+function readCookie(name) {
+  try {
+    for (const pair of document.cookie.split(';')) {
+      const at = pair.indexOf('=');
+      if (at > 0 && pair.slice(0, at).trim() === name) return pair.slice(at + 1).trim() || null;
+    }
+  } catch { /* no cookies here */ }
+  return null;
+}
+
+/**
+ * The CSRF token to send: the cookie's first, since it always names the session the
+ * browser holds now (a sign-in in another tab replaces both cookies); the one from
+ * GET /api/auth/session when the API is on another origin, whose cookies this page
+ * cannot read.
+ */
+function csrfToken() {
+  return (!apiBase() && readCookie(CSRF_COOKIE)) || (session && session.csrfToken) || null;
 }
 
 let unauthorizedHandler = () => {};
@@ -65,11 +117,18 @@ export class ApiError extends Error {
 
 // --- requests -------------------------------------------------------------
 
-export async function request(method, path, { body, headers = {}, auth = true, signal } = {}) {
+/**
+ * Sends a request with the session cookie. `auth: false` for the requests whose 401
+ * means something else than "the session ended" (sign-in, sign-out, the session probe):
+ * they do not send the page to /login.
+ */
+export async function request(method, path, { body, headers = {}, auth = true, signal, csrfRetried = false } = {}) {
   const h = { Accept: 'application/json', ...headers };
   if (body !== undefined) h['Content-Type'] = 'application/json';
-  const token = getToken();
-  if (auth && token) h.Authorization = `Bearer ${token}`;
+  if (!SAFE_METHODS.has(method)) {
+    const csrf = csrfToken();
+    if (csrf) h['X-CSRF-Token'] = csrf;
+  }
 
   let response;
   try {
@@ -78,7 +137,7 @@ export async function request(method, path, { body, headers = {}, auth = true, s
       headers: h,
       body: body === undefined ? undefined : JSON.stringify(body),
       signal,
-      credentials: 'same-origin',
+      credentials: credentials(),
       cache: 'no-store',
     });
   } catch (err) {
@@ -98,6 +157,13 @@ export async function request(method, path, { body, headers = {}, auth = true, s
       (e && e.code) || `http_${response.status}`,
       (e && e.message) || `The server answered ${response.status} ${response.statusText}.`,
     );
+    // A CSRF token of another session (the cookies changed since the page read them):
+    // the server refused before doing anything, so ask for the current one and send
+    // the request once more.
+    if (response.status === 403 && error.code === 'csrf_token_invalid' && !csrfRetried) {
+      const fresh = await loadSession({ signal }).catch(() => null);
+      if (fresh) return request(method, path, { body, headers, auth, signal, csrfRetried: true });
+    }
     if (response.status === 401 && auth) unauthorizedHandler(error);
     throw error;
   }
@@ -107,6 +173,14 @@ export async function request(method, path, { body, headers = {}, auth = true, s
 export const api = {
   register: (email, password) => request('POST', '/api/auth/register', { body: { email, password }, auth: false }),
   login: (email, password) => request('POST', '/api/auth/login', { body: { email, password }, auth: false }),
+  /** Ends the session on the server (its cookie, and every stream URL minted from it). */
+  logout: () => request('POST', '/api/auth/logout', { auth: false }),
+  /**
+   * Ends every session of the account and starts a new one for this page: the answer
+   * sets its cookies. 403 wrong_password, 422 invalid_password, 429 too_many_attempts_account.
+   */
+  changePassword: (currentPassword, newPassword, opts = {}) =>
+    request('POST', '/api/auth/password', { ...opts, body: { currentPassword, newPassword } }),
   agents: (opts) => request('GET', '/api/agents', opts),
   providers: (opts) => request('GET', '/api/providers', opts),
   submitTask: (body, idempotencyKey, opts = {}) =>
@@ -128,15 +202,21 @@ export const api = {
   retryTask: (id, agents, opts = {}) =>
     request('POST', `/api/tasks/${encodeURIComponent(id)}/retry`, agents ? { ...opts, body: { agents } } : opts),
   /**
+   * Deletes the task with its log. Resolves to null when it is gone (204), or to
+   * {taskId, deleteRequested: true} when it was running (202): hidden at once, its
+   * worker stops it, then it is deleted.
+   */
+  deleteTask: (id, opts) => request('DELETE', `/api/tasks/${encodeURIComponent(id)}`, opts),
+  /**
    * The task's log as it is now (NDJSON export), read line by line as it arrives:
    * events with seq <= `upTo`, each passed through `keep` (return what to keep of it,
    * or null to drop it), so that a long log is never held whole.
    */
   taskEvents: async (id, upTo, { signal, keep = (ev) => ev } = {}) => {
-    const token = getToken();
     const response = await fetch(apiUrl(`/api/tasks/${encodeURIComponent(id)}/events`), {
-      headers: { Accept: 'application/x-ndjson', ...(token ? { Authorization: `Bearer ${token}` } : {}) },
+      headers: { Accept: 'application/x-ndjson' },
       signal,
+      credentials: credentials(),
       cache: 'no-store',
     });
     if (!response.ok) throw new ApiError(response.status, `http_${response.status}`, 'Could not read the task log.');

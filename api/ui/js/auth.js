@@ -1,6 +1,7 @@
-// Sign in / create account page.
+// Sign in / create account page. The answer sets the session's cookies (the token in
+// its body is not kept: an HttpOnly cookie is out of reach of any script of the page).
 
-import { api, setSession } from './api.js';
+import { api, loadSession } from './api.js';
 import { h, setText, uid } from './dom.js';
 import { navigate } from './router.js';
 import { sentence } from './format.js';
@@ -98,8 +99,13 @@ export function renderLogin(root, _params, ctx) {
     applyMode();
     try {
       const value = email.value.trim();
-      const result = mode === 'login' ? await api.login(value, password.value) : await api.register(value, password.value);
-      setSession(result.token, value);
+      if (mode === 'login') await api.login(value, password.value);
+      else await api.register(value, password.value);
+      // Who is signed in, and the CSRF token, from the cookie just set: this also finds
+      // a browser that refused the cookie, where every next request would be a 401.
+      if (!(await loadSession())) {
+        throw Object.assign(new Error('This browser did not keep the session cookie. Allow cookies for this site, then sign in again.'), { code: 'cookie_refused' });
+      }
       ctx.onSignedIn();
       navigate(next, { replace: true });
     } catch (err) {

@@ -68,3 +68,76 @@ export function focusHeading(root) {
     heading.focus({ preventScroll: false });
   }
 }
+
+// ---- dialogs -------------------------------------------------------------------
+
+/**
+ * A modal <dialog> with a title and a Close button (`<testid>-close`). `open(title,
+ * children, opener, focus)` shows it and focuses `focus` (the Close button when none);
+ * Escape, Close and a click on the backdrop close it, and focus returns to the opener.
+ */
+export function createDialog(testid) {
+  const titleId = uid('dialog-title');
+  const title = h('h2', { id: titleId });
+  const body = h('div', { class: 'dialog-body' });
+  const closeButton = h('button', { type: 'button', class: 'btn btn-small dialog-close', 'data-testid': `${testid}-close`, onclick: () => close() }, 'Close');
+  const root = h('dialog', { class: 'dialog', 'aria-labelledby': titleId, 'data-testid': testid },
+    h('header', { class: 'dialog-head' }, title, closeButton),
+    body);
+  let opener = null;
+  root.addEventListener('close', () => {
+    if (opener && opener.isConnected) opener.focus();
+    opener = null;
+  });
+  root.addEventListener('click', (e) => { if (e.target === root) close(); }); // backdrop
+
+  function open(text, children, from, focus) {
+    opener = from || document.activeElement;
+    setText(title, text);
+    body.replaceChildren(...children.filter(Boolean));
+    if (!root.open) root.showModal();
+    (focus || closeButton).focus();
+  }
+
+  function close() {
+    if (root.open) root.close();
+  }
+
+  return { root, open, close };
+}
+
+/**
+ * Asks before a step that cannot be undone, in a modal <dialog> (`confirm-dialog`):
+ * resolves true for the confirm button (`confirm-ok`), false for Cancel
+ * (`confirm-cancel`), Escape or `signal` aborting (the page went away). Cancel has the
+ * focus, so that a stray Enter does not confirm.
+ */
+export function confirmDialog({ title, text, confirmLabel, cancelLabel = 'Cancel', danger = true, opener = null, signal = null }) {
+  const titleId = uid('confirm-title');
+  const textId = uid('confirm-text');
+  const cancel = h('button', { type: 'submit', value: 'cancel', class: 'btn', 'data-testid': 'confirm-cancel' }, cancelLabel);
+  const ok = h('button', { type: 'submit', value: 'ok', class: `btn ${danger ? 'btn-danger' : 'btn-primary'}`, 'data-testid': 'confirm-ok' }, confirmLabel);
+  const root = h('dialog', {
+    class: 'dialog dialog-confirm', role: 'alertdialog', 'aria-labelledby': titleId, 'aria-describedby': textId, 'data-testid': 'confirm-dialog',
+  },
+  // method="dialog": either button closes the dialog with its value as returnValue.
+  h('form', { method: 'dialog', class: 'dialog-body' },
+    h('h2', { id: titleId, class: 'confirm-title' }, title),
+    h('p', { id: textId }, text),
+    h('div', { class: 'confirm-actions' }, cancel, ok)));
+  const from = opener || document.activeElement;
+  document.body.append(root);
+  return new Promise((resolve) => {
+    const abort = () => { if (root.open) root.close(''); };
+    root.addEventListener('close', () => {
+      signal?.removeEventListener('abort', abort);
+      root.remove();
+      if (from && from.isConnected) from.focus();
+      resolve(root.returnValue === 'ok' && !signal?.aborted);
+    }, { once: true });
+    if (signal?.aborted) { root.remove(); resolve(false); return; }
+    signal?.addEventListener('abort', abort, { once: true });
+    root.showModal();
+    cancel.focus();
+  });
+}

@@ -1,4 +1,7 @@
-// Desktop notifications: only after the user asks for them with a button.
+// Notices: desktop notifications (only after the user asks for them with a button),
+// and the in-page notice line under the header.
+
+import { h } from './dom.js';
 
 export function notificationsSupported() {
   return 'Notification' in window && window.isSecureContext !== false;
@@ -34,4 +37,27 @@ export function notifyTaskFinished({ taskId, title, status, detail }) {
   } catch {
     // Some platforms only allow notifications from a service worker: ignore.
   }
+}
+
+// ---- in-page notices ---------------------------------------------------------------
+// One line under the header (#site-notice) that says what an action did once the page
+// it was done on is gone, e.g. "Task deleted" on the history page the viewer went to.
+// The region is in index.html from the start, so that screen readers announce what is
+// put in it; main.js clears it at every route change, so show it after navigating.
+
+function noticeRegion() {
+  return document.getElementById('site-notice');
+}
+
+/** Shows `text` under the header (`tone`: 'info' or 'error') until the next route change or Dismiss. */
+export function showNotice(text, { tone = 'info' } = {}) {
+  const region = noticeRegion();
+  if (!region) return;
+  const dismiss = h('button', { type: 'button', class: 'btn-link notice-dismiss', 'data-testid': 'site-notice-dismiss', onclick: () => clearNotice() }, 'Dismiss');
+  region.replaceChildren(h('p', { class: `notice notice-${tone}`, 'data-testid': 'site-notice-text', 'data-tone': tone },
+    h('span', {}, text), dismiss));
+}
+
+export function clearNotice() {
+  noticeRegion()?.replaceChildren();
 }

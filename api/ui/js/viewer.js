@@ -1,5 +1,5 @@
 // Execution viewer: one card per agent, updated live from the task's event stream,
-// with the controls of the task (cancel, pause, resume, retry) and of each agent.
+// with the controls of the task (cancel, pause, resume, retry, delete) and of each agent.
 //
 // On open: GET /api/tasks/{id} (the projection of the log up to lastSeq), then an
 // EventSource on streamUrl with ?after=<lastSeq>. Events with seq <= lastSeq are
@@ -10,10 +10,11 @@
 import { ActionRunner } from './actions.js';
 import { api } from './api.js';
 import { submittedStreams } from './builder.js';
-import { h, setText, uid } from './dom.js';
+import { confirmDialog, createDialog, h, setText, uid } from './dom.js';
 import { AGENT_STATUS_LABEL, TASK_STATUS_LABEL, formatDate, formatDuration, formatUsage, plural, sentence } from './format.js';
 import { highlight, renderMarkdown } from './markdown.js';
-import { notifyTaskFinished } from './notify.js';
+import { notifyTaskFinished, showNotice } from './notify.js';
+import { navigate } from './router.js';
 import { applyEvent, availableActions, displayStatus, fromView, isTerminal, progressFromLog } from './state.js';
 import { TaskStream } from './sse.js';
 import { TIMELINE_STATE_LABEL, TIMELINE_TYPES, deriveTimeline, eventsFromView, renderTimeline, timelineEvent } from './timeline.js';
@@ -72,6 +73,7 @@ function mountViewer(page, heading, view) {
   let followedLive = false; // a notification only for a task that ended while we watched
   let disposed = false;
   const logReader = new AbortController();
+  const leaving = new AbortController(); // aborted when the page goes: closes a pending confirmation
   // After a Retry, until its task_retried arrives: the log still ends with a terminal
   // event, and the stream must not take that for the end.
   let retryPendingSince = 0;
@@ -121,10 +123,15 @@ function mountViewer(page, heading, view) {
     type: 'button', class: 'btn btn-primary', 'data-testid': 'task-retry', onclick: (e) => retryTask(null, e.currentTarget),
     title: 'Run the failed and cancelled agents again',
   }, 'Retry');
+  // Always offered: a finished task is deleted at once, a live one is stopped first.
+  const deleteButton = h('button', {
+    type: 'button', class: 'btn btn-danger task-delete', 'data-testid': 'task-delete', 'aria-haspopup': 'dialog',
+    onclick: (e) => deleteTask(e.currentTarget), title: 'Delete this task, its log and its results',
+  }, 'Delete');
   const actionError = h('p', { class: 'action-error', role: 'alert', 'data-testid': 'task-action-error', hidden: true });
   const pausedNote = h('p', { class: 'task-note', 'data-testid': 'task-paused-note', hidden: true });
   const controls = h('div', { class: 'task-controls', role: 'group', 'aria-label': 'Task actions' },
-    pausedNote, h('div', { class: 'task-controls-buttons' }, pauseButton, resumeButton, cancelButton, retryButton), actionError);
+    pausedNote, h('div', { class: 'task-controls-buttons' }, pauseButton, resumeButton, cancelButton, retryButton, deleteButton), actionError);
 
   // ---- cards -------------------------------------------------------------------
   const grid = h('ol', { class: 'agent-grid-view', 'aria-label': 'Agents' });
@@ -275,8 +282,8 @@ function mountViewer(page, heading, view) {
 
   function renderControls(allowed) {
     const busy = actions.isBusy('task') || [...cards.keys()].some((role) => actions.isBusy(`agent:${role}`));
-    const show = { pause: allowed.pause, resume: allowed.resume, cancel: allowed.cancel, retry: allowed.retry };
-    for (const [key, button] of [['pause', pauseButton], ['resume', resumeButton], ['cancel', cancelButton], ['retry', retryButton]]) {
+    const show = { pause: allowed.pause, resume: allowed.resume, cancel: allowed.cancel, retry: allowed.retry, delete: true };
+    for (const [key, button] of [['pause', pauseButton], ['resume', resumeButton], ['cancel', cancelButton], ['retry', retryButton], ['delete', deleteButton]]) {
       button.hidden = !show[key];
       button.disabled = busy;
       if (actions.busy.get('task') === key) button.setAttribute('aria-busy', 'true');
@@ -408,6 +415,34 @@ function mountViewer(page, heading, view) {
       dirty.add(role); headerDirty = true;
       return null;
     });
+  }
+
+  /**
+   * Deletes the task after a confirmation, then goes to the history: at once when it
+   * had ended (204), or hidden at once and deleted once its worker has stopped it (202).
+   */
+  async function deleteTask(opener) {
+    if (actions.isBusy('task')) return;
+    const live = !isTerminal(state);
+    const confirmed = await confirmDialog({
+      title: 'Delete this task?',
+      text: live
+        ? 'It is stopped first: its agents do not finish. Its log, outputs and files are deleted, and it leaves your history. This cannot be undone.'
+        : 'Its log, outputs and files are deleted, and it leaves your history. This cannot be undone.',
+      confirmLabel: live ? 'Stop and delete' : 'Delete task',
+      cancelLabel: 'Keep it',
+      opener,
+      signal: leaving.signal,
+    });
+    if (!confirmed || disposed) return;
+    let answer = null;
+    const ok = await actions.run('task', 'delete', () => api.deleteTask(state.taskId), (res) => { answer = res; return null; });
+    if (!ok || disposed) return;
+    // Gone: nothing to follow, nothing to warn about when leaving.
+    if (stream) stream.stop('closed');
+    window.removeEventListener('beforeunload', beforeUnload);
+    navigate('/tasks');
+    showNotice(answer && answer.deleteRequested ? 'Task is being stopped and deleted' : 'Task deleted');
   }
 
   /** Retries one agent (`role`), or every failed and cancelled one (null). */
@@ -564,6 +599,7 @@ function mountViewer(page, heading, view) {
     dispose() {
       disposed = true;
       logReader.abort();
+      leaving.abort();
       resize?.disconnect();
       actions.dispose();
       if (stream) stream.stop('closed');
@@ -707,36 +743,4 @@ function createCard(agent, { openArtifacts, cancelAgent, retryAgent }) {
   }
 
   return { root, update, tick: setTime };
-}
-
-// ---- dialog --------------------------------------------------------------------
-
-function createDialog(testid) {
-  const titleId = uid('dialog-title');
-  const title = h('h2', { id: titleId });
-  const body = h('div', { class: 'dialog-body' });
-  const closeButton = h('button', { type: 'button', class: 'btn btn-small dialog-close', 'data-testid': `${testid}-close`, onclick: () => close() }, 'Close');
-  const root = h('dialog', { class: 'dialog', 'aria-labelledby': titleId, 'data-testid': testid },
-    h('header', { class: 'dialog-head' }, title, closeButton),
-    body);
-  let opener = null;
-  root.addEventListener('close', () => {
-    if (opener && opener.isConnected) opener.focus();
-    opener = null;
-  });
-  root.addEventListener('click', (e) => { if (e.target === root) close(); }); // backdrop
-
-  function open(text, children, from) {
-    opener = from || document.activeElement;
-    setText(title, text);
-    body.replaceChildren(...children.filter(Boolean));
-    if (!root.open) root.showModal();
-    closeButton.focus();
-  }
-
-  function close() {
-    if (root.open) root.close();
-  }
-
-  return { root, open, close };
 }
