@@ -138,6 +138,21 @@ impl Api {
         self.json(request).await
     }
 
+    /// Ends the session on the server: its token, and the stream URLs minted from it,
+    /// are refused from now on.
+    pub async fn logout(&self) -> Result<()> {
+        let request = self.request(reqwest::Method::POST, "/api/auth/logout")?;
+        self.send(request.timeout(REQUEST_TIMEOUT)).await?;
+        Ok(())
+    }
+
+    /// Deletes a task; `true` when it was running and goes once its worker has stopped it.
+    pub async fn delete_task(&self, task_id: Uuid) -> Result<bool> {
+        let request = self.request(reqwest::Method::DELETE, &format!("/api/tasks/{task_id}"))?;
+        let response = self.send(request.timeout(REQUEST_TIMEOUT)).await?;
+        Ok(response.status() == reqwest::StatusCode::ACCEPTED)
+    }
+
     /// The task's log as it is now (`Accept: application/x-ndjson`), for streaming out.
     pub async fn export(&self, task_id: Uuid) -> Result<Response> {
         let request = self

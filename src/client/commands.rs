@@ -271,14 +271,41 @@ pub async fn login(args: LoginArgs) -> Result<Exit> {
     Ok(Exit::Ok)
 }
 
-pub fn logout() -> Result<Exit> {
-    match session::remove()? {
-        Some(path) => eprintln!(
-            "logged out: removed {} (the server has no logout endpoint; the token itself \
-             stays valid until it expires)",
-            path.display()
+/// Ends the session on the server, then forgets it here. A server that cannot be
+/// reached does not keep the session file: the token then lives until it expires.
+pub async fn logout() -> Result<Exit> {
+    let Some(stored) = session::load()? else {
+        eprintln!("not logged in: no session file");
+        return Ok(Exit::Ok);
+    };
+    let api = Api::new(session::Target {
+        server: stored.server.clone(),
+        token: Some(stored.token.clone()),
+    })?;
+    let ended = match api.logout().await {
+        Ok(()) => "the session is ended on the server".to_string(),
+        Err(ClientError::Server { status: 401, .. }) => {
+            "the server had already ended the session".to_string()
+        }
+        Err(e) => format!(
+            "the server could not end the session ({e}); its token stays valid until it expires"
         ),
-        None => eprintln!("not logged in: no session file"),
+    };
+    if let Some(path) = session::remove()? {
+        eprintln!("logged out: {ended}; removed {}", path.display());
+    }
+    Ok(Exit::Ok)
+}
+
+pub async fn delete(args: TaskArgs) -> Result<Exit> {
+    let api = api(&args.server)?;
+    if api.delete_task(args.id).await? {
+        eprintln!(
+            "task {} is hidden and being cancelled; it is deleted once its worker has stopped it",
+            args.id
+        );
+    } else {
+        eprintln!("task {} deleted", args.id);
     }
     Ok(Exit::Ok)
 }

@@ -26,11 +26,13 @@ pub enum ClientCommand {
     Logs(LogsArgs),
     /// Cancel a task.
     Cancel(TaskArgs),
+    /// Delete a task with its log (a running one is cancelled first).
+    Delete(TaskArgs),
     /// Run a finished task's failed or cancelled agents again.
     Retry(RetryArgs),
     /// Sign in and keep the session token in your config directory (mode 0600).
     Login(LoginArgs),
-    /// Forget the stored session.
+    /// End the stored session on the server and forget it.
     Logout,
 }
 
@@ -145,7 +147,8 @@ pub async fn main(command: ClientCommand) -> i32 {
         ClientCommand::Cancel(args) => commands::cancel(args).await,
         ClientCommand::Retry(args) => commands::retry(args).await,
         ClientCommand::Login(args) => commands::login(args).await,
-        ClientCommand::Logout => commands::logout(),
+        ClientCommand::Delete(args) => commands::delete(args).await,
+        ClientCommand::Logout => commands::logout().await,
     };
     match result {
         Ok(exit) => exit as i32,

@@ -297,7 +297,7 @@ async fn quiet_prints_only_the_task_id_and_the_outcome() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failing_task_exits_1_and_can_be_retried() {
+async fn a_failing_task_exits_1_can_be_retried_and_deleted() {
     let (_app, _token, client) = setup(Backend::Embedded).await;
 
     let run = client
@@ -330,6 +330,13 @@ async fn a_failing_task_exits_1_and_can_be_retried() {
         events.iter().any(|e| e["type"] == "task_error"),
         "both runs are in the log"
     );
+
+    let delete = client.run(&["delete", &task_id]).await;
+    assert_eq!(delete.code, Some(0), "{delete:?}");
+    delete.said(&format!("task {task_id} deleted"));
+    let show = client.run(&["show", &task_id]).await;
+    assert_eq!(show.code, Some(5), "gone: {show:?}");
+    show.said("task_not_found");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -461,9 +468,17 @@ async fn login_keeps_a_private_session_and_logout_forgets_it() {
         "the token is not sent to another server"
     );
 
+    let stored = session["token"].as_str().unwrap();
+    assert_eq!(app.get("/api/tasks", stored).await.status(), 200);
     let logout = client.run(&["logout"]).await;
     assert_eq!(logout.code, Some(0), "{logout:?}");
+    logout.said("the session is ended on the server");
     assert!(!client.session_file().exists());
+    assert_eq!(
+        app.get("/api/tasks", stored).await.status(),
+        401,
+        "the forgotten token is refused too"
+    );
     let tasks = client.run(&["tasks"]).await;
     assert_eq!(tasks.code, Some(2), "{tasks:?}");
     tasks.said("not logged in");
