@@ -561,6 +561,7 @@ async fn tasks_of(store: &dyn Store, owner: Uuid, count: usize) -> anyhow::Resul
             },
             idempotency_key: None,
             request_hash: "bench".into(),
+            active_limit: None,
         };
         let id = store.create_task(&task).await?.task().id;
         // No worker runs here: keep the outbox dispatcher from queueing these later.
@@ -1304,6 +1305,8 @@ impl Api {
             .env("TROUPE_NATS_PREFIX", &env.prefix)
             .env("TROUPE_JWT_SECRET", random_secret())
             .env("TROUPE_SUBMITS_PER_MINUTE", "1000000")
+            // Its worker runs in the bench's process with no limit: the api must not set one.
+            .env("TROUPE_ACTIVE_TASKS_PER_USER", "0")
             .env("TROUPE_BIND", format!("127.0.0.1:{port}"))
             .env("RUST_LOG", "warn")
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")

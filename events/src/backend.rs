@@ -25,6 +25,9 @@ pub struct BackendConfig {
     pub event_stream: EventStreamLimits,
     /// Jobs the in-process queue holds; past that, new tasks wait in the outbox.
     pub memory_queue_capacity: usize,
+    /// Tasks one user may have active (queued for a worker or running) at once; the rest
+    /// wait in submit order, off the queue. `None`: no limit.
+    pub active_tasks_per_user: Option<u32>,
 }
 
 impl Default for BackendConfig {
@@ -39,6 +42,7 @@ impl Default for BackendConfig {
             queue: NatsQueueConfig::default(),
             event_stream: EventStreamLimits::default(),
             memory_queue_capacity: 10_000,
+            active_tasks_per_user: None,
         }
     }
 }
@@ -137,6 +141,8 @@ pub struct Backends {
     /// The in-process queue forgets its jobs at exit; see [`Backends::recover`].
     pub volatile_queue: bool,
     pub description: String,
+    /// See [`BackendConfig::active_tasks_per_user`].
+    pub active_tasks_per_user: Option<u32>,
 }
 
 impl Backends {
@@ -181,6 +187,7 @@ impl Backends {
             queue,
             volatile_queue,
             description: format!("{store_desc}, {bus_desc}"),
+            active_tasks_per_user: config.active_tasks_per_user,
         })
     }
 

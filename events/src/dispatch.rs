@@ -13,6 +13,7 @@ use tracing::Instrument;
 use crate::error::Result;
 use crate::queue::TaskQueue;
 use crate::store::{Dispatch, Store};
+use uuid::Uuid;
 
 /// Rows cleared per statement.
 const CLEAR_BATCH: usize = 256;
@@ -106,5 +107,53 @@ async fn clear(store: Arc<dyn Store>, mut rows: mpsc::Receiver<Dispatch>) {
             tracing::warn!(error = %e, rows = batch.len(), "clearing dispatched outbox rows failed; their tasks will be queued again");
         }
         batch.clear();
+    }
+}
+
+/// Admits what the owner's limit of active tasks allows now, and queues it. Best effort:
+/// a task the queue refuses keeps its outbox row for the dispatcher, and an admission a
+/// crash lost is made by the sweep.
+pub async fn admit(store: &dyn Store, queue: &dyn TaskQueue, owner_id: Uuid, limit: u32) {
+    let dispatches = match store.admit(owner_id, limit).await {
+        Ok(dispatches) => dispatches,
+        Err(e) => {
+            tracing::warn!(%owner_id, error = %e, "admitting waiting tasks failed; the sweep will");
+            return;
+        }
+    };
+    let mut queued = Vec::with_capacity(dispatches.len());
+    for dispatch in dispatches {
+        let span = tracing::info_span!("enqueue", task_id = %dispatch.task_id, seq = dispatch.seq);
+        match queue.enqueue(dispatch).instrument(span).await {
+            Ok(()) => queued.push(dispatch),
+            Err(e) => {
+                tracing::warn!(task_id = %dispatch.task_id, error = %e, "queueing an admitted task failed; the outbox will retry")
+            }
+        }
+    }
+    if !queued.is_empty()
+        && let Err(e) = store.mark_dispatched(&queued).await
+    {
+        tracing::warn!(error = %e, "clearing admitted tasks' outbox rows failed; they will be queued again");
+    }
+}
+
+/// [`admit`] for the owner of a task that has just ended or paused, when they have tasks
+/// waiting and a limit.
+pub async fn admit_after(
+    store: &dyn Store,
+    queue: &dyn TaskQueue,
+    task_id: Uuid,
+    limit: Option<u32>,
+) {
+    let Some(limit) = limit else {
+        return;
+    };
+    match store.waiting_owner(task_id).await {
+        Ok(Some(owner_id)) => admit(store, queue, owner_id, limit).await,
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(%task_id, error = %e, "looking for its owner's waiting tasks failed; the sweep will")
+        }
     }
 }

@@ -52,6 +52,11 @@ pub struct BackendArgs {
     /// be stored twice (a worker cut off from NATS sends what it buffered on reconnecting).
     #[arg(long, env = "TROUPE_EVENT_STREAM_DEDUPE_SECS", default_value_t = 120)]
     pub event_stream_dedupe_secs: u64,
+    /// Tasks one user may have queued for a worker or running at once; the rest wait, in
+    /// submit order, until one of those ends. 0: no limit. Give every api and worker
+    /// process the same value.
+    #[arg(long, env = "TROUPE_ACTIVE_TASKS_PER_USER", default_value_t = 8)]
+    pub active_tasks_per_user: u32,
 }
 
 impl BackendArgs {
@@ -72,6 +77,8 @@ impl BackendArgs {
                 max_bytes: self.event_stream_max_mb.saturating_mul(1 << 20),
                 duplicate_window: Duration::from_secs(self.event_stream_dedupe_secs.max(1)),
             },
+            active_tasks_per_user: (self.active_tasks_per_user > 0)
+                .then_some(self.active_tasks_per_user),
             ..BackendConfig::default()
         }
     }

@@ -1,6 +1,7 @@
 //! Removes what nobody may read any more: tasks their owners deleted before they ended
 //! (once their logs end), ended tasks past the operator's retention period, expired
-//! sessions. Every worker sweeps; a sweep skips rows another holds, so they share the work.
+//! sessions; and admits tasks waiting behind their owner's limit whose admission a crash
+//! lost. Every worker sweeps; a sweep skips rows another holds, so they share the work.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,8 +9,10 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::backend::Backends;
 use crate::bus::Bus;
 use crate::error::Result;
+use crate::queue::TaskQueue;
 use crate::store::{Store, Swept};
 
 /// Tasks removed per transaction: a log of thousands of events each, so kept small.
@@ -31,15 +34,39 @@ impl Default for SweepConfig {
     }
 }
 
+/// Owners admitted for per sweep.
+const ADMIT_OWNERS: u32 = 100;
+
 pub struct Sweeper {
     store: Arc<dyn Store>,
     bus: Arc<dyn Bus>,
+    queue: Arc<dyn TaskQueue>,
+    active_tasks_per_user: Option<u32>,
     config: SweepConfig,
 }
 
 impl Sweeper {
-    pub fn new(store: Arc<dyn Store>, bus: Arc<dyn Bus>, config: SweepConfig) -> Self {
-        Sweeper { store, bus, config }
+    pub fn new(backends: &Backends, config: SweepConfig) -> Self {
+        Sweeper {
+            store: backends.store.clone(),
+            bus: backends.bus.clone(),
+            queue: backends.queue.clone(),
+            active_tasks_per_user: backends.active_tasks_per_user,
+            config,
+        }
+    }
+
+    /// Admits, for up to [`ADMIT_OWNERS`] owners with waiting tasks, what their limit
+    /// allows: an admission is otherwise made when an active task ends, and a crash there
+    /// loses it.
+    pub async fn admit_waiting(&self) -> Result<()> {
+        let Some(limit) = self.active_tasks_per_user else {
+            return Ok(());
+        };
+        for owner_id in self.store.owners_waiting(ADMIT_OWNERS).await? {
+            crate::dispatch::admit(self.store.as_ref(), self.queue.as_ref(), owner_id, limit).await;
+        }
+        Ok(())
     }
 
     /// Sweeps until nothing is left to remove.
@@ -71,6 +98,9 @@ impl Sweeper {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
+            }
+            if let Err(e) = self.admit_waiting().await {
+                tracing::warn!(error = %e, "looking for waiting tasks failed; the sweep looks again at its next tick");
             }
             match self.sweep_once().await {
                 Ok(swept) if !swept.tasks.is_empty() || swept.sessions > 0 => tracing::info!(

@@ -213,6 +213,9 @@ pub struct NewTask {
     pub idempotency_key: Option<String>,
     /// Hash of the request body, so a key reused for a different task is refused.
     pub request_hash: String,
+    /// Tasks its owner may have active (queued for a worker or running) at once; past
+    /// that, the new task waits for admission. `None`: no limit.
+    pub active_limit: Option<u32>,
 }
 
 /// The task row: the spec plus a status kept in step with the log by every append.
@@ -234,6 +237,9 @@ pub struct TaskRecord {
     /// Its owner deleted it before it ended: it is hidden, and goes once it ends.
     #[serde(skip)]
     pub delete_requested: bool,
+    /// Queued behind its owner's limit of active tasks, in no work queue yet.
+    #[serde(skip)]
+    pub waiting: bool,
     /// Every `agent_usage` in the log so far, summed by each append: a task's cost without
     /// reading its log.
     pub usage: UsageTotals,
@@ -367,6 +373,10 @@ pub struct TaskView {
     /// Every agent attempt's usage so far.
     pub usage: UsageTotals,
     pub last_seq: u64,
+    /// While the task waits behind its owner's limit of active tasks: 1 for the next of
+    /// theirs to be admitted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue_position: Option<u64>,
     #[serde(skip)]
     pub runs: RunLedger,
     #[serde(skip)]
@@ -392,6 +402,7 @@ impl TaskView {
             agents: spec.agents.iter().map(AgentView::pending).collect(),
             usage: UsageTotals::default(),
             last_seq: 0,
+            queue_position: None,
             runs: RunLedger::default(),
             index: spec
                 .agents

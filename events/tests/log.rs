@@ -145,6 +145,7 @@ async fn new_task(log: &Log) -> Uuid {
         },
         idempotency_key: None,
         request_hash: "h".into(),
+        active_limit: None,
     };
     log.store.create_task(&task).await.unwrap().task().id
 }

@@ -426,6 +426,9 @@ impl Cluster {
             )
             .env("TROUPE_DB_MAX_CONNECTIONS", "8")
             .env("TROUPE_SUBMITS_PER_MINUTE", "1000000")
+            // The default limit of active tasks per user stays on, so that faults meet its
+            // admissions; a lost one is made by the next sweep, 2 s away.
+            .env("TROUPE_SWEEP_SECS", "2")
             .env("TROUPE_TOKEN_FLUSH_MS", "50")
             .env(
                 "TROUPE_MAX_TASK_RUNS",

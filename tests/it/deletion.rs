@@ -161,15 +161,21 @@ async fn retention_deletes_ended_tasks_and_keeps_running_ones(backend: Backend) 
     })
     .await;
 
-    let store = app.store().await;
-    let bus: std::sync::Arc<dyn troupe_events::bus::Bus> = match backend {
-        Backend::Embedded => std::sync::Arc::new(MemoryBus::new(16)),
-        Backend::Distributed => app.backends().await.bus,
+    let backends = match backend {
+        // The test's own handles on the embedded store; the in-process bus keeps nothing.
+        Backend::Embedded => troupe_events::Backends {
+            store: app.store().await,
+            bus: std::sync::Arc::new(MemoryBus::new(16)),
+            queue: std::sync::Arc::new(troupe_events::MemoryQueue::new(16)),
+            volatile_queue: true,
+            description: "the test's".into(),
+            active_tasks_per_user: None,
+        },
+        Backend::Distributed => app.backends().await,
     };
     let sweep = |retain_ended| {
         Sweeper::new(
-            store.clone(),
-            bus.clone(),
+            &backends,
             SweepConfig {
                 every: Duration::from_secs(3600),
                 retain_ended,

@@ -264,6 +264,7 @@ async fn a_task_committed_but_never_queued_runs_exactly_once(backend: Backend) {
             spec,
             idempotency_key: None,
             request_hash: "crash".into(),
+            active_limit: None,
         })
         .await
         .unwrap();

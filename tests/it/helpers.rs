@@ -80,6 +80,8 @@ pub struct Tweaks {
     pub worker: WorkerConfig,
     /// How long the distributed queue waits for a heartbeat before redelivering.
     pub ack_wait: Duration,
+    /// `TROUPE_ACTIVE_TASKS_PER_USER`; unset (no limit) unless a test is about it.
+    pub active_tasks_per_user: Option<u32>,
 }
 
 impl Default for Tweaks {
@@ -89,6 +91,7 @@ impl Default for Tweaks {
             providers: ProviderSettings::default(),
             worker: worker_config(),
             ack_wait: Duration::from_secs(30),
+            active_tasks_per_user: None,
         }
     }
 }
@@ -148,6 +151,7 @@ impl TestApp {
             Backend::Embedded => {
                 let config = BackendConfig {
                     data_dir: data_dir.clone(),
+                    active_tasks_per_user: tweaks.active_tasks_per_user,
                     ..BackendConfig::default()
                 };
                 let mut app = TestApp {
@@ -258,6 +262,7 @@ impl TestApp {
         let addr: SocketAddr = self.urls[0].trim_start_matches("http://").parse().unwrap();
         let config = BackendConfig {
             data_dir: self.data_dir.clone(),
+            active_tasks_per_user: self.tweaks.active_tasks_per_user,
             ..BackendConfig::default()
         };
         self.start_embedded(config, Some(addr)).await;
@@ -520,6 +525,7 @@ fn distributed_config(schema: &str, prefix: &str, tweaks: &Tweaks) -> BackendCon
         nats_url: Some(nats_url()),
         nats_prefix: prefix.to_string(),
         db_max_connections: 5,
+        active_tasks_per_user: tweaks.active_tasks_per_user,
         ..BackendConfig::default()
     }
 }

@@ -7,6 +7,7 @@ mod control;
 mod deletion;
 #[path = "../support/event_stream.rs"]
 mod event_stream;
+mod fairness;
 mod faults;
 mod helpers;
 mod hostile;

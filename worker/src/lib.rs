@@ -124,6 +124,20 @@ impl Outcome {
         matches!(self, Outcome::Finished { .. } | Outcome::Paused)
     }
 
+    /// The task no longer holds one of its owner's active places: one of their waiting
+    /// tasks may be admitted. A late or lost job counts too, as the task may have ended
+    /// by another hand.
+    fn frees_a_place(&self) -> bool {
+        matches!(
+            self,
+            Outcome::Finished { .. }
+                | Outcome::Paused
+                | Outcome::GaveUp
+                | Outcome::AlreadyFinished
+                | Outcome::Lost
+        )
+    }
+
     fn retry(context: &str, error: &troupe_events::Error) -> Self {
         Outcome::Retry {
             reason: format!("{context}: {error}"),
@@ -166,11 +180,7 @@ impl Worker {
             );
             slots.spawn(relay.run(shutdown.clone()));
         }
-        let sweeper = Sweeper::new(
-            self.backends.store.clone(),
-            self.backends.bus.clone(),
-            self.config.sweep.clone(),
-        );
+        let sweeper = Sweeper::new(&self.backends, self.config.sweep.clone());
         slots.spawn(sweeper.run(shutdown.clone()));
         for _ in 0..self.config.task_concurrency.max(1) {
             let worker = self.clone();
@@ -291,6 +301,15 @@ impl Worker {
         };
         if let Err(e) = settled {
             tracing::warn!(error = %e, "settling a delivery failed; the queue will redeliver it");
+        }
+        if outcome.frees_a_place() {
+            troupe_events::dispatch::admit_after(
+                self.backends.store.as_ref(),
+                self.backends.queue.as_ref(),
+                task_id,
+                self.backends.active_tasks_per_user,
+            )
+            .await;
         }
         tracing::info!(?outcome, "task delivery done");
         outcome

@@ -80,6 +80,7 @@ async fn submit(backends: &Backends, roles: &[&str], mode: ExecutionMode) -> Uui
         },
         idempotency_key: None,
         request_hash: "h".into(),
+        active_limit: None,
     };
     let id = store.create_task(&task).await.unwrap().task().id;
     backends

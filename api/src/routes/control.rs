@@ -128,6 +128,21 @@ fn answer<T>(status: StatusCode, body: T) -> Answer<T> {
     Ok((status, axum::Json(body)))
 }
 
+/// A task of the user's left the active ones (cancelled or paused here, or deleted):
+/// one of their waiting tasks may take its place.
+async fn admit_waiting(state: &AppState, user: AuthUser) {
+    if let Some(limit) = state.backends.active_tasks_per_user {
+        let backends = &state.backends;
+        troupe_events::dispatch::admit(
+            backends.store.as_ref(),
+            backends.queue.as_ref(),
+            user.id,
+            limit,
+        )
+        .await;
+    }
+}
+
 /// Asks the task's worker to look at its controls now rather than at its next poll.
 async fn nudge(state: &AppState, task_id: Uuid) {
     if let Err(e) = state.backends.bus.nudge(task_id).await {
@@ -162,6 +177,8 @@ async fn drive(
                 if let Some(seq) = transitioned(state, task_id, &transition).await? {
                     if transition.requeue {
                         queue(state, Dispatch { task_id, seq }).await;
+                    } else {
+                        admit_waiting(state, user).await;
                     }
                     return answer(status, body);
                 }
@@ -280,6 +297,7 @@ pub async fn delete(
     match state.backends.store.delete_task(task_id).await? {
         Deletion::Deleted => {
             troupe_events::sweep::forget(state.backends.bus.as_ref(), task_id).await;
+            admit_waiting(&state, user).await;
             tracing::info!(%task_id, "task deleted");
             Ok(StatusCode::NO_CONTENT.into_response())
         }

@@ -353,9 +353,14 @@ pub async fn submit(
         spec,
         idempotency_key: key,
         request_hash,
+        active_limit: state.backends.active_tasks_per_user,
     };
     let submitted = state.backends.store.create_task(&task).await?;
-    if let Submitted::Created(record) = &submitted {
+    if let Submitted::Created(record) = &submitted
+        && record.waiting
+    {
+        tracing::info!(task_id = %record.id, "task submitted; it waits behind its owner's active tasks");
+    } else if let Submitted::Created(record) = &submitted {
         let first = troupe_events::Dispatch {
             task_id: record.id,
             seq: 1,
@@ -393,6 +398,10 @@ pub struct TaskAccepted {
     /// this task's events and nothing else; `new EventSource(streamUrl)` works as is.
     #[schema(example = "/api/tasks/01a20b3c-362a-7018-944e-af04d8dcc106/events?token=eyJ0eXAi…")]
     pub stream_url: String,
+    /// Set while the task waits behind the user's `TROUPE_ACTIVE_TASKS_PER_USER` active
+    /// tasks: 1 for the next of theirs to go to a worker.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue_position: Option<u64>,
 }
 
 /// An `Idempotency-Key` header, accepted by every submit endpoint.
@@ -452,6 +461,7 @@ pub async fn create(
             task_id: task.id,
             status: task.status,
             stream_url: stream_url(&state, user, task.id),
+            queue_position: queue_position(&state, task).await?,
         }),
     ))
 }
@@ -561,10 +571,19 @@ pub async fn owned_task(state: &AppState, user_id: Uuid, task_id: Uuid) -> ApiRe
     }
 }
 
+/// The task's place in its owner's line of waiting tasks, when it waits.
+async fn queue_position(state: &AppState, task: &TaskRecord) -> ApiResult<Option<u64>> {
+    if !task.waiting {
+        return Ok(None);
+    }
+    Ok(state.backends.store.queue_position(task.id).await?)
+}
+
 /// The task as projected from its whole log, folded a page at a time so that a long log
 /// never sits in memory whole.
 pub async fn view(state: &AppState, task: &TaskRecord) -> ApiResult<TaskView> {
     let mut view = TaskView::new(task.id, &task.spec);
+    view.queue_position = queue_position(state, task).await?;
     let last = read_log(state.backends.store.as_ref(), task.id, 0, |raw| {
         match raw.parse() {
             Ok(event) => view.apply(&event),

@@ -110,6 +110,21 @@ pub trait Store: Send + Sync + 'static {
     /// removes the tasks as they end, then the user and their stats.
     async fn delete_account(&self, user_id: Uuid) -> Result<()>;
 
+    /// The owner of `task_id`, when they have tasks waiting for admission.
+    async fn waiting_owner(&self, task_id: Uuid) -> Result<Option<Uuid>>;
+
+    /// Admits the owner's oldest waiting tasks while fewer than `limit` of theirs are
+    /// active: each gets its outbox row, and is returned for the caller to queue.
+    async fn admit(&self, owner_id: Uuid, limit: u32) -> Result<Vec<Dispatch>>;
+
+    /// Up to `limit` owners with waiting tasks: the sweep admits for them in case an
+    /// admission was lost to a crash.
+    async fn owners_waiting(&self, limit: u32) -> Result<Vec<Uuid>>;
+
+    /// The task's place among its owner's waiting tasks (1: admitted next); `None` when
+    /// it does not wait.
+    async fn queue_position(&self, task_id: Uuid) -> Result<Option<u64>>;
+
     /// Deletes an ended task with its log; marks one that has not ended (see [`Deletion`]).
     async fn delete_task(&self, task_id: Uuid) -> Result<Deletion>;
 
@@ -753,7 +768,7 @@ impl SubmitParts {
     }
 }
 
-fn created_record(task: &NewTask, now: DateTime<Utc>) -> TaskRecord {
+fn created_record(task: &NewTask, now: DateTime<Utc>, waiting: bool) -> TaskRecord {
     TaskRecord {
         id: task.id,
         owner_id: task.owner_id,
@@ -765,6 +780,7 @@ fn created_record(task: &NewTask, now: DateTime<Utc>) -> TaskRecord {
         cancel_requested: false,
         pause_requested: false,
         delete_requested: false,
+        waiting,
         usage: UsageTotals::default(),
     }
 }
@@ -841,6 +857,7 @@ struct TaskRow<'r> {
     cancel_requested: bool,
     pause_requested: bool,
     delete_requested: bool,
+    waiting: bool,
     usage: UsageRow,
 }
 
@@ -856,6 +873,7 @@ fn task_record(row: TaskRow<'_>) -> Result<TaskRecord> {
         cancel_requested,
         pause_requested,
         delete_requested,
+        waiting,
         usage,
     } = row;
     let spec: TaskSpec =
@@ -873,6 +891,7 @@ fn task_record(row: TaskRow<'_>) -> Result<TaskRecord> {
         cancel_requested,
         pause_requested,
         delete_requested,
+        waiting,
         usage: usage_totals(usage),
     })
 }
@@ -904,6 +923,60 @@ fn control_sql(request: &ControlRequest, mark: char) -> String {
 
 /// The statuses in which a worker may append: the task is neither finished nor paused.
 const WRITABLE: &str = "status IN ('queued', 'running')";
+/// A task that waits for admission behind its owner's limit.
+const WAITING: &str = "waiting AND status = 'queued'";
+/// [`WAITING`] of the task named `alias` in a join.
+fn waiting_as(alias: &str) -> String {
+    format!("{alias}.waiting AND {alias}.status = 'queued'")
+}
+/// A task that holds or waits for a worker: what a user's limit counts.
+const ACTIVE: &str = "NOT waiting AND status IN ('queued', 'running')";
+/// The owner's active tasks (`{mark}1` the owner).
+fn active_count_sql(mark: char) -> String {
+    format!("SELECT count(*) FROM tasks WHERE owner_id = {mark}1 AND {ACTIVE}")
+}
+/// The admission's statements (`{mark}1` the owner, `{mark}2` how many): the owner's
+/// oldest waiting tasks become active, and get outbox rows.
+fn admit_sql(mark: char, no: &str, lock: &str) -> String {
+    format!(
+        "UPDATE tasks SET waiting = {no} WHERE id IN (
+             SELECT id FROM tasks WHERE owner_id = {mark}1 AND {WAITING}
+             ORDER BY id LIMIT {mark}2 {lock})
+         RETURNING id, last_seq"
+    )
+}
+fn waiting_owner_sql(mark: char) -> String {
+    format!(
+        "SELECT t.owner_id FROM tasks t WHERE t.id = {mark}1 AND EXISTS (
+             SELECT 1 FROM tasks w WHERE w.owner_id = t.owner_id AND {})",
+        waiting_as("w")
+    )
+}
+fn owners_waiting_sql(mark: char) -> String {
+    format!("SELECT DISTINCT owner_id FROM tasks WHERE {WAITING} LIMIT {mark}1")
+}
+fn queue_position_sql(mark: char) -> String {
+    format!(
+        "SELECT count(*) FROM tasks t JOIN tasks w ON w.owner_id = t.owner_id
+         WHERE t.id = {mark}1 AND {} AND {} AND w.id <= t.id",
+        waiting_as("t"),
+        waiting_as("w")
+    )
+}
+/// How many of the owner's waiting tasks may become active: `limit` less the active.
+fn admissible(limit: u32, active: i64) -> i64 {
+    (i64::from(limit) - active).max(0)
+}
+/// The outbox rows of admitted tasks.
+fn admitted(rows: Vec<(Uuid, i64)>) -> Vec<Dispatch> {
+    rows.into_iter()
+        .map(|(task_id, seq)| Dispatch {
+            task_id,
+            seq: seq as u64,
+        })
+        .collect()
+}
+
 /// A task whose log has ended: only these are deleted.
 const ENDED: &str = "status IN ('completed', 'failed', 'cancelled')";
 /// What a sweep removes: `{mark}1` the retention cut-off (or NULL), `{mark}2` the limit.

@@ -11,11 +11,13 @@ use super::stats::{self, StatsSql};
 use super::{
     Behind, CONTROLS_SQL, Claim, Deletion, Dialect, Dispatch, EMPTIED_ACCOUNTS, Lease, Lines,
     PAGE_BYTES, ReportSql, Session, Store, SubmitParts, Submitted, Swept, TaskRow, Transition,
-    Transitioned, User, WRITABLE, batch_bounds, behind_of, bind_usage_added, clear_outbox_query,
-    control_sql, controls_of, created_record, delete_account_rows_sql, delete_task_rows_sql,
-    earlier_submit, first_id_since, is_unique_violation, mark_account_tasks_sql, raw_event,
+    Transitioned, User, WRITABLE, active_count_sql, admissible, admit_sql, admitted, batch_bounds,
+    behind_of, bind_usage_added, clear_outbox_query, control_sql, controls_of, created_record,
+    delete_account_rows_sql, delete_task_rows_sql, earlier_submit, first_id_since,
+    is_unique_violation, mark_account_tasks_sql, owners_waiting_sql, queue_position_sql, raw_event,
     read_report_rows, refused, row_usage, settle_claim, settled_requests_sql, status_after,
     swept_sql, task_record, task_usage_columns, unpublished_sql, usage_added, usage_added_sql,
+    waiting_owner_sql,
 };
 use crate::error::{Error, Result};
 use crate::stats::{StatsCursor, StatsDelta, StatsPeriod, StatsRows};
@@ -29,7 +31,7 @@ use crate::usage::UsageReport;
 
 const TASK_COLUMNS: &str = concat!(
     "id, owner_id, spec::text AS spec, status, created_at, updated_at, last_seq, ",
-    "cancel_requested, pause_requested, delete_requested, ",
+    "cancel_requested, pause_requested, delete_requested, waiting, ",
     task_usage_columns!()
 );
 
@@ -155,6 +157,7 @@ fn task_from_row(r: &sqlx::postgres::PgRow) -> Result<TaskRecord> {
         cancel_requested: r.try_get("cancel_requested")?,
         pause_requested: r.try_get("pause_requested")?,
         delete_requested: r.try_get("delete_requested")?,
+        waiting: r.try_get("waiting")?,
         usage: row_usage(r)?,
     })
 }
@@ -285,6 +288,67 @@ impl Store for PgStore {
         Ok(())
     }
 
+    async fn waiting_owner(&self, task_id: Uuid) -> Result<Option<Uuid>> {
+        static SQL: LazyLock<String> = LazyLock::new(|| waiting_owner_sql('$'));
+        Ok(sqlx::query_scalar(&SQL)
+            .bind(task_id)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    async fn admit(&self, owner_id: Uuid, limit: u32) -> Result<Vec<Dispatch>> {
+        static ACTIVE: LazyLock<String> = LazyLock::new(|| active_count_sql('$'));
+        static ADMIT: LazyLock<String> =
+            LazyLock::new(|| admit_sql('$', "FALSE", "FOR UPDATE SKIP LOCKED"));
+        let mut tx = self.pool.begin().await?;
+        // The owner's row serialises admissions for one owner: two tasks ending together
+        // must not each admit for the same free place.
+        sqlx::query("SELECT 1 FROM users WHERE id = $1 FOR UPDATE")
+            .bind(owner_id)
+            .execute(&mut *tx)
+            .await?;
+        let active: i64 = sqlx::query_scalar(&ACTIVE)
+            .bind(owner_id)
+            .fetch_one(&mut *tx)
+            .await?;
+        let rows: Vec<(Uuid, i64)> = sqlx::query_as(&ADMIT)
+            .bind(owner_id)
+            .bind(admissible(limit, active))
+            .fetch_all(&mut *tx)
+            .await?;
+        let dispatches = admitted(rows);
+        let (ids, seqs): (Vec<Uuid>, Vec<i64>) =
+            dispatches.iter().map(|d| (d.task_id, d.seq as i64)).unzip();
+        sqlx::query(
+            "INSERT INTO task_outbox (task_id, created_at, seq)
+             SELECT u.id, now(), u.seq FROM UNNEST($1::uuid[], $2::bigint[]) AS u(id, seq)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(&ids)
+        .bind(&seqs)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(dispatches)
+    }
+
+    async fn owners_waiting(&self, limit: u32) -> Result<Vec<Uuid>> {
+        static SQL: LazyLock<String> = LazyLock::new(|| owners_waiting_sql('$'));
+        Ok(sqlx::query_scalar(&SQL)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    async fn queue_position(&self, task_id: Uuid) -> Result<Option<u64>> {
+        static SQL: LazyLock<String> = LazyLock::new(|| queue_position_sql('$'));
+        let position: i64 = sqlx::query_scalar(&SQL)
+            .bind(task_id)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok((position > 0).then_some(position as u64))
+    }
+
     async fn delete_task(&self, task_id: Uuid) -> Result<Deletion> {
         let mut tx = self.pool.begin().await?;
         let status: Option<String> =
@@ -338,17 +402,23 @@ impl Store for PgStore {
         let SubmitParts { now, spec, first } = SubmitParts::of(task);
         // One statement, so one round trip and one commit: the task, its first event and
         // its outbox row, or (a repeated idempotency key) nothing at all.
-        let created = sqlx::query(
+        // The limit's count and the insert are one statement: submits of one user that
+        // run at the same moment may each count the other's task as not there yet.
+        let created: Option<bool> = sqlx::query_scalar(&format!(
             "WITH created AS (
-                 INSERT INTO tasks (id, owner_id, spec, status, idempotency_key, request_hash, created_at, updated_at, last_seq)
-                 VALUES ($1, $2, $3::jsonb, 'queued', $4, $5, $6, $6, 1)
+                 INSERT INTO tasks (id, owner_id, spec, status, idempotency_key, request_hash, created_at, updated_at, last_seq, waiting)
+                 VALUES ($1, $2, $3::jsonb, 'queued', $4, $5, $6, $6, 1,
+                         CASE WHEN $10::bigint IS NULL THEN FALSE ELSE ({}) >= $10 END)
                  ON CONFLICT DO NOTHING
-                 RETURNING id),
+                 RETURNING id, waiting),
              first_event AS (
                  INSERT INTO task_events (task_id, seq, type, at, data)
-                 SELECT id, 1, $7, $8, $9::json FROM created)
-             INSERT INTO task_outbox (task_id, created_at) SELECT id, $6 FROM created",
-        )
+                 SELECT id, 1, $7, $8, $9::json FROM created),
+             outbox AS (
+                 INSERT INTO task_outbox (task_id, created_at) SELECT id, $6 FROM created WHERE NOT waiting)
+             SELECT waiting FROM created",
+            active_count_sql('$').replace("$1", "$2")
+        ))
         .bind(task.id)
         .bind(task.owner_id)
         .bind(&spec)
@@ -358,17 +428,17 @@ impl Store for PgStore {
         .bind(&first.kind)
         .bind(first.at)
         .bind(first.json_str())
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        if created == 0 {
+        .bind(task.active_limit.map(i64::from))
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(waiting) = created else {
             let key = task.idempotency_key.as_deref().ok_or_else(|| {
                 Error::Corrupt(format!("task id {} was submitted twice", task.id))
             })?;
             return earlier_submit(task, self.find_by_key(task.owner_id, key).await?);
-        }
+        };
         crate::metrics::committed(std::slice::from_ref(&first));
-        Ok(Submitted::Created(created_record(task, now)))
+        Ok(Submitted::Created(created_record(task, now, waiting)))
     }
 
     async fn task(&self, id: Uuid) -> Result<Option<TaskRecord>> {
@@ -482,7 +552,7 @@ impl Store for PgStore {
         let mut tx = self.pool.begin().await?;
         let seq: Option<i64> = sqlx::query_scalar(&format!(
             "UPDATE tasks SET last_seq = last_seq + 1, status = $2, updated_at = now(),
-                    cancel_requested = FALSE, pause_requested = FALSE
+                    cancel_requested = FALSE, pause_requested = FALSE, waiting = FALSE
              WHERE id = $1 AND {} RETURNING last_seq",
             transition.allowed_statuses_sql()
         ))
@@ -693,6 +763,7 @@ impl Store for PgStore {
         let n = sqlx::query(
             "INSERT INTO task_outbox (task_id, created_at, seq)
              SELECT id, to_timestamp(0), last_seq FROM tasks WHERE status IN ('queued', 'running')
+               AND NOT waiting
              ON CONFLICT DO NOTHING",
         )
         .execute(&self.pool)

@@ -16,11 +16,13 @@ use super::stats::{self, StatsSql};
 use super::{
     Behind, CONTROLS_SQL, Claim, Deletion, Dialect, Dispatch, EMPTIED_ACCOUNTS, Lease, Lines,
     PAGE_BYTES, ReportSql, Session, Store, SubmitParts, Submitted, Swept, TaskRow, Transition,
-    Transitioned, User, WRITABLE, batch_bounds, behind_of, bind_usage_added, clear_outbox_query,
-    control_sql, controls_of, created_record, delete_account_rows_sql, delete_task_rows_sql,
-    earlier_submit, first_id_since, is_unique_violation, mark_account_tasks_sql, raw_event,
+    Transitioned, User, WRITABLE, active_count_sql, admissible, admit_sql, admitted, batch_bounds,
+    behind_of, bind_usage_added, clear_outbox_query, control_sql, controls_of, created_record,
+    delete_account_rows_sql, delete_task_rows_sql, earlier_submit, first_id_since,
+    is_unique_violation, mark_account_tasks_sql, owners_waiting_sql, queue_position_sql, raw_event,
     read_report_rows, refused, row_usage, settle_claim, settled_requests_sql, status_after,
     swept_sql, task_record, task_usage_columns, unpublished_sql, usage_added, usage_added_sql,
+    waiting_owner_sql,
 };
 use crate::error::{Error, Result};
 use crate::stats::{StatsCursor, StatsDelta, StatsPeriod, StatsRows};
@@ -56,7 +58,7 @@ const READERS: u32 = 4;
 
 const TASK_COLUMNS: &str = concat!(
     "id, owner_id, spec, status, created_at, updated_at, last_seq, cancel_requested, ",
-    "pause_requested, delete_requested, ",
+    "pause_requested, delete_requested, waiting, ",
     task_usage_columns!()
 );
 
@@ -160,6 +162,15 @@ async fn insert_session<'e>(db: impl sqlx::SqliteExecutor<'e>, session: &Session
     Ok(())
 }
 
+/// The owner's active tasks, as their limit counts them.
+async fn active_tasks(tx: &mut sqlx::SqliteConnection, owner_id: Uuid) -> Result<i64> {
+    static SQL: LazyLock<String> = LazyLock::new(|| active_count_sql('?'));
+    Ok(sqlx::query_scalar(&SQL)
+        .bind(owner_id)
+        .fetch_one(&mut *tx)
+        .await?)
+}
+
 /// Removes the tasks' rows, one task at a time: SQLite binds no arrays.
 async fn delete_task_rows(tx: &mut sqlx::SqliteConnection, tasks: &[Uuid]) -> Result<()> {
     static DELETES: LazyLock<[String; 5]> = LazyLock::new(|| delete_task_rows_sql("= ?"));
@@ -197,6 +208,7 @@ fn task_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<TaskRecord> {
         cancel_requested: r.try_get("cancel_requested")?,
         pause_requested: r.try_get("pause_requested")?,
         delete_requested: r.try_get("delete_requested")?,
+        waiting: r.try_get("waiting")?,
         usage: row_usage(r)?,
     })
 }
@@ -328,6 +340,58 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn waiting_owner(&self, task_id: Uuid) -> Result<Option<Uuid>> {
+        static SQL: LazyLock<String> = LazyLock::new(|| waiting_owner_sql('?'));
+        Ok(sqlx::query_scalar(&SQL)
+            .bind(task_id)
+            .fetch_optional(&self.readers)
+            .await?)
+    }
+
+    async fn admit(&self, owner_id: Uuid, limit: u32) -> Result<Vec<Dispatch>> {
+        static ADMIT: LazyLock<String> = LazyLock::new(|| admit_sql('?', "0", ""));
+        // The one writer connection serialises admissions with every submit.
+        let mut tx = self.writer.begin().await?;
+        let active = active_tasks(&mut tx, owner_id).await?;
+        let rows: Vec<(Uuid, i64)> = sqlx::query_as(&ADMIT)
+            .bind(owner_id)
+            .bind(admissible(limit, active))
+            .fetch_all(&mut *tx)
+            .await?;
+        let dispatches = admitted(rows);
+        let now = Utc::now();
+        for dispatch in &dispatches {
+            sqlx::query(
+                "INSERT INTO task_outbox (task_id, created_at, seq) VALUES (?, ?, ?)
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(dispatch.task_id)
+            .bind(now)
+            .bind(dispatch.seq as i64)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(dispatches)
+    }
+
+    async fn owners_waiting(&self, limit: u32) -> Result<Vec<Uuid>> {
+        static SQL: LazyLock<String> = LazyLock::new(|| owners_waiting_sql('?'));
+        Ok(sqlx::query_scalar(&SQL)
+            .bind(i64::from(limit))
+            .fetch_all(&self.readers)
+            .await?)
+    }
+
+    async fn queue_position(&self, task_id: Uuid) -> Result<Option<u64>> {
+        static SQL: LazyLock<String> = LazyLock::new(|| queue_position_sql('?'));
+        let position: i64 = sqlx::query_scalar(&SQL)
+            .bind(task_id)
+            .fetch_one(&self.readers)
+            .await?;
+        Ok((position > 0).then_some(position as u64))
+    }
+
     async fn delete_task(&self, task_id: Uuid) -> Result<Deletion> {
         // The one writer connection serialises this with every append and transition.
         let mut tx = self.writer.begin().await?;
@@ -379,9 +443,13 @@ impl Store for SqliteStore {
     async fn create_task(&self, task: &NewTask) -> Result<Submitted> {
         let SubmitParts { now, spec, first } = SubmitParts::of(task);
         let mut tx = self.writer.begin().await?;
+        let waiting = match task.active_limit {
+            Some(limit) => active_tasks(&mut tx, task.owner_id).await? >= i64::from(limit),
+            None => false,
+        };
         let inserted = sqlx::query(
-            "INSERT INTO tasks (id, owner_id, spec, status, idempotency_key, request_hash, created_at, updated_at, last_seq)
-             VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, 1)
+            "INSERT INTO tasks (id, owner_id, spec, status, idempotency_key, request_hash, created_at, updated_at, last_seq, waiting)
+             VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, 1, ?)
              ON CONFLICT DO NOTHING",
         )
         .bind(task.id)
@@ -391,6 +459,7 @@ impl Store for SqliteStore {
         .bind(&task.request_hash)
         .bind(now)
         .bind(now)
+        .bind(waiting)
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -410,14 +479,16 @@ impl Store for SqliteStore {
         .bind(first.json_str())
         .execute(&mut *tx)
         .await?;
-        sqlx::query("INSERT INTO task_outbox (task_id, created_at) VALUES (?, ?)")
-            .bind(task.id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+        if !waiting {
+            sqlx::query("INSERT INTO task_outbox (task_id, created_at) VALUES (?, ?)")
+                .bind(task.id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
         crate::metrics::committed(std::slice::from_ref(&first));
-        Ok(Submitted::Created(created_record(task, now)))
+        Ok(Submitted::Created(created_record(task, now, waiting)))
     }
 
     async fn task(&self, id: Uuid) -> Result<Option<TaskRecord>> {
@@ -533,7 +604,7 @@ impl Store for SqliteStore {
         let mut tx = self.writer.begin().await?;
         let seq: Option<i64> = sqlx::query_scalar(&format!(
             "UPDATE tasks SET last_seq = last_seq + 1, status = ?2, updated_at = ?3,
-                    cancel_requested = 0, pause_requested = 0
+                    cancel_requested = 0, pause_requested = 0, waiting = 0
              WHERE id = ?1 AND {} RETURNING last_seq",
             transition.allowed_statuses_sql()
         ))
@@ -750,6 +821,7 @@ impl Store for SqliteStore {
         let n = sqlx::query(
             "INSERT INTO task_outbox (task_id, created_at, seq)
              SELECT id, ?, last_seq FROM tasks WHERE status IN ('queued', 'running')
+               AND NOT waiting
              ON CONFLICT DO NOTHING",
         )
         .bind(epoch)
