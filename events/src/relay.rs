@@ -413,16 +413,11 @@ impl Relay {
 
     /// Runs passes every `every` until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut tick = tokio::time::interval(self.config.every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tick.tick() => {}
-            }
+        crate::runtime::each_tick(self.config.every, &shutdown, || async {
             if let Err(e) = self.relay_once().await {
                 tracing::warn!(error = %e, "relaying unpublished events failed; trying again");
             }
-        }
+        })
+        .await;
     }
 }

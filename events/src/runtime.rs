@@ -175,3 +175,24 @@ fn tracer_provider(service: &'static str) -> Result<SdkTracerProvider, String> {
         )
         .build())
 }
+
+/// Runs `beat` every `every` (the first time at once) until `shutdown`; a beat that
+/// overruns delays the next instead of bunching them.
+pub async fn each_tick<F, Fut>(
+    every: std::time::Duration,
+    shutdown: &tokio_util::sync::CancellationToken,
+    mut beat: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        beat().await;
+    }
+}

@@ -85,6 +85,7 @@ impl Sweeper {
             let done = swept.tasks.len() < SWEEP_BATCH as usize;
             total.tasks.extend(swept.tasks);
             total.sessions += swept.sessions;
+            total.accounts += swept.accounts;
             if done {
                 return Ok(total);
             }
@@ -92,26 +93,26 @@ impl Sweeper {
     }
 
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut tick = tokio::time::interval(self.config.every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tick.tick() => {}
-            }
-            if let Err(e) = self.admit_waiting().await {
-                tracing::warn!(error = %e, "looking for waiting tasks failed; the sweep looks again at its next tick");
-            }
-            match self.sweep_once().await {
-                Ok(swept) if !swept.tasks.is_empty() || swept.sessions > 0 => tracing::info!(
+        crate::runtime::each_tick(self.config.every, &shutdown, || self.sweep_logged()).await;
+    }
+
+    /// One sweep, for the loop: what fails is logged and tried again at the next tick.
+    async fn sweep_logged(&self) {
+        if let Err(e) = self.admit_waiting().await {
+            tracing::warn!(error = %e, "looking for waiting tasks failed; the sweep looks again at its next tick");
+        }
+        match self.sweep_once().await {
+            Ok(swept) if !swept.tasks.is_empty() || swept.sessions > 0 || swept.accounts > 0 => {
+                tracing::info!(
                     tasks = swept.tasks.len(),
                     sessions = swept.sessions,
-                    "swept deleted and expired tasks and sessions"
-                ),
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "the sweep failed; it runs again at its next tick")
-                }
+                    accounts = swept.accounts,
+                    "swept deleted and expired tasks, sessions and accounts"
+                )
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "the sweep failed; it runs again at its next tick")
             }
         }
     }

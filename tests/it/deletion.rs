@@ -10,7 +10,7 @@ use troupe_events::bus::{MemoryBus, Subjects};
 use troupe_events::sweep::{SweepConfig, Sweeper};
 use uuid::Uuid;
 
-use crate::helpers::{Backend, TestApp, Tweaks, both_backends, nats_url};
+use crate::helpers::{Backend, TestApp, Tweaks, both_backends, nats_url, wait_until};
 
 both_backends!(
     an_ended_task_is_deleted_with_its_log_and_only_by_its_owner,
@@ -29,15 +29,9 @@ fn task(latency_ms: u64, tokens: u64) -> Value {
 }
 
 async fn delete(app: &TestApp, instance: usize, token: &str, task_id: Uuid) -> (u16, Value) {
-    let response = app
-        .client
-        .delete(format!("{}/api/tasks/{task_id}", app.url(instance)))
-        .bearer_auth(token)
-        .send()
+    let path = format!("/api/tasks/{task_id}");
+    app.send(reqwest::Method::DELETE, instance, token, &path, None)
         .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
 }
 
 /// Whether the event stream still holds the task's first event (distributed only).
@@ -140,14 +134,11 @@ async fn a_running_task_is_hidden_at_once_and_deleted_once_stopped(backend: Back
     let listed = app.get_json("/api/tasks", &owner).await;
     assert_eq!(listed["tasks"], json!([]));
 
-    for _ in 0..400 {
-        if !stored(&app, running).await {
-            assert_ne!(in_event_stream(&app, running).await, Some(true));
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the cancelled task's rows were not swept within 20 s");
+    wait_until("the sweep of the cancelled task", || async {
+        !stored(&app, running).await
+    })
+    .await;
+    assert_ne!(in_event_stream(&app, running).await, Some(true));
 }
 
 async fn retention_deletes_ended_tasks_and_keeps_running_ones(backend: Backend) {

@@ -459,13 +459,28 @@ impl TestApp {
 
     /// POST on api `instance`: the body and status.
     pub async fn control(&self, instance: usize, token: &str, path: &str) -> (u16, Value) {
-        let r = self
-            .client
-            .post(format!("{}{path}", self.url(instance)))
-            .bearer_auth(token)
-            .send()
+        self.send(reqwest::Method::POST, instance, token, path, None)
             .await
-            .unwrap();
+    }
+
+    /// A request on api `instance` as the holder of `token`: its status and JSON body
+    /// (`null` when there is none).
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        instance: usize,
+        token: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
+        let mut request = self
+            .client
+            .request(method, format!("{}{path}", self.url(instance)))
+            .bearer_auth(token);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let r = request.send().await.unwrap();
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(Value::Null))
     }
@@ -487,6 +502,21 @@ impl SseEvent {
     pub fn seq(&self) -> u64 {
         self.data["seq"].as_u64().unwrap()
     }
+}
+
+/// Polls `done` (bounded: 20 s) until it holds; `what` names it in the failure.
+pub async fn wait_until<F, Fut>(what: &str, mut done: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..400 {
+        if done().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{what} did not happen in 20 s");
 }
 
 /// The events of an exported log that have type `kind`.

@@ -12,7 +12,7 @@ use std::time::Duration;
 use troupe_events::sweep::SweepConfig;
 use uuid::Uuid;
 
-use crate::helpers::{Backend, TestApp, Tweaks, both_backends};
+use crate::helpers::{Backend, TestApp, Tweaks, both_backends, wait_until};
 
 both_backends!(
     signing_out_ends_the_session_and_its_stream_urls_everywhere,
@@ -151,6 +151,10 @@ async fn a_password_change_ends_every_earlier_session(backend: Backend) {
     assert_eq!(login(&app, &email, new_password).await.status(), 200);
 }
 
+async fn json_of(request: reqwest::RequestBuilder) -> Value {
+    request.send().await.unwrap().json().await.unwrap()
+}
+
 /// `name=value` of a `Set-Cookie` named `name`, and its attributes.
 fn set_cookie<'r>(response: &'r reqwest::Response, name: &str) -> (&'r str, &'r str) {
     let line = response
@@ -198,13 +202,7 @@ async fn a_cookie_session_changes_nothing_without_its_csrf_token(backend: Backen
             .request(method, format!("{}{path}", app.url(0)))
             .header(COOKIE, format!("theme=dark; {session}"))
     };
-    let me: Value = with_cookie(reqwest::Method::GET, "/api/auth/session")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let me = json_of(with_cookie(reqwest::Method::GET, "/api/auth/session")).await;
     assert_eq!(me["email"], email.as_str());
     // Minted again at each ask, so not the cookie's bytes; any of the session's serves.
     let csrf_of_session = me["csrfToken"].as_str().unwrap().to_string();
@@ -222,13 +220,7 @@ async fn a_cookie_session_changes_nothing_without_its_csrf_token(backend: Backen
         let body: Value = refused.json().await.unwrap();
         assert_eq!(body["error"]["code"], "csrf_token_invalid", "{why}");
     }
-    let listed: Value = with_cookie(reqwest::Method::GET, "/api/tasks")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed = json_of(with_cookie(reqwest::Method::GET, "/api/tasks")).await;
     assert_eq!(
         listed["tasks"],
         json!([]),
@@ -257,16 +249,15 @@ async fn a_cookie_session_changes_nothing_without_its_csrf_token(backend: Backen
 }
 
 async fn delete_account(app: &TestApp, token: &str, password: &str) -> (u16, Value) {
-    let response = app
-        .client
-        .delete(format!("{}/api/auth/account", app.url(0)))
-        .bearer_auth(token)
-        .json(&json!({"password": password}))
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
+    let body = json!({"password": password});
+    app.send(
+        reqwest::Method::DELETE,
+        0,
+        token,
+        "/api/auth/account",
+        Some(&body),
+    )
+    .await
 }
 
 async fn a_deleted_account_is_signed_out_everywhere_and_its_tasks_go(backend: Backend) {
@@ -321,14 +312,10 @@ async fn a_deleted_account_is_signed_out_everywhere_and_its_tasks_go(backend: Ba
     assert_eq!(listed["tasks"], json!([]));
 
     let store = app.store().await;
-    for _ in 0..400 {
-        let gone = store.user(user_id).await.unwrap().is_none()
+    wait_until("the sweep of the deleted account and its tasks", || async {
+        store.user(user_id).await.unwrap().is_none()
             && store.task(ended).await.unwrap().is_none()
-            && store.task(running).await.unwrap().is_none();
-        if gone {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the deleted account and its tasks were not swept within 20 s");
+            && store.task(running).await.unwrap().is_none()
+    })
+    .await;
 }
