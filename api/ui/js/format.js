@@ -139,3 +139,19 @@ export function formatUsageShort(usage) {
   if (usage.costUsd > 0) parts.push(`${marks.cost}${formatCost(usage.costUsd)}`);
   return parts.join(' · ');
 }
+
+/** Why a task waits while the user's others run (the viewer's note explains it). */
+export const QUEUE_EXPLANATION = 'The server runs a limited number of each user\'s tasks at once; '
+  + 'the others wait and start in the order they were submitted.';
+
+/**
+ * A waiting task's place among its owner's waiting tasks (`queuePosition`, 1 = next),
+ * as the viewer says it: "Waiting: 3 of your tasks go first". Empty when there is no
+ * valid place (the task does not wait).
+ */
+export function formatQueuePosition(position) {
+  if (!Number.isInteger(position) || position < 1) return '';
+  if (position === 1) return 'Waiting: next of your tasks to start';
+  const ahead = position - 1;
+  return `Waiting: ${ahead.toLocaleString('en-US')} of your tasks ${ahead === 1 ? 'goes' : 'go'} first`;
+}

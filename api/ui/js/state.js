@@ -86,6 +86,9 @@ export function fromView(view) {
     totalExecutionTime: view.totalExecutionTime ?? null,
     error: view.error || null,
     reason: view.reason || null, // why the task is paused or was cancelled
+    // Its place among the owner's waiting tasks (1 = next), while it waits behind their
+    // active ones. No event says when it moves up: the viewer reads the view again.
+    queuePosition: validPosition(view.queuePosition),
     failedAgents: [],
     outputs: null,
     lastSeq: view.lastSeq || 0,
@@ -100,6 +103,10 @@ export function fromView(view) {
       return agent;
     }),
   };
+}
+
+function validPosition(n) {
+  return Number.isInteger(n) && n > 0 ? n : null;
 }
 
 export function isTerminal(state) {
@@ -293,7 +300,28 @@ export function applyEvent(state, ev) {
     default:
       break; // unknown types (a newer server) still advance lastSeq
   }
+  // A task only waits for admission while queued since its submit: once it has started,
+  // been paused or ended, a later "queued" (unpaused, released, retried) goes straight
+  // to the workers, so the place never comes back.
+  if (state.status !== 'queued') state.queuePosition = null;
   return { roles, terminal: TERMINAL_TYPES.has(ev.type) };
+}
+
+/** The task's place among its owner's waiting tasks while it waits, else null. */
+export function waitingPosition(state) {
+  return state.status === 'queued' ? state.queuePosition : null;
+}
+
+/**
+ * Takes the place from a view read again while the task waits (the stream says nothing
+ * about it). Only the place: the status stays the stream's, and a view that no longer
+ * has a place (admitted, or started) clears it. Returns whether the place changed.
+ */
+export function updateQueuePosition(state, view) {
+  const next = state.status === 'queued' && view?.status === 'queued' ? validPosition(view.queuePosition) : null;
+  if (next === state.queuePosition) return false;
+  state.queuePosition = next;
+  return true;
 }
 
 /**

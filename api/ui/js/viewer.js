@@ -11,11 +11,15 @@ import { ActionRunner } from './actions.js';
 import { api } from './api.js';
 import { submittedStreams } from './builder.js';
 import { confirmDialog, createDialog, h, setText, uid } from './dom.js';
-import { AGENT_STATUS_LABEL, TASK_STATUS_LABEL, formatDate, formatDuration, formatUsage, plural, sentence } from './format.js';
+import {
+  AGENT_STATUS_LABEL, QUEUE_EXPLANATION, TASK_STATUS_LABEL, formatDate, formatDuration, formatQueuePosition, formatUsage, plural, sentence,
+} from './format.js';
 import { highlight, renderMarkdown } from './markdown.js';
 import { notifyTaskFinished, showNotice } from './notify.js';
 import { navigate } from './router.js';
-import { applyEvent, availableActions, displayStatus, fromView, isTerminal, progressFromLog } from './state.js';
+import {
+  applyEvent, availableActions, displayStatus, fromView, isTerminal, progressFromLog, updateQueuePosition, waitingPosition,
+} from './state.js';
 import { TaskStream } from './sse.js';
 import { TIMELINE_STATE_LABEL, TIMELINE_TYPES, deriveTimeline, eventsFromView, renderTimeline, timelineEvent } from './timeline.js';
 
@@ -26,6 +30,8 @@ const CONNECTION_LABEL = {
   closed: 'finished',
   replay: 'finished',
 };
+// How often a task waiting behind its owner's other tasks reads its place again.
+const QUEUE_POLL_MS = 4000;
 
 export function renderViewer(root, { id }, ctx) {
   const ac = new AbortController();
@@ -130,8 +136,13 @@ function mountViewer(page, heading, view) {
   }, 'Delete');
   const actionError = h('p', { class: 'action-error', role: 'alert', 'data-testid': 'task-action-error', hidden: true });
   const pausedNote = h('p', { class: 'task-note', 'data-testid': 'task-paused-note', hidden: true });
+  // Why it waits is said in the page rather than in a tooltip, so that touch, keyboard
+  // and screen reader users read it too.
+  const queueText = h('span', { 'data-testid': 'task-queue-position' });
+  const queueNote = h('p', { class: 'task-note task-queue-note', 'data-testid': 'task-queue-note', hidden: true },
+    queueText, ' ', h('span', { class: 'task-note-detail' }, QUEUE_EXPLANATION));
   const controls = h('div', { class: 'task-controls', role: 'group', 'aria-label': 'Task actions' },
-    pausedNote, h('div', { class: 'task-controls-buttons' }, pauseButton, resumeButton, cancelButton, retryButton, deleteButton), actionError);
+    queueNote, pausedNote, h('div', { class: 'task-controls-buttons' }, pauseButton, resumeButton, cancelButton, retryButton, deleteButton), actionError);
 
   // ---- cards -------------------------------------------------------------------
   const grid = h('ol', { class: 'agent-grid-view', 'aria-label': 'Agents' });
@@ -320,11 +331,21 @@ function mountViewer(page, heading, view) {
     setText(usageText, formatUsage(state.usage) || '—');
     usageSim.hidden = !(state.usage.simulatedAttempts > 0);
     tickElapsed();
+    renderQueueNote();
     setText(connectionEl, CONNECTION_LABEL[connection] || connection);
     connectionEl.dataset.state = connection;
     document.title = `${terminal ? '' : '● '}${label}: ${state.title || 'Task'} · Troupe`;
     if (terminal) renderSummary();
     else summary.hidden = true; // retried: live again
+  }
+
+  /** While the task waits behind the user's other tasks: its place, and why it waits. */
+  function renderQueueNote() {
+    const position = waitingPosition(state);
+    setText(queueText, formatQueuePosition(position));
+    queueNote.hidden = position === null;
+    if (position === null) delete queueNote.dataset.position;
+    else queueNote.dataset.position = String(position);
   }
 
   function tickElapsed() {
@@ -472,6 +493,7 @@ function mountViewer(page, heading, view) {
     headerDirty = true;
     if (state.status !== wasStatus || !['agent_token', 'agent_progress'].includes(ev.type)) controlsDirty = true;
     if (ev.type === 'task_retried') retryPendingSince = 0;
+    if (waitingPosition(state) === null) stopQueueWatch(); // started, paused or ended
     const agent = ev.agentRole ? state.agents.find((a) => a.role === ev.agentRole) : null;
     const said = {
       agent_complete: agent && `${agent.name} completed.`,
@@ -529,6 +551,40 @@ function mountViewer(page, heading, view) {
     }
   }, 200);
 
+  // ---- waiting for admission ---------------------------------------------------------
+  // A task past its owner's limit of active tasks waits with a place in their line. No
+  // event says when it moves up or is handed to a worker, so while it waits the view is
+  // read again every few seconds (one read at a time); agent_start, a pause or the end
+  // (from the stream) or a view without a place stop it, and so does leaving the page.
+  let queueTimer = 0;
+  const queueReader = new AbortController();
+
+  function watchQueue() {
+    if (disposed || queueTimer || waitingPosition(state) === null) return;
+    queueTimer = setTimeout(readQueuePosition, QUEUE_POLL_MS);
+  }
+
+  function stopQueueWatch() {
+    clearTimeout(queueTimer);
+    queueTimer = 0;
+  }
+
+  async function readQueuePosition() {
+    queueTimer = 0;
+    if (disposed || waitingPosition(state) === null) return;
+    if (!document.hidden) { // a hidden tab shows nothing: read again when it is seen
+      try {
+        const fresh = await api.getTask(state.taskId, { signal: queueReader.signal });
+        if (disposed) return;
+        if (updateQueuePosition(state, fresh)) { headerDirty = true; schedule(); }
+      } catch (err) {
+        if (disposed || err.name === 'AbortError' || err.code === 'task_not_found') return; // gone
+        // Offline or restarting: the last place stays shown until a read works.
+      }
+    }
+    watchQueue();
+  }
+
   // ---- following the stream -----------------------------------------------------
   /** Opens the task's stream after state.lastSeq (at open, and again after a Retry). */
   async function follow(url) {
@@ -564,6 +620,7 @@ function mountViewer(page, heading, view) {
   window.addEventListener('online', onOnline);
 
   if (!isTerminal(state)) follow(streamUrl);
+  watchQueue();
   readLog();
 
   // The projected view has no progress lines and only each agent's current attempt:
@@ -599,6 +656,8 @@ function mountViewer(page, heading, view) {
     dispose() {
       disposed = true;
       logReader.abort();
+      queueReader.abort();
+      stopQueueWatch();
       leaving.abort();
       resize?.disconnect();
       actions.dispose();
