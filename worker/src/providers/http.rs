@@ -85,10 +85,10 @@ pub(crate) async fn send(
     let timeout = endpoint.request_timeout;
     let response = match tokio::time::timeout(timeout, request.send()).await {
         Err(_) => {
+            tracing::warn!(base_url = %endpoint.base_url, "{label} did not answer within {}", human(timeout));
             return Err(ProviderError::transient(format!(
-                "{label} did not answer within {} at {}",
-                human(timeout),
-                endpoint.base_url
+                "{label} did not answer within {}",
+                human(timeout)
             )));
         }
         Ok(Err(e)) => return Err(transport_error(label, endpoint, &e)),
@@ -212,10 +212,12 @@ pub(crate) fn status_error(
         401 | 403 => ProviderError::permanent(format!(
             "{label} rejected the API key (HTTP {code}); check the key configured for it"
         )),
-        404 => ProviderError::permanent(format!(
-            "{label} at {} answered HTTP 404: check the model name ({model}) and the base URL{detail}",
-            endpoint.base_url
-        )),
+        404 => {
+            tracing::warn!(base_url = %endpoint.base_url, model, "{label} answered HTTP 404");
+            ProviderError::permanent(format!(
+                "{label} answered HTTP 404: check the model name ({model}) and the provider's base URL{detail}"
+            ))
+        }
         400 | 422 => {
             ProviderError::permanent(format!("{label} refused the request (HTTP {code}){detail}"))
         }
@@ -246,7 +248,30 @@ pub(crate) fn provider_message(body: &str) -> Option<String> {
             .unwrap_or_else(|| body.to_string()),
         Err(_) => body.to_string(),
     };
-    Some(truncate(message.trim(), 300))
+    Some(truncate(&without_urls(message.trim()), 300))
+}
+
+/// `text` with every `http://` or `https://` URL in it replaced by `<url>`: what users
+/// read of a provider's errors must not show the hosts and ports behind the workers
+/// (a local model server, a proxy); the worker's log has them.
+pub(crate) fn without_urls(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = ["http://", "https://"]
+        .iter()
+        .filter_map(|scheme| rest.find(scheme))
+        .min()
+    {
+        out.push_str(&rest[..at]);
+        out.push_str("<url>");
+        let url = &rest[at..];
+        let end = url
+            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | ')' | '>' | ','))
+            .unwrap_or(url.len());
+        rest = &url[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// The message of an in-stream `{"error": {...}}` object; overload and server errors are
@@ -260,8 +285,8 @@ pub(crate) fn stream_error(label: &str, error: &serde_json::Value) -> ProviderEr
     let message = error
         .get("message")
         .and_then(|m| m.as_str())
-        .map(|m| truncate(m, 300))
-        .unwrap_or_else(|| truncate(&error.to_string(), 300));
+        .map(|m| truncate(&without_urls(m), 300))
+        .unwrap_or_else(|| truncate(&without_urls(&error.to_string()), 300));
     let text = if kind.is_empty() {
         format!("{label} reported an error mid-answer: {message}")
     } else {
@@ -282,18 +307,17 @@ pub(crate) fn stream_error(label: &str, error: &serde_json::Value) -> ProviderEr
     }
 }
 
+/// What users read says what failed, not where: the address is in the worker's log.
 fn transport_error(label: &str, endpoint: &Endpoint, error: &reqwest::Error) -> ProviderError {
-    let base = &endpoint.base_url;
+    let cause = without_urls(&root_cause(error));
+    tracing::warn!(base_url = %endpoint.base_url, %cause, "{label} could not be reached");
     if error.is_timeout() {
         ProviderError::transient(format!(
-            "{label} did not answer within {} at {base}",
+            "{label} did not answer within {}",
             human(endpoint.request_timeout)
         ))
     } else {
-        ProviderError::transient(format!(
-            "could not reach {label} at {base}: {}",
-            root_cause(error)
-        ))
+        ProviderError::transient(format!("could not reach {label}: {cause}"))
     }
 }
 
@@ -386,7 +410,11 @@ mod tests {
             "{}",
             missing.message
         );
-        assert!(missing.message.contains("http://llm.local/v1"));
+        assert!(
+            !missing.message.contains("llm.local"),
+            "the base URL is for the log, not users: {}",
+            missing.message
+        );
         assert!(missing.message.ends_with("model 'm1' not found"));
         let bad = classify(
             400,
@@ -416,6 +444,25 @@ mod tests {
             Some("nope")
         );
         assert_eq!(provider_message("<html>").as_deref(), Some("<html>"));
+    }
+
+    #[test]
+    fn urls_in_a_providers_words_are_not_shown() {
+        assert_eq!(
+            provider_message(
+                r#"{"error":{"message":"upstream http://10.0.4.7:11434/api/chat failed (see https://status.example/x)"}}"#
+            )
+            .as_deref(),
+            Some("upstream <url> failed (see <url>)")
+        );
+        assert_eq!(without_urls("no address here"), "no address here");
+        assert_eq!(without_urls("http://a:1"), "<url>");
+        let mid_answer =
+            serde_json::json!({"message": "proxy at https://gw.internal:8443 gave up"});
+        assert_eq!(
+            stream_error("P", &mid_answer).message,
+            "P reported an error mid-answer: proxy at <url> gave up"
+        );
     }
 
     #[test]
