@@ -535,6 +535,7 @@ async fn control_requests_wait_for_the_worker_and_transitions_race_it_safely(bac
             total_execution_time: 1,
         },
         requeue: false,
+        active_limit: None,
     };
     assert_eq!(
         store.transition(task_id, &cancel).await.unwrap(),
@@ -581,6 +582,7 @@ async fn control_requests_wait_for_the_worker_and_transitions_race_it_safely(bac
             reason: "r".into(),
         },
         requeue: true,
+        active_limit: None,
     };
     let Transitioned::Applied(retried) = store.transition(task_id, &retry).await.unwrap() else {
         panic!("a cancelled task's retry was refused");

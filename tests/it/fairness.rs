@@ -10,7 +10,10 @@ use uuid::Uuid;
 
 use crate::helpers::{Backend, TestApp, Tweaks, both_backends, of_type};
 
-both_backends!(one_users_backlog_does_not_hold_back_another_users_first_task);
+both_backends!(
+    one_users_backlog_does_not_hold_back_another_users_first_task,
+    a_resumed_task_past_the_limit_waits_like_a_new_one,
+);
 
 /// Worker slots, and active tasks per user: equal, so that one user can fill the workers.
 const SLOTS: usize = 2;
@@ -150,4 +153,35 @@ async fn one_users_backlog_does_not_hold_back_another_users_first_task(backend: 
             "{active_then} of the busy user's tasks ran at {start} ({task_id})"
         );
     }
+}
+
+/// Pausing a waiting task and resuming it is a submit again: it does not get round the
+/// limit. It goes to a worker once a place is free.
+async fn a_resumed_task_past_the_limit_waits_like_a_new_one(backend: Backend) {
+    let mut tweaks = Tweaks::default();
+    tweaks.worker.task_concurrency = SLOTS;
+    tweaks.active_tasks_per_user = Some(1);
+    let app = TestApp::spawn_with(backend, tweaks).await;
+    let user = app.user().await;
+    let (running, _) = submitted(&app, &user, &task(200, 300)).await;
+    let (second, answer) = submitted(&app, &user, &task(0, 1)).await;
+    assert_eq!(answer["queuePosition"], 1, "{answer}");
+
+    let (status, _) = app
+        .control(0, &user, &format!("/api/tasks/{second}/pause"))
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = app
+        .control(0, &user, &format!("/api/tasks/{second}/resume"))
+        .await;
+    assert_eq!(status, 200);
+    // A worker slot is free all along: only the limit holds it back.
+    assert_eq!(position(&app, &user, second).await, 1, "it waits again");
+
+    let (status, _) = app
+        .control(0, &user, &format!("/api/tasks/{running}/cancel"))
+        .await;
+    assert_eq!(status, 202);
+    let view = app.wait_finished(&user, second).await;
+    assert_eq!(view["status"], "completed");
 }

@@ -174,11 +174,12 @@ async fn drive(
         match decide(&task) {
             Step::Answer(answer) => return answer,
             Step::Transition(transition, status, body) => {
-                if let Some(seq) = transitioned(state, task_id, &transition).await? {
-                    if transition.requeue {
-                        queue(state, Dispatch { task_id, seq }).await;
-                    } else {
-                        admit_waiting(state, user).await;
+                if let Some(applied) = transitioned(state, task_id, &transition).await? {
+                    match applied.to_queue() {
+                        Some(dispatch) => queue(state, dispatch).await,
+                        // Out of the active ones (or back among the waiting): another
+                        // of the user's waiting tasks may take its place.
+                        None => admit_waiting(state, user).await,
                     }
                     return answer(status, body);
                 }
@@ -228,6 +229,7 @@ pub async fn cancel(
                     total_execution_time: millis_since(task.created_at),
                 },
                 requeue: false,
+                active_limit: None,
             },
             StatusCode::OK,
             Control::status(task_id, TaskStatus::Cancelled),
@@ -422,6 +424,7 @@ pub async fn pause(
                     reason: "paused by a user before it started".into(),
                 },
                 requeue: false,
+                active_limit: None,
             },
             StatusCode::OK,
             paused.clone(),
@@ -464,6 +467,7 @@ pub async fn resume(
                     reason: "resumed by a user".into(),
                 },
                 requeue: true,
+                active_limit: state.backends.active_tasks_per_user,
             },
             StatusCode::OK,
             Control::status(task_id, TaskStatus::Queued),
@@ -538,11 +542,14 @@ pub async fn retry(
             reason: "retried by a user".into(),
         },
         requeue: true,
+        active_limit: state.backends.active_tasks_per_user,
     };
-    let Some(seq) = transitioned(&state, task_id, &transition).await? else {
+    let Some(applied) = transitioned(&state, task_id, &transition).await? else {
         return Err(not_retryable(&owned_task(&state, user.id, task_id).await?));
     };
-    queue(&state, Dispatch { task_id, seq }).await;
+    if let Some(dispatch) = applied.to_queue() {
+        queue(&state, dispatch).await;
+    }
     answer(
         StatusCode::ACCEPTED,
         Retry {
@@ -621,24 +628,42 @@ fn not_retryable(task: &TaskRecord) -> ApiError {
     }
 }
 
-/// The transition's seq, or `None` when the task's status had moved on; its event is
+/// A transition the store applied.
+struct Applied {
+    dispatch: Dispatch,
+    requeue: bool,
+    waiting: bool,
+}
+
+impl Applied {
+    /// The job to queue now: a requeue that does not wait behind the owner's limit.
+    fn to_queue(&self) -> Option<Dispatch> {
+        (self.requeue && !self.waiting).then_some(self.dispatch)
+    }
+}
+
+/// What the transition did, or `None` when the task's status had moved on; its event is
 /// published like any other, so that followers see it at once.
 async fn transitioned(
     state: &AppState,
     task_id: Uuid,
     transition: &Transition,
-) -> ApiResult<Option<u64>> {
-    match state.backends.store.transition(task_id, transition).await? {
-        Transitioned::Applied(event) => {
-            let seq = event.seq;
-            if let Err(e) = state.backends.bus.publish(&[event]).await {
-                tracing::warn!(%task_id, error = %e, "publishing a control event failed; followers read it from the store");
-            }
-            tracing::info!(%task_id, seq, event = transition.body.kind(), "task changed by a user");
-            Ok(Some(seq))
-        }
-        Transitioned::Refused(_) => Ok(None),
+) -> ApiResult<Option<Applied>> {
+    let (event, waiting) = match state.backends.store.transition(task_id, transition).await? {
+        Transitioned::Applied(event) => (event, false),
+        Transitioned::Waiting(event) => (event, true),
+        Transitioned::Refused(_) => return Ok(None),
+    };
+    let seq = event.seq;
+    if let Err(e) = state.backends.bus.publish(&[event]).await {
+        tracing::warn!(%task_id, error = %e, "publishing a control event failed; followers read it from the store");
     }
+    tracing::info!(%task_id, seq, waiting, event = transition.body.kind(), "task changed by a user");
+    Ok(Some(Applied {
+        dispatch: Dispatch { task_id, seq },
+        requeue: transition.requeue,
+        waiting,
+    }))
 }
 
 /// Records a request for the worker and nudges it; `false` when the status refused it.

@@ -718,9 +718,17 @@ pub struct Transition {
     pub from: Vec<TaskStatus>,
     pub body: EventBody,
     pub requeue: bool,
+    /// For a requeue: the owner's limit of active tasks, past which the task waits for
+    /// admission instead of going to the queue (a resume or retry is a submit again).
+    pub active_limit: Option<u32>,
 }
 
 impl Transition {
+    /// The limit that decides whether the requeued task waits; `None` when it does not.
+    fn waiting_limit(&self) -> Option<i64> {
+        self.active_limit.filter(|_| self.requeue).map(i64::from)
+    }
+
     /// The status the event gives the task.
     fn to(&self) -> Result<TaskStatus> {
         TaskStatus::after_kind(self.body.kind()).ok_or_else(|| {
@@ -746,6 +754,9 @@ impl Transition {
 pub enum Transitioned {
     /// The event is stored, as returned (its seq is the log's new end).
     Applied(RawEvent),
+    /// The event is stored and the task requeued, but it waits behind its owner's limit
+    /// of active tasks: it has no outbox row, and is not to be queued now.
+    Waiting(RawEvent),
     /// The task's status was not one the transition starts from.
     Refused(TaskStatus),
 }
@@ -963,6 +974,26 @@ fn queue_position_sql(mark: char) -> String {
         waiting_as("w")
     )
 }
+/// The `waiting` a transition sets (`{mark}3` the limit, or NULL): a requeue past the
+/// owner's limit waits, anything else is no longer waiting.
+fn transition_waiting_sql(mark: char) -> String {
+    format!(
+        "CASE WHEN {mark}3 IS NULL THEN {no} ELSE (
+             SELECT count(*) FROM tasks a WHERE a.owner_id = tasks.owner_id
+               AND NOT a.waiting AND a.status IN ('queued', 'running')) >= {mark}3 END",
+        no = if mark == '$' { "FALSE" } else { "0" }
+    )
+}
+
+/// What a stored transition says to its caller.
+fn transitioned(event: RawEvent, waiting: bool) -> Transitioned {
+    if waiting {
+        Transitioned::Waiting(event)
+    } else {
+        Transitioned::Applied(event)
+    }
+}
+
 /// How many of the owner's waiting tasks may become active: `limit` less the active.
 fn admissible(limit: u32, active: i64) -> i64 {
     (i64::from(limit) - active).max(0)

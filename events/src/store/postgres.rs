@@ -16,8 +16,8 @@ use super::{
     delete_account_rows_sql, delete_task_rows_sql, earlier_submit, first_id_since,
     is_unique_violation, mark_account_tasks_sql, owners_waiting_sql, queue_position_sql, raw_event,
     read_report_rows, refused, row_usage, settle_claim, settled_requests_sql, status_after,
-    swept_sql, task_record, task_usage_columns, unpublished_sql, usage_added, usage_added_sql,
-    waiting_owner_sql,
+    swept_sql, task_record, task_usage_columns, transition_waiting_sql, transitioned,
+    unpublished_sql, usage_added, usage_added_sql, waiting_owner_sql,
 };
 use crate::error::{Error, Result};
 use crate::stats::{StatsCursor, StatsDelta, StatsPeriod, StatsRows};
@@ -550,17 +550,19 @@ impl Store for PgStore {
     async fn transition(&self, task_id: Uuid, transition: &Transition) -> Result<Transitioned> {
         let to = transition.to()?;
         let mut tx = self.pool.begin().await?;
-        let seq: Option<i64> = sqlx::query_scalar(&format!(
+        let moved: Option<(i64, bool)> = sqlx::query_as(&format!(
             "UPDATE tasks SET last_seq = last_seq + 1, status = $2, updated_at = now(),
-                    cancel_requested = FALSE, pause_requested = FALSE, waiting = FALSE
-             WHERE id = $1 AND {} RETURNING last_seq",
+                    cancel_requested = FALSE, pause_requested = FALSE, waiting = {}
+             WHERE id = $1 AND {} RETURNING last_seq, waiting",
+            transition_waiting_sql('$').replace("$3 IS", "$3::bigint IS"),
             transition.allowed_statuses_sql()
         ))
         .bind(task_id)
         .bind(to.as_str())
+        .bind(transition.waiting_limit())
         .fetch_optional(&mut *tx)
         .await?;
-        let Some(seq) = seq else {
+        let Some((seq, waiting)) = moved else {
             tx.rollback().await?;
             return refused(self.task(task_id).await?, task_id);
         };
@@ -573,7 +575,7 @@ impl Store for PgStore {
             .bind(event.json_str())
             .execute(&mut *tx)
             .await?;
-        if transition.requeue {
+        if transition.requeue && !waiting {
             sqlx::query(
                 "INSERT INTO task_outbox (task_id, created_at, seq) VALUES ($1, $2, $3)
                  ON CONFLICT (task_id) DO UPDATE SET created_at = EXCLUDED.created_at, seq = EXCLUDED.seq",
@@ -586,7 +588,7 @@ impl Store for PgStore {
         }
         tx.commit().await?;
         crate::metrics::committed(std::slice::from_ref(&event));
-        Ok(Transitioned::Applied(event))
+        Ok(transitioned(event, waiting))
     }
 
     async fn request_control(&self, task_id: Uuid, request: &ControlRequest) -> Result<bool> {
