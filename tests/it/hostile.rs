@@ -2,7 +2,9 @@
 //! seed (proptest) with hostile strings (NUL, lone surrogates as escapes, control
 //! characters, 70,000 characters), numbers (huge, negative, fractional, 1e999), nesting
 //! past the parser's limit, duplicate keys, invalid UTF-8, wrong content types, and
-//! malformed ids, cursors and windows in paths and query strings, on both backends.
+//! malformed ids, cursors and windows in paths and query strings, on both backends; to
+//! the submit and account bodies (sign-up, sign-in, password change, account deletion)
+//! and every task path, deletion included.
 
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
@@ -75,7 +77,13 @@ fn hostile_value() -> impl Strategy<Value = Value> {
 
 /// A valid body of each endpoint that takes one, before it is made hostile.
 fn valid_body(path: &str) -> Value {
-    if path.starts_with("/api/auth") {
+    // The account endpoints get a wrong password: a change that went through would end
+    // the session the test goes on with.
+    if path == "/api/auth/password" {
+        json!({"currentPassword": "not the password", "newPassword": "a brand new passphrase"})
+    } else if path == "/api/auth/account" {
+        json!({"password": "not the password"})
+    } else if path.starts_with("/api/auth") {
         json!({"email": "hostile@example.com", "password": "correct horse battery"})
     } else {
         json!({"title": "Hostile", "description": "A task", "selectedAgents": ["qa"],
@@ -96,6 +104,8 @@ const FIELDS: &[&str] = &[
     "fallback",
     "email",
     "password",
+    "currentPassword",
+    "newPassword",
     "latencyMs",
 ];
 
@@ -152,9 +162,11 @@ fn mangled(text: String, how: usize, at: prop::sample::Index) -> Vec<u8> {
 fn body_request() -> impl Strategy<Value = Hostile> {
     let paths = prop::sample::select(vec![
         // `/api/agents/execute` parses the same body, and waits for the task it accepts.
-        "/api/tasks",
-        "/api/auth/register",
-        "/api/auth/login",
+        ("POST", "/api/tasks"),
+        ("POST", "/api/auth/register"),
+        ("POST", "/api/auth/login"),
+        ("POST", "/api/auth/password"),
+        ("DELETE", "/api/auth/account"),
     ]);
     let content_types = prop::sample::select(vec![
         Some("application/json"),
@@ -163,9 +175,9 @@ fn body_request() -> impl Strategy<Value = Hostile> {
         Some("text/plain"),
         None,
     ]);
-    (paths, content_types).prop_flat_map(|(path, content_type)| {
+    (paths, content_types).prop_flat_map(|((method, path), content_type)| {
         hostile_body(path.to_string()).prop_map(move |body| Hostile {
-            method: "POST",
+            method,
             path: path.to_string(),
             content_type,
             body,
@@ -213,6 +225,7 @@ fn path_request() -> impl Strategy<Value = Hostile> {
         ("POST", "/api/tasks/{}/resume"),
         ("POST", "/api/tasks/{}/retry"),
         ("POST", "/api/tasks/{}/agents/{}/cancel"),
+        ("DELETE", "/api/tasks/{}"),
     ]);
     (shapes, hostile_segment(), hostile_segment()).prop_map(|((method, shape), a, b)| Hostile {
         method,
@@ -258,6 +271,7 @@ async fn send(
     let url = format!("{}{}", app.url(0), request.path);
     let mut builder = match request.method {
         "POST" => client.post(&url).body(request.body.clone()),
+        "DELETE" => client.delete(&url).body(request.body.clone()),
         _ => client.get(&url),
     }
     .bearer_auth(token);
