@@ -15,11 +15,12 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use troupe_events::metrics::{Kind, Series};
 
-use crate::helpers::{Backend, TestApp, both_backends, database_url, of_type, priced};
+use crate::helpers::{Backend, TestApp, Tweaks, both_backends, database_url, of_type, priced};
 
 both_backends!(
     a_run_is_counted_exactly,
     the_open_streams_gauge_follows_the_streams,
+    a_task_waiting_behind_the_limit_is_counted_as_submitted,
 );
 
 use troupe_api::metrics as api;
@@ -210,6 +211,30 @@ async fn a_run_is_counted_exactly(backend: Backend) {
     for id in &ids {
         assert!(!after.text.contains(&id.to_string()));
     }
+}
+
+async fn a_task_waiting_behind_the_limit_is_counted_as_submitted(backend: Backend) {
+    let tweaks = Tweaks {
+        active_tasks_per_user: Some(1),
+        ..Tweaks::default()
+    };
+    let app = TestApp::spawn_with(backend, tweaks).await;
+    let token = app.user().await;
+    let before = scrape(&app.client, app.url(0)).await;
+    let mut slow = task(&["qa"], "sequential", json!({}));
+    slow["providerOptions"] = json!({"latencyMs": 200, "tokens": 300});
+    app.submit(&token, &slow).await;
+    let waiting: Value = app
+        .post("/api/tasks", &token, &slow)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(waiting["queuePosition"], 1, "{waiting}");
+
+    let after = scrape(&app.client, app.url(0)).await;
+    let submitted = api::TASKS_SUBMITTED.name;
+    assert_eq!(after.sum(submitted, &[]) - before.sum(submitted, &[]), 2.0);
 }
 
 async fn the_open_streams_gauge_follows_the_streams(backend: Backend) {

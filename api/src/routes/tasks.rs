@@ -356,27 +356,36 @@ pub async fn submit(
         active_limit: state.backends.active_tasks_per_user,
     };
     let submitted = state.backends.store.create_task(&task).await?;
-    if let Submitted::Created(record) = &submitted
-        && record.waiting
-    {
-        tracing::info!(task_id = %record.id, "task submitted; it waits behind its owner's active tasks");
-    } else if let Submitted::Created(record) = &submitted {
-        let first = troupe_events::Dispatch {
-            task_id: record.id,
-            seq: 1,
-        };
-        if let Err(e) = state.outbox.dispatch(first).await {
-            // Stored and in the outbox: the dispatcher queues it shortly.
-            tracing::warn!(task_id = %record.id, error = %e, "queueing a new task failed; the outbox will retry");
+    if let Submitted::Created(record) = &submitted {
+        counted(record);
+        if record.waiting {
+            tracing::info!(task_id = %record.id, "task submitted; it waits behind its owner's active tasks");
+        } else {
+            dispatch_new(state, record).await;
         }
-        let mode = match record.spec.execution_mode {
-            ExecutionMode::Sequential => "sequential",
-            ExecutionMode::Parallel => "parallel",
-        };
-        crate::metrics::submitted(mode, &record.spec.provider);
-        tracing::info!(task_id = %record.id, "task submitted");
     }
     Ok(submitted)
+}
+
+/// Every new task counts as submitted, whether it goes to the queue or waits.
+fn counted(record: &TaskRecord) {
+    let mode = match record.spec.execution_mode {
+        ExecutionMode::Sequential => "sequential",
+        ExecutionMode::Parallel => "parallel",
+    };
+    crate::metrics::submitted(mode, &record.spec.provider);
+}
+
+async fn dispatch_new(state: &AppState, record: &TaskRecord) {
+    let first = troupe_events::Dispatch {
+        task_id: record.id,
+        seq: 1,
+    };
+    if let Err(e) = state.outbox.dispatch(first).await {
+        // Stored and in the outbox: the dispatcher queues it shortly.
+        tracing::warn!(task_id = %record.id, error = %e, "queueing a new task failed; the outbox will retry");
+    }
+    tracing::info!(task_id = %record.id, "task submitted");
 }
 
 pub fn stream_url(state: &AppState, user: AuthUser, task_id: Uuid) -> String {
