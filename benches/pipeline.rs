@@ -29,7 +29,6 @@ use troupe_events::{
     BackendConfig, Backends, Catalogue, Event, EventBody, ExecutionMode, NewTask, RawEvent, Store,
     Subjects, TaskSpec,
 };
-use troupe_worker::providers::{ProviderSettings, Providers};
 use uuid::Uuid;
 
 const SCENARIOS: [&str; 5] = ["throughput", "sse", "replay", "accept", "memory"];
@@ -267,6 +266,7 @@ async fn scenarios(env: &Remote, sizes: &Sizes, chosen: &[String]) -> anyhow::Re
         "backends: {}; store pool of {} connections",
         backends.description, config.db_max_connections
     );
+    stand_in_for_a_worker(&backends).await?;
     // The memory scenario measures an `api` process of its own, not the one in this process.
     let needs_api = chosen
         .iter()
@@ -293,6 +293,24 @@ async fn scenarios(env: &Remote, sizes: &Sizes, chosen: &[String]) -> anyhow::Re
         api.stop().await;
     }
     result
+}
+
+/// No worker runs in the bench, yet the api accepts a task only for a provider a live
+/// worker serves: the bench says in the store, as a worker would, that one serves
+/// `simulated`, for longer than any run lasts.
+async fn stand_in_for_a_worker(backends: &Backends) -> anyhow::Result<()> {
+    let offers = vec![troupe_events::providers::Offer {
+        name: "simulated".into(),
+        default_model: None,
+    }];
+    troupe_events::providers::Advertiser::new(
+        backends.store.clone(),
+        offers,
+        Duration::from_secs(3600),
+    )
+    .advertise()
+    .await
+    .context("advertising the simulated provider")
 }
 
 /// The real api with one registered user: in this process on a port-0 listener, or (for
@@ -324,7 +342,6 @@ impl Api {
         let state = troupe_api::state(
             backends,
             Catalogue::builtin(),
-            Providers::from_settings(&ProviderSettings::default()),
             tokens,
             HttpConfig {
                 // The benchmark submits thousands of tasks a second as one user.

@@ -41,7 +41,6 @@ pub async fn run(
     let state = troupe_api::state(
         backends.clone(),
         settings.api.catalogue()?,
-        Providers::from_settings(&settings.providers),
         tokens,
         settings.api.http(),
     );
@@ -57,6 +56,11 @@ pub async fn run(
         Providers::from_settings(&settings.providers),
         worker_config,
     ));
+    // Before the api serves, so that the first submit finds the worker's providers.
+    worker
+        .advertise()
+        .await
+        .context("advertising the worker's providers")?;
     let requeued = backends.recover().await?;
     if requeued > 0 {
         tracing::info!(

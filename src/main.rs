@@ -2,9 +2,9 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use troupe::Settings;
 use troupe_api::ApiArgs;
+use troupe_events::runtime::shutdown_signal;
 use troupe_events::runtime::{BackendArgs, init_tracing};
 use troupe_worker::cli::{ProviderArgs, WorkerArgs};
-use troupe_worker::shutdown_signal;
 
 /// An allocator that gives freed memory back to the system, from a background thread,
 /// even while the process is idle: glibc kept what a burst of streams had used (75 MiB

@@ -29,8 +29,8 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::{DefaultOnResponse, OnResponse, TraceLayer};
 use tracing::Span;
 use troupe_events::dispatch::Outbox;
+use troupe_events::providers::LiveDirectory;
 use troupe_events::{Backends, Catalogue, FeedConfig, Feeds};
-use troupe_worker::providers::Providers;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -44,7 +44,6 @@ pub use crate::state::{AppState, HttpConfig};
 pub fn state(
     backends: Backends,
     catalogue: Catalogue,
-    providers: Providers,
     tokens: auth::Tokens,
     http: HttpConfig,
 ) -> AppState {
@@ -61,10 +60,13 @@ pub fn state(
         outbox: Outbox::start(backends.store.clone(), backends.queue.clone()),
         streams: Arc::new(tokio::sync::Semaphore::new(http.max_streams.max(1))),
         guard: Arc::new(guard::Guard::new(http.limits.clone())),
+        providers: Arc::new(LiveDirectory::new(
+            backends.store.clone(),
+            LiveDirectory::DEFAULT_MAX_AGE,
+        )),
         backends,
         feeds,
         catalogue: Arc::new(catalogue),
-        providers: Arc::new(providers),
         tokens,
         http,
         closing: CancellationToken::new(),

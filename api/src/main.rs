@@ -2,10 +2,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use troupe_api::ApiArgs;
 use troupe_events::Backends;
+use troupe_events::runtime::shutdown_signal;
 use troupe_events::runtime::{BackendArgs, init_tracing};
-use troupe_worker::cli::ProviderArgs;
-use troupe_worker::providers::Providers;
-use troupe_worker::shutdown_signal;
 
 /// An allocator that gives freed memory back to the system, from a background thread,
 /// even while the process is idle: glibc kept what a burst of streams had used (75 MiB
@@ -23,8 +21,6 @@ struct Cli {
     backend: BackendArgs,
     #[command(flatten)]
     api: ApiArgs,
-    #[command(flatten)]
-    providers: ProviderArgs,
 }
 
 #[derive(Subcommand)]
@@ -51,20 +47,28 @@ async fn main() -> anyhow::Result<()> {
              for one process on one machine run `troupe` instead"
         );
     }
+    warn_of_provider_keys();
     let tokens = cli.api.tokens(true, &config.data_dir, false)?;
     let backends = Backends::connect(&config)
         .await
         .context("connecting to the store and NATS")?;
-    let state = troupe_api::state(
-        backends,
-        cli.api.catalogue()?,
-        Providers::from_settings(&cli.providers.settings()?),
-        tokens,
-        cli.api.http(),
-    );
+    let state = troupe_api::state(backends, cli.api.catalogue()?, tokens, cli.api.http());
     let listener = tokio::net::TcpListener::bind(cli.api.bind)
         .await
         .with_context(|| format!("binding {}", cli.api.bind))?;
     tracing::info!(url = %format!("http://{}", listener.local_addr()?), "api listening");
     troupe_api::serve(listener, state, shutdown_signal()).await
+}
+
+/// Provider keys belong to the workers: the api never reads one, and says so when an
+/// operator has left one in its environment from an older setup.
+fn warn_of_provider_keys() {
+    for name in ["OPENAI_API_KEY", "ANTHROPIC_API_KEY"] {
+        if std::env::var_os(name).is_some() {
+            tracing::warn!(
+                variable = name,
+                "the api does not use provider keys: give this one to the workers only"
+            );
+        }
+    }
 }

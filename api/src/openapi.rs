@@ -179,7 +179,7 @@ pub const ERROR_CODES: &[(&str, u16, &str)] = &[
     (
         "provider_not_configured",
         422,
-        "The provider is not configured on this server (see `GET /api/providers`).",
+        "Not every live worker serves the provider, or no worker is running (see `GET /api/providers`).",
     ),
     (
         "invalid_model",
@@ -189,7 +189,7 @@ pub const ERROR_CODES: &[(&str, u16, &str)] = &[
     (
         "invalid_provider_options",
         422,
-        "`providerOptions` is not a JSON object, or not what the provider takes (the simulated one: types, ranges, at most 5 minutes an answer).",
+        "`providerOptions` is not a JSON object, or not what the provider (or the fallback) takes: a number `temperature` and a positive whole `maxTokens` for the HTTP providers; types, ranges and at most 5 minutes an answer for the simulated one.",
     ),
     (
         "invalid_timeout",

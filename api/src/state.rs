@@ -4,8 +4,8 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use troupe_events::dispatch::Outbox;
+use troupe_events::providers::LiveDirectory;
 use troupe_events::{Backends, Catalogue, Feeds};
-use troupe_worker::providers::Providers;
 
 use crate::auth::{SecureCookies, Tokens};
 use crate::guard::{Guard, RequestLimits};
@@ -45,7 +45,8 @@ pub struct AppState {
     pub outbox: Outbox,
     pub feeds: Feeds,
     pub catalogue: Arc<Catalogue>,
-    pub providers: Arc<Providers>,
+    /// What the live workers serve, from their adverts in the store.
+    pub providers: Arc<LiveDirectory>,
     pub tokens: Tokens,
     pub http: HttpConfig,
     /// Cancelled when the server starts shutting down: open event streams end then, so

@@ -10,6 +10,7 @@ pub mod error;
 pub mod event;
 pub mod follow;
 pub mod metrics;
+pub mod providers;
 pub mod queue;
 pub mod relay;
 pub mod runtime;

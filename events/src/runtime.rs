@@ -196,3 +196,35 @@ pub async fn each_tick<F, Fut>(
         beat().await;
     }
 }
+
+/// A token cancelled on ctrl-c or SIGTERM: the root of every process's shutdown.
+pub fn shutdown_signal() -> tokio_util::sync::CancellationToken {
+    let token = tokio_util::sync::CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        let terminate = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut signal) => {
+                    signal.recv().await;
+                }
+                Err(_) => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let terminate = std::future::pending::<()>();
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = terminate => {}
+        }
+        tracing::info!("shutting down; press ctrl-c again to stop at once");
+        cancel.cancel();
+        // A second ctrl-c is an operator who will not wait for the grace period.
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("stopping at once");
+            std::process::exit(130);
+        }
+    });
+    token
+}

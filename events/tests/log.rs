@@ -115,6 +115,7 @@ both_backends!(
     a_run_that_ends_settles_the_pending_requests,
     control_requests_wait_for_the_worker_and_transitions_race_it_safely,
     appends_sum_usage_on_the_task_row_and_a_report_reads_the_owners_window,
+    a_workers_advert_is_replaced_by_its_next_and_lapses,
 );
 
 async fn new_task(log: &Log) -> Uuid {
@@ -899,4 +900,47 @@ async fn appends_sum_usage_on_the_task_row_and_a_report_reads_the_owners_window(
     assert_eq!(after.totals, UsageTotals::default());
     let other = log.store.usage_report(Uuid::now_v7(), since).await.unwrap();
     assert_eq!(other.tasks, 0);
+}
+
+async fn a_workers_advert_is_replaced_by_its_next_and_lapses(backend: Backend) {
+    use troupe_events::providers::{Advert, Directory, Offer};
+    let log = log(backend).await;
+    let store = log.store.as_ref();
+    let advert = |offers: &[&str], stopping: bool| Advert {
+        worker_id: Uuid::now_v7(),
+        offers: offers
+            .iter()
+            .map(|name| Offer {
+                name: name.to_string(),
+                default_model: Some(format!("{name}-model")),
+            })
+            .collect(),
+        stopping,
+    };
+    let minute = Duration::from_secs(60);
+    let first = advert(&["simulated"], false);
+    let second = advert(&["openai", "simulated"], false);
+    store.advertise(&first, minute).await.unwrap();
+    store.advertise(&second, minute * 2).await.unwrap();
+    // Lapsed as soon as written: never live.
+    store
+        .advertise(&advert(&["anthropic"], false), Duration::ZERO)
+        .await
+        .unwrap();
+    let stopping = Advert {
+        stopping: true,
+        offers: vec![],
+        ..first.clone()
+    };
+    store.advertise(&stopping, minute).await.unwrap();
+    // Newest expiry first; the first worker's advert replaced by its last word.
+    assert_eq!(
+        store.live_adverts().await.unwrap(),
+        vec![second.clone(), stopping]
+    );
+    let directory = Directory::of(&store.live_adverts().await.unwrap());
+    assert_eq!(directory.workers(), 1);
+    assert!(directory.serves("openai") && directory.serves("simulated"));
+    store.sweep(None, 10).await.unwrap();
+    assert_eq!(store.live_adverts().await.unwrap().len(), 2);
 }

@@ -82,6 +82,8 @@ pub struct Tweaks {
     pub ack_wait: Duration,
     /// `TROUPE_ACTIVE_TASKS_PER_USER`; unset (no limit) unless a test is about it.
     pub active_tasks_per_user: Option<u32>,
+    /// Separate workers a distributed app starts with.
+    pub workers: usize,
 }
 
 impl Default for Tweaks {
@@ -92,6 +94,7 @@ impl Default for Tweaks {
             worker: worker_config(),
             ack_wait: Duration::from_secs(30),
             active_tasks_per_user: None,
+            workers: 1,
         }
     }
 }
@@ -183,7 +186,6 @@ impl TestApp {
                     let state = troupe_api::state(
                         backends,
                         troupe_events::Catalogue::builtin(),
-                        Providers::from_settings(&tweaks.providers),
                         tweaks.api.tokens(true, &data_dir, false).unwrap(),
                         tweaks.api.http(),
                     );
@@ -205,7 +207,9 @@ impl TestApp {
                     data_dir,
                     handles,
                 };
-                app.start_worker().await;
+                for _ in 0..app.tweaks.workers {
+                    app.start_worker().await;
+                }
                 app
             }
         }
@@ -231,6 +235,16 @@ impl TestApp {
 
     /// A further worker process on the same backends (distributed only).
     pub async fn start_worker(&mut self) -> CancellationToken {
+        let providers = self.tweaks.providers.clone();
+        self.start_worker_serving(&providers).await.0
+    }
+
+    /// A further worker calling `providers`, and what crashes it: aborting it stops it
+    /// where it stands, without a word to the store (distributed only).
+    pub async fn start_worker_serving(
+        &mut self,
+        providers: &ProviderSettings,
+    ) -> (CancellationToken, tokio::task::AbortHandle) {
         let Cleanup::Remote { schema, prefix } = &self.cleanup else {
             panic!("separate workers exist only when distributed");
         };
@@ -239,15 +253,25 @@ impl TestApp {
             .unwrap();
         let worker = std::sync::Arc::new(Worker::new(
             backends,
-            Providers::from_settings(&self.tweaks.providers),
+            Providers::from_settings(providers),
             self.tweaks.worker.clone(),
         ));
+        worker.advertise().await.unwrap();
         let stop = self.shutdown.child_token();
         let token = stop.clone();
-        self.handles
-            .push(tokio::spawn(async move { worker.run(token).await }));
+        let handle = tokio::spawn(async move { worker.run(token).await });
+        let crash = handle.abort_handle();
+        self.handles.push(tokio::spawn(async move {
+            // A crashed worker's handle says so; that is what the test asked for.
+            let _ = handle.await;
+        }));
         self.workers.push(stop.clone());
-        stop
+        (stop, crash)
+    }
+
+    /// The providers that workers started from now on call.
+    pub fn set_providers(&mut self, providers: ProviderSettings) {
+        self.tweaks.providers = providers;
     }
 
     /// Stops the embedded process and starts it again on the same data and port, as a

@@ -21,6 +21,7 @@ mod providers;
 mod reference;
 mod resume;
 mod runs;
+mod served;
 mod sessions;
 mod stats;
 mod stats_faults;

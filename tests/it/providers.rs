@@ -379,7 +379,7 @@ async fn a_fallback_that_cannot_be_used_is_refused_and_nothing_is_stored(backend
         (
             json!({"provider": "anthropic"}),
             "provider_not_configured",
-            "not configured",
+            "cannot run tasks now",
         ),
         (
             json!({"provider": "openai"}),

@@ -165,6 +165,10 @@ pub struct WorkerArgs {
     /// Seconds between sweeps of deleted tasks, tasks past retention and expired sessions.
     #[arg(long, env = "TROUPE_SWEEP_SECS", default_value_t = 30)]
     pub sweep_secs: u64,
+    /// Seconds between this worker's adverts of the providers it serves; the api counts
+    /// a worker live for six of them after its last.
+    #[arg(long, env = "TROUPE_ADVERT_SECS", default_value_t = 10)]
+    pub advert_secs: u64,
 }
 
 impl WorkerArgs {
@@ -181,6 +185,7 @@ impl WorkerArgs {
                 retain_ended: (self.retention_days > 0)
                     .then(|| Duration::from_secs(u64::from(self.retention_days) * 86_400)),
             },
+            advert_every: Duration::from_secs(self.advert_secs.max(1)),
             ..WorkerConfig::default()
         }
     }

@@ -19,6 +19,7 @@ use futures::{FutureExt, StreamExt};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
+use troupe_events::providers::Advertiser;
 use troupe_events::relay::{Marks, Relay, RelayConfig};
 use troupe_events::sweep::{SweepConfig, Sweeper};
 use troupe_events::{
@@ -66,6 +67,8 @@ pub struct WorkerConfig {
     /// The sweep of deleted tasks, ended tasks past their retention and expired sessions;
     /// it runs in every worker.
     pub sweep: SweepConfig,
+    /// How often the worker says again in the store which providers it serves.
+    pub advert_every: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -82,6 +85,7 @@ impl Default for WorkerConfig {
             prices: Arc::default(),
             relay: RelayConfig::default(),
             sweep: SweepConfig::default(),
+            advert_every: Duration::from_secs(10),
         }
     }
 }
@@ -149,6 +153,8 @@ impl Outcome {
 pub struct Worker {
     backends: Backends,
     providers: Providers,
+    /// Tells the api, through the store, which providers this worker serves.
+    advertiser: Advertiser,
     config: WorkerConfig,
     agent_slots: Arc<Semaphore>,
     /// How far the event stream has this worker's tasks, written a few times a second.
@@ -158,19 +164,34 @@ pub struct Worker {
 impl Worker {
     pub fn new(backends: Backends, providers: Providers, config: WorkerConfig) -> Self {
         let agent_slots = Arc::new(Semaphore::new(config.agent_concurrency.max(1)));
+        let advertiser = Advertiser::new(
+            backends.store.clone(),
+            providers.offers(),
+            config.advert_every,
+        );
         Worker {
             backends,
             providers,
+            advertiser,
             config,
             agent_slots,
             marks: Marks::default(),
         }
     }
 
+    /// Says in the store which providers this worker serves. Call it before the api takes
+    /// submits (`run` says it again while it runs), so that they are accepted at once.
+    pub async fn advertise(&self) -> troupe_events::Result<()> {
+        self.advertiser.advertise().await
+    }
+
     /// Pulls and runs tasks until `shutdown`; tasks still running then are interrupted and
     /// handed back to the queue, to be resumed by whichever worker takes them next.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let mut slots = tokio::task::JoinSet::new();
+        let worker = self.clone();
+        let stop = shutdown.clone();
+        slots.spawn(async move { worker.advertiser.run(stop).await });
         let marks = self.write_marks();
         if self.backends.bus.keeps_events() {
             let relay = Relay::new(
@@ -659,36 +680,4 @@ enum Closed {
 /// Waits before a failed job comes back: 1 s, doubling to 30 s.
 fn retry_delay(delivered: u64) -> Duration {
     Duration::from_secs(1 << delivered.saturating_sub(1).min(5)).min(Duration::from_secs(30))
-}
-
-/// A token cancelled on ctrl-c or SIGTERM: the root of every process's shutdown.
-pub fn shutdown_signal() -> CancellationToken {
-    let token = CancellationToken::new();
-    let cancel = token.clone();
-    tokio::spawn(async move {
-        let ctrl_c = tokio::signal::ctrl_c();
-        #[cfg(unix)]
-        let terminate = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut signal) => {
-                    signal.recv().await;
-                }
-                Err(_) => std::future::pending().await,
-            }
-        };
-        #[cfg(not(unix))]
-        let terminate = std::future::pending::<()>();
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = terminate => {}
-        }
-        tracing::info!("shutting down; press ctrl-c again to stop at once");
-        cancel.cancel();
-        // A second ctrl-c is an operator who will not wait for the grace period.
-        if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!("stopping at once");
-            std::process::exit(130);
-        }
-    });
-    token
 }

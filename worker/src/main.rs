@@ -5,10 +5,11 @@ use anyhow::Context;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use troupe_events::Backends;
+use troupe_events::runtime::shutdown_signal;
 use troupe_events::runtime::{BackendArgs, init_tracing};
+use troupe_worker::Worker;
 use troupe_worker::cli::{ProviderArgs, WorkerArgs};
 use troupe_worker::providers::Providers;
-use troupe_worker::{Worker, shutdown_signal};
 
 /// An allocator that gives freed memory back to the system, from a background thread,
 /// even while the process is idle: glibc kept what a burst of streams had used (75 MiB

@@ -1,9 +1,10 @@
 use axum::extract::State;
 use serde::Serialize;
-use troupe_worker::providers::ProviderInfo;
+use troupe_events::providers::ProviderInfo;
 use utoipa::ToSchema;
 
 use crate::auth::AuthUser;
+use crate::error::ApiResult;
 use crate::openapi::{SIGNED_IN, errors};
 use crate::state::AppState;
 
@@ -18,11 +19,14 @@ pub struct AgentInfo {
 
 #[derive(Serialize, ToSchema)]
 pub struct ProviderList {
-    /// What a task that names no provider runs on: `openai` if configured, else
-    /// `anthropic` if configured, else `simulated`.
+    /// What a task that names no provider runs on: `openai` if served, else `anthropic`
+    /// if served, else `simulated`.
     pub default: &'static str,
-    /// Every provider this build knows, configured or not.
+    /// Every provider this build knows; `configured` says which every live worker serves.
     pub providers: Vec<ProviderInfo>,
+    /// Live workers, as their adverts in the store say: 0 means no task runs until one
+    /// starts.
+    pub workers: usize,
 }
 
 errors!(CatalogueErrors = SIGNED_IN);
@@ -55,7 +59,8 @@ pub async fn agents(State(state): State<AppState>, _user: AuthUser) -> axum::Jso
 
 /// The LLM providers
 ///
-/// The providers this server knows, which are configured, and which one is simulated.
+/// The providers this build knows, which ones the live workers serve (as they advertise
+/// in the store: the api holds no provider key), and which one is simulated.
 #[utoipa::path(
     get,
     path = "/providers",
@@ -64,9 +69,14 @@ pub async fn agents(State(state): State<AppState>, _user: AuthUser) -> axum::Jso
     security(("session" = [])),
     responses((status = 200, description = "The providers.", body = ProviderList), CatalogueErrors),
 )]
-pub async fn providers(State(state): State<AppState>, _user: AuthUser) -> axum::Json<ProviderList> {
-    axum::Json(ProviderList {
-        default: state.providers.default_name(),
-        providers: state.providers.catalogue(),
-    })
+pub async fn providers(
+    State(state): State<AppState>,
+    _user: AuthUser,
+) -> ApiResult<axum::Json<ProviderList>> {
+    let served = state.providers.current().await?;
+    Ok(axum::Json(ProviderList {
+        default: served.default_name(),
+        providers: served.catalogue(),
+        workers: served.workers(),
+    }))
 }

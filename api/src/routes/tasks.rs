@@ -8,13 +8,13 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use troupe_events::providers::{self, Directory};
 use troupe_events::store::read_log;
 use troupe_events::task::TaskSpec;
 use troupe_events::{
     Budget, ExecutionMode, NewTask, ProviderRoute, Submitted, TaskRecord, TaskStatus, TaskView,
     UsageTotals,
 };
-use troupe_worker::providers::{Providers, SimulatedProvider};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
@@ -102,7 +102,7 @@ fn timeout_secs(requested: Option<u64>, max: u64) -> ApiResult<u64> {
 }
 
 impl TaskRequest {
-    fn into_spec(self, state: &AppState) -> ApiResult<TaskSpec> {
+    fn into_spec(self, state: &AppState, served: &Directory) -> ApiResult<TaskSpec> {
         let description = self.description.unwrap_or_default().trim().to_string();
         if description.is_empty() {
             return Err(ApiError::invalid(
@@ -184,12 +184,12 @@ impl TaskRequest {
             }
         };
         let provider = match self.provider.filter(|p| !p.is_empty()) {
-            None => usable_provider(state, "provider", state.providers.default_name().into())?,
-            Some(name) => usable_provider(state, "provider", name)?,
+            None => usable_provider(served, "provider", served.default_name().into())?,
+            Some(name) => usable_provider(served, "provider", name)?,
         };
         let model = model_name(self.model)
             .map_err(|message| ApiError::invalid("invalid_model", format!("model {message}")))?;
-        let fallback = fallback(state, self.fallback, &provider, &model)?;
+        let fallback = fallback(served, self.fallback, &provider, &model)?;
         let provider_options = match self.provider_options {
             None | Some(Value::Null) => Default::default(),
             Some(Value::Object(map)) => map,
@@ -201,9 +201,8 @@ impl TaskRequest {
             }
         };
         let timeout_secs = timeout_secs(self.timeout_secs, state.http.max_task_secs)?;
-        let simulated = |name: &str| name == "simulated";
-        if simulated(&provider) || fallback.as_ref().is_some_and(|f| simulated(&f.provider)) {
-            SimulatedProvider::check_options(&provider_options)
+        for name in std::iter::once(&provider).chain(fallback.as_ref().map(|f| &f.provider)) {
+            providers::check_options(name, &provider_options)
                 .map_err(|message| ApiError::invalid("invalid_provider_options", message))?;
         }
         Ok(TaskSpec {
@@ -221,27 +220,27 @@ impl TaskRequest {
     }
 }
 
-/// `name` if this server knows the provider and has it configured.
-fn usable_provider(state: &AppState, field: &str, name: String) -> ApiResult<String> {
-    let info = state
-        .providers
-        .catalogue()
-        .into_iter()
-        .find(|p| p.name == name)
-        .ok_or_else(|| {
-            ApiError::invalid(
-                "unknown_provider",
-                format!(
-                    "unknown {field} {:?}; providers: {}",
-                    truncate(&name, 32),
-                    Providers::NAMES.join(", ")
-                ),
-            )
-        })?;
-    if !info.configured {
+/// `name` if this build knows the provider and every live worker serves it.
+fn usable_provider(served: &Directory, field: &str, name: String) -> ApiResult<String> {
+    if !providers::NAMES.contains(&name.as_str()) {
+        return Err(ApiError::invalid(
+            "unknown_provider",
+            format!(
+                "unknown {field} {:?}; providers: {}",
+                truncate(&name, 32),
+                providers::NAMES.join(", ")
+            ),
+        ));
+    }
+    if !served.serves(&name) {
+        let why = match served.workers() {
+            0 => "no worker is running".to_string(),
+            1 => "the running worker does not serve it".to_string(),
+            n => format!("not all {n} running workers serve it"),
+        };
         return Err(ApiError::invalid(
             "provider_not_configured",
-            format!("{field} {name} is not configured on this server (see GET /api/providers)"),
+            format!("{field} {name} cannot run tasks now: {why} (see GET /api/providers)"),
         ));
     }
     Ok(name)
@@ -261,7 +260,7 @@ fn model_name(model: Option<String>) -> Result<Option<String>, &'static str> {
 /// `fallback: {"provider": "anthropic", "model": "claude-haiku-4-5"}`: where an agent's
 /// call goes when the task's provider keeps failing; null or absent: the server's own.
 fn fallback(
-    state: &AppState,
+    served: &Directory,
     value: Option<Value>,
     provider: &str,
     model: &Option<String>,
@@ -277,7 +276,7 @@ fn fallback(
         Some(_) => return Err(invalid("fallback must be a JSON object".into())),
     };
     let route = ProviderRoute {
-        provider: usable_provider(state, "fallback provider", route.provider)?,
+        provider: usable_provider(served, "fallback provider", route.provider)?,
         model: model_name(route.model).map_err(|m| invalid(format!("fallback model {m}")))?,
     };
     if route.provider == provider && route.model == *model {
@@ -342,7 +341,11 @@ pub async fn submit(
 ) -> ApiResult<Submitted> {
     state.guard.submit_by(user.id)?;
     let key = idempotency_key(headers)?;
-    let spec = body.into_spec(state)?;
+    let served = state
+        .providers
+        .serving(body.provider.as_deref().unwrap_or_default())
+        .await?;
+    let spec = body.into_spec(state, &served)?;
     let request_hash = {
         let canonical = serde_json::to_vec(&spec).expect("a spec always serialises");
         format!("{:x}", Sha256::digest(canonical))

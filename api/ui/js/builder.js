@@ -20,9 +20,10 @@ const FIELD_FOR_CODE = {
   invalid_provider_options: 'options',
 };
 
+// Keys and addresses are the workers' settings: the api never holds one.
 const PROVIDER_HINT = {
-  openai: 'not configured: start the server with OPENAI_API_KEY or OPENAI_BASE_URL',
-  anthropic: 'not configured: start the server with ANTHROPIC_API_KEY',
+  openai: 'not configured: start the workers with OPENAI_API_KEY or OPENAI_BASE_URL',
+  anthropic: 'not configured: start the workers with ANTHROPIC_API_KEY',
 };
 
 const MAX_AGENTS = 20;
@@ -152,6 +153,9 @@ function buildForm(agents, providerInfo, ctx) {
 
   // ---- provider & model ----------------------------------------------------
   const providers = providerInfo.providers || [];
+  const unavailable = (p) => (providerInfo.workers === 0
+    ? 'no worker is running'
+    : PROVIDER_HINT[p.name] || 'not configured on the workers');
   const firstUsable = providers.find((p) => p.name === providerInfo.default && p.configured) || providers.find((p) => p.configured);
   const provider = h('select', {
     id: ids.provider, name: 'provider', 'data-testid': 'provider-select',
@@ -161,7 +165,7 @@ function buildForm(agents, providerInfo, ctx) {
     value: p.name,
     disabled: !p.configured,
     selected: firstUsable && p.name === firstUsable.name,
-  }, `${p.label || p.name}${p.simulated ? ' — no LLM is called' : ''}${p.configured ? '' : ` (${PROVIDER_HINT[p.name] || 'not configured on this server'})`}`)));
+  }, `${p.label || p.name}${p.simulated ? ' — no LLM is called' : ''}${p.configured ? '' : ` (${unavailable(p)})`}`)));
   const providerNote = h('p', { class: 'provider-note', id: `${ids.provider}-note`, 'data-testid': 'provider-note' });
   const model = h('input', {
     id: ids.model, name: 'model', type: 'text', maxlength: 200, autocomplete: 'off', spellcheck: 'false',
@@ -181,7 +185,9 @@ function buildForm(agents, providerInfo, ctx) {
   function refreshProvider() {
     const p = currentProvider();
     providerNote.replaceChildren();
-    if (!p) {
+    if (providerInfo.workers === 0) {
+      providerNote.append('No worker is running: tasks can be submitted once one starts.');
+    } else if (!p) {
       providerNote.append('No provider is configured on this server.');
     } else if (p.simulated) {
       providerNote.append(h('span', { class: 'badge badge-sim' }, 'Simulated'), ' No LLM is called: agents write deterministic sample output, for trying Troupe offline.');
@@ -198,7 +204,7 @@ function buildForm(agents, providerInfo, ctx) {
     provider,
     providerNote,
     unconfigured.length
-      ? h('p', { class: 'hint' }, `Unavailable: ${unconfigured.map((p) => `${p.label || p.name} (${PROVIDER_HINT[p.name] || 'not configured'})`).join('; ')}.`)
+      ? h('p', { class: 'hint' }, `Unavailable: ${unconfigured.map((p) => `${p.label || p.name} (${unavailable(p)})`).join('; ')}.`)
       : null,
     errors.provider);
 

@@ -21,6 +21,7 @@ pub use sqlite::SqliteStore;
 
 use crate::error::{Error, Result};
 use crate::event::{Event, EventBody, RawEvent};
+use crate::providers::{Advert, Offer};
 use crate::stats::{StatsCursor, StatsDelta, StatsPeriod, StatsRows};
 use crate::task::{ControlRequest, Controls, NewTask, TaskRecord, TaskSpec, TaskStatus};
 use crate::usage::{DailyUsage, Percentiles, RoleStats, UsageReport, UsageTotals};
@@ -132,6 +133,13 @@ pub trait Store: Send + Sync + 'static {
     /// `ended_before` is given, last changed before it; the expired sessions; and the
     /// deleted accounts that have no task left, with their stats.
     async fn sweep(&self, ended_before: Option<DateTime<Utc>>, limit: u32) -> Result<Swept>;
+
+    /// Stores a worker's advert (the providers it serves), live for `live_for` from now: a
+    /// worker says it again before then while it runs. Expired adverts are swept.
+    async fn advertise(&self, advert: &Advert, live_for: Duration) -> Result<()>;
+
+    /// The adverts of live workers, newest first.
+    async fn live_adverts(&self) -> Result<Vec<Advert>>;
 
     /// Writes the task row, its `task_created` event (seq 1) and its outbox row in one
     /// transaction. With an idempotency key already used by the same owner, returns the
@@ -569,6 +577,26 @@ const REPLAY_PAGE: u32 = 5000;
 /// Whether a page of `events_after(.., limit)` reached the end of the log as it was when
 /// read: a page cut short by [`PAGE_BYTES`] holds at least that many bytes, so a page
 /// short of both limits saves the query that would only return nothing.
+/// A row of `worker_adverts` as both stores read it: its offers are JSON text.
+type AdvertRow = (Uuid, String, bool);
+
+fn advert_of((worker_id, offers, stopping): AdvertRow) -> Result<Advert> {
+    let offers: Vec<Offer> = serde_json::from_str(&offers).map_err(|e| {
+        Error::Corrupt(format!(
+            "the advert of worker {worker_id} cannot be read: {e}"
+        ))
+    })?;
+    Ok(Advert {
+        worker_id,
+        offers,
+        stopping,
+    })
+}
+
+fn offers_json(advert: &Advert) -> String {
+    serde_json::to_string(&advert.offers).expect("offers serialize")
+}
+
 pub fn is_last_page(page: &[RawEvent], limit: u32) -> bool {
     let bytes = page.iter().map(|e| e.json.len()).sum();
     ends_log(page.len(), bytes, limit)

@@ -9,15 +9,16 @@ use uuid::Uuid;
 
 use super::stats::{self, StatsSql};
 use super::{
-    Behind, CONTROLS_SQL, Claim, Deletion, Dialect, Dispatch, EMPTIED_ACCOUNTS, Lease, Lines,
-    PAGE_BYTES, ReportSql, Session, Store, SubmitParts, Submitted, Swept, TaskRow, Transition,
-    Transitioned, User, WRITABLE, active_count_sql, admissible, admit_sql, admitted, batch_bounds,
-    behind_of, bind_usage_added, clear_outbox_query, control_sql, controls_of, created_record,
-    delete_account_rows_sql, delete_task_rows_sql, earlier_submit, first_id_since,
-    is_unique_violation, mark_account_tasks_sql, owners_waiting_sql, queue_position_sql, raw_event,
-    read_report_rows, refused, row_usage, settle_claim, settled_requests_sql, status_after,
-    swept_sql, task_record, task_usage_columns, transition_waiting_sql, transitioned,
-    unpublished_sql, usage_added, usage_added_sql, waiting_owner_sql,
+    AdvertRow, Behind, CONTROLS_SQL, Claim, Deletion, Dialect, Dispatch, EMPTIED_ACCOUNTS, Lease,
+    Lines, PAGE_BYTES, ReportSql, Session, Store, SubmitParts, Submitted, Swept, TaskRow,
+    Transition, Transitioned, User, WRITABLE, active_count_sql, admissible, admit_sql, admitted,
+    advert_of, batch_bounds, behind_of, bind_usage_added, clear_outbox_query, control_sql,
+    controls_of, created_record, delete_account_rows_sql, delete_task_rows_sql, earlier_submit,
+    first_id_since, is_unique_violation, mark_account_tasks_sql, offers_json, owners_waiting_sql,
+    queue_position_sql, raw_event, read_report_rows, refused, row_usage, settle_claim,
+    settled_requests_sql, status_after, swept_sql, task_record, task_usage_columns,
+    transition_waiting_sql, transitioned, unpublished_sql, usage_added, usage_added_sql,
+    waiting_owner_sql,
 };
 use crate::error::{Error, Result};
 use crate::stats::{StatsCursor, StatsDelta, StatsPeriod, StatsRows};
@@ -26,6 +27,7 @@ use crate::stats::{StatsCursor, StatsDelta, StatsPeriod, StatsRows};
 static STATS: LazyLock<StatsSql> =
     LazyLock::new(|| StatsSql::new('$', "date_trunc('day', hour, 'UTC')"));
 use crate::event::{Event, RawEvent};
+use crate::providers::Advert;
 use crate::task::{ControlRequest, Controls, NewTask, TaskRecord, TaskStatus};
 use crate::usage::UsageReport;
 
@@ -389,6 +391,9 @@ impl Store for PgStore {
             .execute(&mut *tx)
             .await?
             .rows_affected();
+        sqlx::query("DELETE FROM worker_adverts WHERE expires_at <= now()")
+            .execute(&mut *tx)
+            .await?;
         let accounts = delete_emptied_accounts(&mut tx).await?;
         tx.commit().await?;
         Ok(Swept {
@@ -396,6 +401,32 @@ impl Store for PgStore {
             sessions,
             accounts,
         })
+    }
+
+    async fn advertise(&self, advert: &Advert, live_for: Duration) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO worker_adverts (worker_id, offers, stopping, expires_at)
+             VALUES ($1, $2::jsonb, $3, now() + $4 * interval '1 millisecond')
+             ON CONFLICT (worker_id) DO UPDATE SET offers = EXCLUDED.offers,
+                 stopping = EXCLUDED.stopping, expires_at = EXCLUDED.expires_at",
+        )
+        .bind(advert.worker_id)
+        .bind(offers_json(advert))
+        .bind(advert.stopping)
+        .bind(live_for.as_millis() as f64)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn live_adverts(&self) -> Result<Vec<Advert>> {
+        let rows: Vec<AdvertRow> = sqlx::query_as(
+            "SELECT worker_id, offers::text, stopping FROM worker_adverts
+             WHERE expires_at > now() ORDER BY expires_at DESC",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(advert_of).collect()
     }
 
     async fn create_task(&self, task: &NewTask) -> Result<Submitted> {

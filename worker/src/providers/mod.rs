@@ -4,7 +4,6 @@
 pub mod anthropic;
 mod http;
 pub mod openai;
-mod options;
 mod registry;
 pub mod retry;
 pub mod simulated;
@@ -19,9 +18,12 @@ pub use troupe_events::TokenCounts;
 pub use anthropic::AnthropicProvider;
 pub use http::Endpoint;
 pub use openai::OpenAiProvider;
-pub use registry::{ProviderInfo, ProviderSettings, Providers};
+pub use registry::{ProviderSettings, Providers};
+
 pub use retry::{RetryPolicy, Retrying};
 pub use simulated::SimulatedProvider;
+/// How the providers read `providerOptions`, shared with the api's check at submit.
+use troupe_events::providers::options::{self, InvalidOption};
 
 /// One agent's call: its system prompt, the user message built from the task (and, when
 /// sequential, the outputs before it), and the task's provider choices.
@@ -91,6 +93,14 @@ impl ProviderError {
     pub fn with_retry_after(mut self, retry_after: Option<Duration>) -> Self {
         self.retry_after = retry_after;
         self
+    }
+}
+
+/// An option the api let through (a task stored before a check existed, or a fallback's
+/// options) that the provider cannot use: asking again will not help.
+impl From<InvalidOption> for ProviderError {
+    fn from(invalid: InvalidOption) -> Self {
+        ProviderError::permanent(invalid.0)
     }
 }
 

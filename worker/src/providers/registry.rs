@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use secrecy::SecretString;
-use serde::{Deserialize, Serialize};
 use troupe_events::ProviderRoute;
+use troupe_events::providers::Offer;
 
 use super::SharedProvider;
 use super::anthropic::AnthropicProvider;
@@ -57,21 +57,6 @@ impl Default for ProviderSettings {
             simulated: true,
         }
     }
-}
-
-/// One line of the provider catalogue, as the api serves it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ProviderInfo {
-    /// What a task's `provider` names: `openai`, `anthropic` or `simulated`.
-    pub name: String,
-    pub label: String,
-    /// Calls no LLM: its answers are made up, and say so.
-    pub simulated: bool,
-    /// Can run tasks on this server (a key or base URL is set).
-    pub configured: bool,
-    /// The model a task that names none gets.
-    pub default_model: Option<String>,
 }
 
 #[derive(Clone)]
@@ -150,7 +135,7 @@ impl Providers {
     }
 
     /// Provider names this build knows, for messages that list them.
-    pub const NAMES: [&'static str; 3] = ["openai", "anthropic", "simulated"];
+    pub const NAMES: [&'static str; 3] = troupe_events::providers::NAMES;
 
     /// These providers with `name` served by `provider` instead: for embedding Troupe with
     /// a provider of one's own, and for tests.
@@ -173,44 +158,23 @@ impl Providers {
         }
     }
 
-    /// Every provider this build knows, configured or not, so a client can say why one is
-    /// unavailable.
-    pub fn catalogue(&self) -> Vec<ProviderInfo> {
-        vec![
-            ProviderInfo {
-                name: "openai".into(),
-                label: "OpenAI-compatible".into(),
-                simulated: false,
-                configured: self.openai.is_some(),
-                default_model: Some(self.openai_model.clone()),
-            },
-            ProviderInfo {
-                name: "anthropic".into(),
-                label: "Anthropic".into(),
-                simulated: false,
-                configured: self.anthropic.is_some(),
-                default_model: Some(self.anthropic_model.clone()),
-            },
-            ProviderInfo {
-                name: "simulated".into(),
-                label: "Simulated (offline)".into(),
-                simulated: true,
-                configured: self.simulated.is_some(),
-                default_model: None,
-            },
+    /// What this worker advertises: each provider it can call, with the model a task
+    /// naming none gets. Names and models only: never a key or an address.
+    pub fn offers(&self) -> Vec<Offer> {
+        let offer = |name: &str, provider: &Option<SharedProvider>, model: Option<&String>| {
+            provider.as_ref().map(|_| Offer {
+                name: name.into(),
+                default_model: model.cloned(),
+            })
+        };
+        [
+            offer("openai", &self.openai, Some(&self.openai_model)),
+            offer("anthropic", &self.anthropic, Some(&self.anthropic_model)),
+            offer("simulated", &self.simulated, None),
         ]
-    }
-
-    /// The provider a task gets when it names none: a real one when there is one (it may
-    /// be the simulated one turned off: a submit then says so).
-    pub fn default_name(&self) -> &'static str {
-        if self.openai.is_some() {
-            "openai"
-        } else if self.anthropic.is_some() {
-            "anthropic"
-        } else {
-            "simulated"
-        }
+        .into_iter()
+        .flatten()
+        .collect()
     }
 }
 
@@ -229,12 +193,7 @@ mod tests {
             ..ProviderSettings::default()
         });
         assert!(providers.get("simulated").is_none());
-        let simulated = providers
-            .catalogue()
-            .into_iter()
-            .find(|p| p.simulated)
-            .unwrap();
-        assert!(!simulated.configured);
+        assert!(providers.offers().iter().all(|o| o.name != "simulated"));
     }
 
     #[test]
@@ -244,19 +203,12 @@ mod tests {
         assert!(providers.get("anthropic").is_none());
         assert!(providers.get("simulated").is_some());
         assert!(providers.get("gpt").is_none());
-        assert_eq!(providers.default_name(), "simulated");
-        let configured: Vec<_> = providers
-            .catalogue()
-            .into_iter()
-            .map(|p| (p.name, p.configured))
-            .collect();
         assert_eq!(
-            configured,
-            vec![
-                ("openai".to_string(), false),
-                ("anthropic".to_string(), false),
-                ("simulated".to_string(), true)
-            ]
+            providers.offers(),
+            vec![Offer {
+                name: "simulated".into(),
+                default_model: None
+            }]
         );
     }
 
@@ -268,10 +220,12 @@ mod tests {
             ..Default::default()
         });
         assert!(providers.get("openai").is_some());
-        assert_eq!(providers.default_name(), "openai");
         assert_eq!(
-            providers.catalogue()[0].default_model.as_deref(),
-            Some("llama3.2")
+            providers.offers()[0],
+            Offer {
+                name: "openai".into(),
+                default_model: Some("llama3.2".into())
+            }
         );
     }
 
@@ -285,19 +239,13 @@ mod tests {
     }
 
     #[test]
-    fn anthropic_needs_a_key_and_openai_wins_the_default() {
+    fn anthropic_needs_a_key() {
         let only_anthropic = Providers::from_settings(&ProviderSettings {
             anthropic_api_key: key("sk-ant-1"),
             ..Default::default()
         });
         assert!(only_anthropic.get("anthropic").is_some());
-        assert_eq!(only_anthropic.default_name(), "anthropic");
-        let both = Providers::from_settings(&ProviderSettings {
-            anthropic_api_key: key("sk-ant-1"),
-            openai_api_key: key("sk-oai-1"),
-            ..Default::default()
-        });
-        assert_eq!(both.default_name(), "openai");
+        assert!(only_anthropic.get("openai").is_none());
     }
 
     #[test]
@@ -309,22 +257,5 @@ mod tests {
         };
         let shown = format!("{settings:?} {:?}", Providers::from_settings(&settings));
         assert!(!shown.contains("topsecret"), "{shown}");
-    }
-
-    #[test]
-    fn catalogue_serializes_in_camel_case() {
-        let providers = Providers::from_settings(&ProviderSettings::default());
-        let json = serde_json::to_value(providers.catalogue()).unwrap();
-        assert_eq!(
-            json[1],
-            serde_json::json!({
-                "name": "anthropic",
-                "label": "Anthropic",
-                "simulated": false,
-                "configured": false,
-                "defaultModel": "claude-sonnet-4-5"
-            })
-        );
-        assert_eq!(json[2]["simulated"], true);
     }
 }

@@ -8,6 +8,9 @@ use futures::StreamExt;
 
 use super::{Chunk, CompletionRequest, Provider, ProviderError, TextStream, TokenCounts, options};
 use troupe_events::UsageSource;
+use troupe_events::providers::simulated::{
+    DEFAULT_LATENCY_MS, DEFAULT_TOKENS, LATENCY_MS, MAX_ANSWER_MS, TOKENS,
+};
 
 /// Options it reads from `providerOptions`: `tokens` (chunks to stream, 1..=2000, default
 /// 24), `latencyMs` (pause between chunks, 0..=10000, default 40), `failAgents` (roles
@@ -15,44 +18,6 @@ use troupe_events::UsageSource;
 /// attempts of those roles fail, default all: 1 lets a retry succeed).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SimulatedProvider;
-
-const DEFAULT_TOKENS: i64 = 24;
-const DEFAULT_LATENCY_MS: i64 = 40;
-const TOKENS: std::ops::RangeInclusive<i64> = 1..=2000;
-const LATENCY_MS: std::ops::RangeInclusive<i64> = 0..=10_000;
-/// The longest one simulated answer may take (`latencyMs` × `tokens`): a demo provider
-/// must not let one task hold a worker's slot for hours.
-pub const MAX_ANSWER_MS: i64 = 300_000;
-
-impl SimulatedProvider {
-    /// What is wrong with a task's `providerOptions` for this provider, said for the user:
-    /// checked at submit, so that a task that cannot run as asked is never stored.
-    pub fn check_options(
-        options: &serde_json::Map<String, serde_json::Value>,
-    ) -> Result<(), String> {
-        let said = |e: ProviderError| e.message;
-        let tokens = options::integer(options, "tokens").map_err(said)?;
-        let latency = options::integer(options, "latencyMs").map_err(said)?;
-        options::positive_integer(options, "failAttempts").map_err(said)?;
-        options::string_list(options, "failAgents").map_err(said)?;
-        if let Some(n) = tokens.filter(|n| !TOKENS.contains(n)) {
-            return Err(format!("providerOptions.tokens must be 1 to 2000, not {n}"));
-        }
-        if let Some(ms) = latency.filter(|ms| !LATENCY_MS.contains(ms)) {
-            return Err(format!(
-                "providerOptions.latencyMs must be 0 to 10000, not {ms}"
-            ));
-        }
-        let answer_ms = tokens.unwrap_or(DEFAULT_TOKENS) * latency.unwrap_or(DEFAULT_LATENCY_MS);
-        if answer_ms > MAX_ANSWER_MS {
-            return Err(format!(
-                "providerOptions.latencyMs × tokens is {answer_ms} ms; the simulated provider \
-                 takes at most {MAX_ANSWER_MS} ms (5 minutes) an answer"
-            ));
-        }
-        Ok(())
-    }
-}
 
 #[derive(Debug, PartialEq, Eq)]
 struct Settings {
@@ -528,30 +493,6 @@ mod tests {
             assert_eq!(pieces.len(), n.min(text.chars().count()));
         }
         assert!(split("", 3).is_empty());
-    }
-
-    #[test]
-    fn options_a_task_cannot_run_as_asked_are_refused_at_submit() {
-        let check = |options: serde_json::Value| {
-            SimulatedProvider::check_options(options.as_object().unwrap())
-        };
-        assert!(check(json!({})).is_ok());
-        assert!(check(json!({"tokens": 2000, "latencyMs": 150})).is_ok());
-        for (options, said) in [
-            (json!({"tokens": 2001}), "tokens must be 1 to 2000"),
-            (json!({"tokens": 0}), "tokens must be 1 to 2000"),
-            (json!({"latencyMs": -5}), "latencyMs must be 0 to 10000"),
-            (json!({"latencyMs": 1e30}), "latencyMs must be 0 to 10000"),
-            (
-                json!({"tokens": 2000, "latencyMs": 151}),
-                "at most 300000 ms",
-            ),
-            (json!({"tokens": "many"}), "tokens"),
-            (json!({"failAgents": "qa"}), "failAgents"),
-        ] {
-            let error = check(options.clone()).unwrap_err();
-            assert!(error.contains(said), "{options}: {error}");
-        }
     }
 
     #[test]

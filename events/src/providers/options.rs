@@ -3,12 +3,16 @@
 
 use serde_json::{Map, Value};
 
-use super::ProviderError;
-
 type Options = Map<String, Value>;
 
+/// A `providerOptions` value of the wrong kind, said for the user: it names the option,
+/// what it must be and what it was.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidOption(pub String);
+
 /// `None` when the option is absent or `null`.
-pub(crate) fn number(options: &Options, key: &str) -> Result<Option<f64>, ProviderError> {
+pub fn number(options: &Options, key: &str) -> Result<Option<f64>, InvalidOption> {
     match options.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(n)) => Ok(n.as_f64()),
@@ -18,7 +22,7 @@ pub(crate) fn number(options: &Options, key: &str) -> Result<Option<f64>, Provid
 
 /// A whole number; `12.0` counts, `12.5` does not. Out-of-range values saturate, and the
 /// caller clamps to its own bounds.
-pub(crate) fn integer(options: &Options, key: &str) -> Result<Option<i64>, ProviderError> {
+pub fn integer(options: &Options, key: &str) -> Result<Option<i64>, InvalidOption> {
     match number(options, key) {
         Ok(Some(n)) if n.fract() == 0.0 => Ok(Some(n as i64)),
         Ok(Some(_)) => Err(wrong(key, "a whole number", &options[key])),
@@ -27,7 +31,7 @@ pub(crate) fn integer(options: &Options, key: &str) -> Result<Option<i64>, Provi
     }
 }
 
-pub(crate) fn positive_integer(options: &Options, key: &str) -> Result<Option<u64>, ProviderError> {
+pub fn positive_integer(options: &Options, key: &str) -> Result<Option<u64>, InvalidOption> {
     match integer(options, key) {
         Ok(Some(n)) if n >= 1 => Ok(Some(n as u64)),
         Ok(None) => Ok(None),
@@ -35,10 +39,7 @@ pub(crate) fn positive_integer(options: &Options, key: &str) -> Result<Option<u6
     }
 }
 
-pub(crate) fn string_list(
-    options: &Options,
-    key: &str,
-) -> Result<Option<Vec<String>>, ProviderError> {
+pub fn string_list(options: &Options, key: &str) -> Result<Option<Vec<String>>, InvalidOption> {
     let expected = "a list of agent roles (strings)";
     match options.get(key) {
         None | Some(Value::Null) => Ok(None),
@@ -54,7 +55,7 @@ pub(crate) fn string_list(
     }
 }
 
-fn wrong(key: &str, expected: &str, got: &Value) -> ProviderError {
+fn wrong(key: &str, expected: &str, got: &Value) -> InvalidOption {
     let mut shown = got.to_string();
     if shown.len() > 60 {
         let cut = (0..=60)
@@ -64,7 +65,7 @@ fn wrong(key: &str, expected: &str, got: &Value) -> ProviderError {
         shown.truncate(cut);
         shown.push('…');
     }
-    ProviderError::permanent(format!(
+    InvalidOption(format!(
         "providerOptions.{key} must be {expected}, not {shown}"
     ))
 }
@@ -97,37 +98,31 @@ mod tests {
     }
 
     #[test]
-    fn wrong_types_name_the_option_and_are_permanent() {
+    fn wrong_types_name_the_option() {
         let o = opts(json!({ "t": "hot", "n": 1.5, "m": 0, "l": ["qa", 3], "s": "qa" }));
         let e = number(&o, "t").unwrap_err();
-        assert!(!e.transient);
-        assert_eq!(e.message, "providerOptions.t must be a number, not \"hot\"");
-        assert!(
-            integer(&o, "n")
-                .unwrap_err()
-                .message
-                .contains("whole number")
-        );
+        assert_eq!(e.0, "providerOptions.t must be a number, not \"hot\"");
+        assert!(integer(&o, "n").unwrap_err().0.contains("whole number"));
         assert!(
             positive_integer(&o, "m")
                 .unwrap_err()
-                .message
+                .0
                 .contains("positive")
         );
         assert!(
             string_list(&o, "l")
                 .unwrap_err()
-                .message
+                .0
                 .contains("providerOptions.l")
         );
-        assert!(string_list(&o, "s").unwrap_err().message.contains("list"));
+        assert!(string_list(&o, "s").unwrap_err().0.contains("list"));
     }
 
     #[test]
     fn long_values_are_shortened_in_the_message() {
         let o = opts(json!({ "t": "é".repeat(100) }));
         let e = number(&o, "t").unwrap_err();
-        assert!(e.message.len() < 150, "{}", e.message);
-        assert!(e.message.ends_with('…'));
+        assert!(e.0.len() < 150, "{}", e.0);
+        assert!(e.0.ends_with('…'));
     }
 }
