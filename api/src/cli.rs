@@ -60,6 +60,10 @@ pub struct ApiArgs {
     /// A submit's `timeoutSecs` may ask for less; absent, it gets this.
     #[arg(long, env = "TROUPE_MAX_TASK_SECS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
     pub max_task_secs: u64,
+    /// Agents one task may have, 1 to 20 (the API's ceiling); past it a submit is
+    /// refused with 422 too_many_agents.
+    #[arg(long, env = "TROUPE_MAX_AGENTS_PER_TASK", default_value_t = 20, value_parser = clap::value_parser!(u16).range(1..=20))]
+    pub max_agents_per_task: u16,
     /// When the web UI's session cookies are marked Secure: auto (when the proxy in front
     /// says the request came over TLS, X-Forwarded-Proto: https), always, never.
     #[arg(long, env = "TROUPE_SECURE_COOKIES", value_enum, default_value_t = SecureCookies::Auto)]
@@ -90,6 +94,7 @@ impl ApiArgs {
                 ..defaults
             },
             max_task_secs: self.max_task_secs,
+            max_agents_per_task: usize::from(self.max_agents_per_task),
             secure_cookies: self.secure_cookies,
         }
     }

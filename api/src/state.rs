@@ -22,6 +22,8 @@ pub struct HttpConfig {
     /// The longest a task may take from submit, in seconds: `timeoutSecs`' ceiling and
     /// default.
     pub max_task_secs: u64,
+    /// Agents one task may have: at most the API's ceiling of 20.
+    pub max_agents_per_task: usize,
     /// When the web UI's session cookies are marked `Secure`.
     pub secure_cookies: SecureCookies,
 }
@@ -33,6 +35,7 @@ impl Default for HttpConfig {
             max_streams: 10_000,
             limits: RequestLimits::default(),
             max_task_secs: 3600,
+            max_agents_per_task: crate::routes::tasks::MAX_AGENTS,
             secure_cookies: SecureCookies::Auto,
         }
     }

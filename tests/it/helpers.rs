@@ -115,6 +115,7 @@ fn api_args() -> ApiArgs {
         password_hashers: None,
         client_ip_header: None,
         max_task_secs: 3600,
+        max_agents_per_task: 20,
         secure_cookies: troupe_api::auth::SecureCookies::Auto,
     }
 }

@@ -13,6 +13,7 @@ both_backends!(
     idempotency_key_returns_the_same_task,
     accounts_refuse_bad_and_duplicate_registrations,
     an_operator_can_turn_the_simulated_provider_off,
+    a_team_larger_than_the_server_allows_is_refused,
 );
 
 async fn assert_error(response: reqwest::Response, status: u16, code: &str) {
@@ -448,4 +449,28 @@ async fn an_operator_can_turn_the_simulated_provider_off(backend: Backend) {
         assert_error(response, 422, "provider_not_configured").await;
     }
     assert_eq!(task_count(&app, &token).await, 0);
+}
+
+async fn a_team_larger_than_the_server_allows_is_refused(backend: Backend) {
+    let mut tweaks = Tweaks::default();
+    tweaks.api.max_agents_per_task = 2;
+    let app = TestApp::spawn_with(backend, tweaks).await;
+    let token = app.user().await;
+    let team = |roles: &[&str]| json!({"description": "d", "selectedAgents": roles});
+    let response = app
+        .post("/api/tasks", &token, &team(&["qa", "frontend", "backend"]))
+        .await;
+    assert_eq!(response.status(), 422);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "too_many_agents", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("at most 2 agents"),
+        "{body}"
+    );
+    assert_eq!(task_count(&app, &token).await, 0);
+    app.submit(&token, &team(&["qa", "frontend"])).await;
+    assert_eq!(task_count(&app, &token).await, 1);
 }

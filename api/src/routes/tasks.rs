@@ -26,7 +26,8 @@ use crate::state::AppState;
 
 const MAX_DESCRIPTION: usize = 20_000;
 const MAX_TITLE: usize = 200;
-const MAX_AGENTS: usize = 20;
+/// The API's ceiling of agents per task; `TROUPE_MAX_AGENTS_PER_TASK` may set a lower one.
+pub const MAX_AGENTS: usize = 20;
 const MAX_IDEMPOTENCY_KEY: usize = 255;
 
 /// A task for a team of agents.
@@ -53,7 +54,8 @@ pub struct TaskRequest {
     /// What the team should do.
     #[schema(value_type = String, min_length = 1, max_length = 20000)]
     description: Option<String>,
-    /// Roles from `GET /api/agents`, each once, in team order.
+    /// Roles from `GET /api/agents`, each once, in team order. A server may allow fewer
+    /// than 20 (`TROUPE_MAX_AGENTS_PER_TASK`).
     #[schema(value_type = Vec<String>, min_items = 1, max_items = 20)]
     selected_agents: Option<Vec<String>>,
     /// `sequential` (the default): each agent gets the task and the outputs of the agents
@@ -137,10 +139,11 @@ impl TaskRequest {
                 "selectedAgents must name at least one agent (see GET /api/agents)",
             ));
         }
-        if roles.len() > MAX_AGENTS {
+        let max_agents = state.http.max_agents_per_task.min(MAX_AGENTS);
+        if roles.len() > max_agents {
             return Err(ApiError::invalid(
                 "too_many_agents",
-                format!("a team has at most {MAX_AGENTS} agents"),
+                format!("a team has at most {max_agents} agents on this server"),
             ));
         }
         let mut seen = HashSet::new();

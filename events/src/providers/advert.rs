@@ -74,7 +74,12 @@ impl Advertiser {
 pub struct LiveDirectory {
     store: Arc<dyn Store>,
     max_age: Duration,
-    cached: tokio::sync::Mutex<Option<(Instant, Arc<Directory>)>>,
+    /// The last read and when it was made: every submit looks here, so a plain lock held
+    /// for a clone, never across a read.
+    cached: std::sync::RwLock<Option<(Instant, Arc<Directory>)>>,
+    /// Held by the one request reading the store, so that the others wait for its answer
+    /// instead of each querying.
+    reading: tokio::sync::Mutex<()>,
 }
 
 impl LiveDirectory {
@@ -85,7 +90,8 @@ impl LiveDirectory {
         LiveDirectory {
             store,
             max_age,
-            cached: tokio::sync::Mutex::new(None),
+            cached: std::sync::RwLock::new(None),
+            reading: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -105,18 +111,28 @@ impl LiveDirectory {
         self.read(Self::MIN_AGE.min(self.max_age)).await
     }
 
-    /// One reader at a time: concurrent requests wait for its answer instead of each
-    /// querying the store.
+    /// The cached directory if younger than `max_age`, else a new read.
     async fn read(&self, max_age: Duration) -> Result<Arc<Directory>> {
-        let mut cached = self.cached.lock().await;
-        if let Some((read_at, directory)) = cached.as_ref()
-            && read_at.elapsed() < max_age
-        {
-            return Ok(directory.clone());
+        if let Some(directory) = self.cached_within(max_age) {
+            return Ok(directory);
+        }
+        let _reading = self.reading.lock().await;
+        // Another request may have read while this one waited.
+        if let Some(directory) = self.cached_within(max_age) {
+            return Ok(directory);
         }
         let read_at = Instant::now();
         let directory = Arc::new(Directory::of(&self.store.live_adverts().await?));
-        *cached = Some((read_at, directory.clone()));
+        *self.cached.write().unwrap_or_else(|e| e.into_inner()) =
+            Some((read_at, directory.clone()));
         Ok(directory)
+    }
+
+    fn cached_within(&self, max_age: Duration) -> Option<Arc<Directory>> {
+        let cached = self.cached.read().unwrap_or_else(|e| e.into_inner());
+        cached
+            .as_ref()
+            .filter(|(read_at, _)| read_at.elapsed() < max_age)
+            .map(|(_, directory)| directory.clone())
     }
 }
