@@ -64,6 +64,10 @@ pub struct ApiArgs {
     /// refused with 422 too_many_agents.
     #[arg(long, env = "TROUPE_MAX_AGENTS_PER_TASK", default_value_t = 20, value_parser = clap::value_parser!(u16).range(1..=20))]
     pub max_agents_per_task: u16,
+    /// Seconds one simulated answer may take (latencyMs × tokens), 1 to 300: a submit
+    /// asking for more is refused with 422 invalid_provider_options.
+    #[arg(long, env = "TROUPE_SIMULATED_MAX_ANSWER_SECS", default_value_t = 300, value_parser = clap::value_parser!(u16).range(1..=300))]
+    pub simulated_max_answer_secs: u16,
     /// When the web UI's session cookies are marked Secure: auto (when the proxy in front
     /// says the request came over TLS, X-Forwarded-Proto: https), always, never.
     #[arg(long, env = "TROUPE_SECURE_COOKIES", value_enum, default_value_t = SecureCookies::Auto)]
@@ -95,6 +99,7 @@ impl ApiArgs {
             },
             max_task_secs: self.max_task_secs,
             max_agents_per_task: usize::from(self.max_agents_per_task),
+            simulated_max_answer_ms: i64::from(self.simulated_max_answer_secs) * 1000,
             secure_cookies: self.secure_cookies,
         }
     }

@@ -189,7 +189,7 @@ pub const ERROR_CODES: &[(&str, u16, &str)] = &[
     (
         "invalid_provider_options",
         422,
-        "`providerOptions` is not a JSON object, or not what the provider (or the fallback) takes: a number `temperature` and a positive whole `maxTokens` for the HTTP providers; types, ranges and at most 5 minutes an answer for the simulated one.",
+        "`providerOptions` is not a JSON object, or not what the provider (or the fallback) takes: a number `temperature` and a positive whole `maxTokens` for the HTTP providers; types, ranges and an answer of at most `TROUPE_SIMULATED_MAX_ANSWER_SECS` (5 minutes) for the simulated one.",
     ),
     (
         "invalid_timeout",

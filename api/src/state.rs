@@ -24,6 +24,8 @@ pub struct HttpConfig {
     pub max_task_secs: u64,
     /// Agents one task may have: at most the API's ceiling of 20.
     pub max_agents_per_task: usize,
+    /// The longest a simulated answer may take (`latencyMs` × `tokens`), at most 5 minutes.
+    pub simulated_max_answer_ms: i64,
     /// When the web UI's session cookies are marked `Secure`.
     pub secure_cookies: SecureCookies,
 }
@@ -36,6 +38,7 @@ impl Default for HttpConfig {
             limits: RequestLimits::default(),
             max_task_secs: 3600,
             max_agents_per_task: crate::routes::tasks::MAX_AGENTS,
+            simulated_max_answer_ms: troupe_events::providers::simulated::MAX_ANSWER_MS,
             secure_cookies: SecureCookies::Auto,
         }
     }

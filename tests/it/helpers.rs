@@ -116,6 +116,7 @@ fn api_args() -> ApiArgs {
         client_ip_header: None,
         max_task_secs: 3600,
         max_agents_per_task: 20,
+        simulated_max_answer_secs: 300,
         secure_cookies: troupe_api::auth::SecureCookies::Auto,
     }
 }

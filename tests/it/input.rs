@@ -14,6 +14,7 @@ both_backends!(
     accounts_refuse_bad_and_duplicate_registrations,
     an_operator_can_turn_the_simulated_provider_off,
     a_team_larger_than_the_server_allows_is_refused,
+    a_simulated_answer_longer_than_the_server_allows_is_refused,
 );
 
 async fn assert_error(response: reqwest::Response, status: u16, code: &str) {
@@ -472,5 +473,33 @@ async fn a_team_larger_than_the_server_allows_is_refused(backend: Backend) {
     );
     assert_eq!(task_count(&app, &token).await, 0);
     app.submit(&token, &team(&["qa", "frontend"])).await;
+    assert_eq!(task_count(&app, &token).await, 1);
+}
+
+async fn a_simulated_answer_longer_than_the_server_allows_is_refused(backend: Backend) {
+    let mut tweaks = Tweaks::default();
+    tweaks.api.simulated_max_answer_secs = 1;
+    let app = TestApp::spawn_with(backend, tweaks).await;
+    let token = app.user().await;
+    let task = |options: Value| {
+        json!({"description": "d", "selectedAgents": ["qa"], "provider": "simulated",
+               "providerOptions": options})
+    };
+    let response = app
+        .post("/api/tasks", &token, &task(json!({"latencyMs": 100})))
+        .await;
+    assert_eq!(response.status(), 422);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "invalid_provider_options", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("at most 1000 ms"),
+        "{body}"
+    );
+    assert_eq!(task_count(&app, &token).await, 0);
+    // 24 chunks 40 ms apart, the defaults, take 960 ms.
+    app.submit(&token, &task(json!({}))).await;
     assert_eq!(task_count(&app, &token).await, 1);
 }

@@ -205,7 +205,7 @@ impl TaskRequest {
         };
         let timeout_secs = timeout_secs(self.timeout_secs, state.http.max_task_secs)?;
         for name in std::iter::once(&provider).chain(fallback.as_ref().map(|f| &f.provider)) {
-            providers::check_options(name, &provider_options)
+            providers::check_options(name, &provider_options, state.http.simulated_max_answer_ms)
                 .map_err(|message| ApiError::invalid("invalid_provider_options", message))?;
         }
         Ok(TaskSpec {

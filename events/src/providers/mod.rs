@@ -134,10 +134,15 @@ impl Directory {
 }
 
 /// What is wrong with a task's `providerOptions` for `provider`, said for the user: a
-/// value the provider would refuse is refused at submit, before anything is stored.
-pub fn check_options(provider: &str, options: &Map<String, Value>) -> Result<(), String> {
+/// value the provider would refuse is refused at submit, before anything is stored. A
+/// simulated answer may take at most `simulated_max_answer_ms`.
+pub fn check_options(
+    provider: &str,
+    options: &Map<String, Value>,
+    simulated_max_answer_ms: i64,
+) -> Result<(), String> {
     if is_simulated(provider) {
-        return simulated::check_options(options);
+        return simulated::check_options(options, simulated_max_answer_ms);
     }
     // The HTTP providers pass these two through to the model.
     options::number(options, "temperature").map_err(|e| e.0)?;
@@ -242,8 +247,13 @@ mod tests {
 
     #[test]
     fn options_the_http_providers_would_refuse_are_refused() {
-        let check =
-            |provider: &str, options: Value| check_options(provider, options.as_object().unwrap());
+        let check = |provider: &str, options: Value| {
+            check_options(
+                provider,
+                options.as_object().unwrap(),
+                simulated::MAX_ANSWER_MS,
+            )
+        };
         assert!(check("openai", json!({"temperature": 0.2, "maxTokens": 100})).is_ok());
         assert!(
             check("anthropic", json!({"maxTokens": 0}))
