@@ -24,6 +24,15 @@ async fn assert_error(response: reqwest::Response, status: u16, code: &str) {
     assert!(!body["error"]["message"].as_str().unwrap().is_empty());
 }
 
+/// A 422 with `code` whose message names the server's bound, `says`.
+async fn assert_refusal_says(response: reqwest::Response, code: &str, says: &str) {
+    assert_eq!(response.status(), 422);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], code, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains(says), "{body}");
+}
+
 async fn task_count(app: &TestApp, token: &str) -> usize {
     let list: Value = app
         .get("/api/tasks?limit=100", token)
@@ -461,16 +470,7 @@ async fn a_team_larger_than_the_server_allows_is_refused(backend: Backend) {
     let response = app
         .post("/api/tasks", &token, &team(&["qa", "frontend", "backend"]))
         .await;
-    assert_eq!(response.status(), 422);
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "too_many_agents", "{body}");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("at most 2 agents"),
-        "{body}"
-    );
+    assert_refusal_says(response, "too_many_agents", "at most 2 agents").await;
     assert_eq!(task_count(&app, &token).await, 0);
     app.submit(&token, &team(&["qa", "frontend"])).await;
     assert_eq!(task_count(&app, &token).await, 1);
@@ -488,16 +488,7 @@ async fn a_simulated_answer_longer_than_the_server_allows_is_refused(backend: Ba
     let response = app
         .post("/api/tasks", &token, &task(json!({"latencyMs": 100})))
         .await;
-    assert_eq!(response.status(), 422);
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "invalid_provider_options", "{body}");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("at most 1000 ms"),
-        "{body}"
-    );
+    assert_refusal_says(response, "invalid_provider_options", "at most 1000 ms").await;
     assert_eq!(task_count(&app, &token).await, 0);
     // 24 chunks 40 ms apart, the defaults, take 960 ms.
     app.submit(&token, &task(json!({}))).await;
