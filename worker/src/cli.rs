@@ -9,8 +9,9 @@ use secrecy::SecretString;
 
 use crate::WorkerConfig;
 use crate::prices::Prices;
-use crate::providers::{ProviderSettings, Providers};
+use crate::providers::ProviderSettings;
 use troupe_events::ProviderRoute;
+use troupe_events::providers::NAMES;
 use troupe_events::sweep::SweepConfig;
 
 /// `TROUPE_FALLBACK_OPENAI=anthropic:claude-haiku-4-5` gives `openai` a fallback.
@@ -114,11 +115,11 @@ fn fallbacks(
 }
 
 fn fallback(provider: &str, route: &str) -> Result<ProviderRoute, String> {
-    let known = |name: &str| Providers::NAMES.contains(&name);
+    let known = |name: &str| NAMES.contains(&name);
     if !known(provider) {
         return Err(format!(
             "unknown provider {provider:?}; providers: {}",
-            Providers::NAMES.join(", ")
+            NAMES.join(", ")
         ));
     }
     let route: ProviderRoute = route.parse()?;
@@ -126,7 +127,7 @@ fn fallback(provider: &str, route: &str) -> Result<ProviderRoute, String> {
         return Err(format!(
             "unknown fallback provider {:?}; providers: {}",
             route.provider,
-            Providers::NAMES.join(", ")
+            NAMES.join(", ")
         ));
     }
     if route.provider == provider && route.model.is_none() {

@@ -39,8 +39,12 @@ impl Advertiser {
     /// Stores the advert once. A worker's process calls it before it serves, so that the
     /// api accepts its providers' tasks from the start.
     pub async fn advertise(&self) -> Result<()> {
+        self.say(&self.advert).await
+    }
+
+    async fn say(&self, advert: &Advert) -> Result<()> {
         self.store
-            .advertise(&self.advert, self.every * LIVE_FOR_BEATS)
+            .advertise(advert, self.every * LIVE_FOR_BEATS)
             .await
     }
 
@@ -58,11 +62,7 @@ impl Advertiser {
             stopping: true,
             ..self.advert.clone()
         };
-        if let Err(e) = self
-            .store
-            .advertise(&stopping, self.every * LIVE_FOR_BEATS)
-            .await
-        {
+        if let Err(e) = self.say(&stopping).await {
             tracing::warn!(error = %e, "marking this worker's advert stopping failed; it expires");
         }
     }

@@ -134,9 +134,6 @@ impl Providers {
         self.fallbacks.get(name)
     }
 
-    /// Provider names this build knows, for messages that list them.
-    pub const NAMES: [&'static str; 3] = troupe_events::providers::NAMES;
-
     /// These providers with `name` served by `provider` instead: for embedding Troupe with
     /// a provider of one's own, and for tests.
     pub fn replacing(mut self, name: &str, provider: SharedProvider) -> Self {
