@@ -62,23 +62,31 @@ static APPEND: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
+/// Connections of their own for reading a task's log by seq (replays, exports, followers
+/// catching up), as the SQLite store has: a thousand viewers opening finished tasks do not
+/// queue in front of the appends, nor appends in front of them.
+const LOG_READERS: u32 = 4;
+
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
+    /// Read a page of one task's log in key order, never as a bitmap scan and a sort: the
+    /// planner picks that for a large task whose rows are scattered over the heap (appends
+    /// of a parallel team come through many connections, each filling its own page), and
+    /// for any task before the table's first ANALYZE, and then sorts every page again. The
+    /// key order needs no sort, and the pages are in memory: 1.5 ms for 5,000 events
+    /// against 3.0–4.7 ms (BENCHMARKS.md, "Log pages on PostgreSQL").
+    log_readers: PgPool,
 }
 
 impl PgStore {
     pub async fn connect(options: PgConnectOptions, max_connections: u32) -> Result<Self> {
-        let pool = PgPoolOptions::new()
-            .max_connections(max_connections)
-            .acquire_timeout(std::time::Duration::from_secs(10))
-            // sqlx pings every connection it hands out by default: a round trip before each
-            // statement. A broken connection fails its statement instead, which the callers
-            // retry as they retry any store outage.
-            .test_before_acquire(false)
-            .connect_with(options)
+        let pool = pool_options(max_connections)
+            .connect_with(options.clone())
             .await?;
-        Ok(PgStore { pool })
+        let log_readers = pool_options(LOG_READERS.min(max_connections))
+            .connect_lazy_with(options.options([("enable_bitmapscan", "off")]));
+        Ok(PgStore { pool, log_readers })
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -96,6 +104,16 @@ impl PgStore {
         row.map(|r| Ok((task_from_row(&r)?, r.try_get("request_hash")?)))
             .transpose()
     }
+}
+
+fn pool_options(max_connections: u32) -> PgPoolOptions {
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(std::time::Duration::from_secs(10))
+        // sqlx pings every connection it hands out by default: a round trip before each
+        // statement. A broken connection fails its statement instead, which the callers
+        // retry as they retry any store outage.
+        .test_before_acquire(false)
 }
 
 fn user_of(r: &sqlx::postgres::PgRow) -> Result<User> {
@@ -548,7 +566,7 @@ impl Store for PgStore {
         .bind(after as i64)
         .bind(i64::from(limit))
         .bind(PAGE_BYTES)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.log_readers)
         .await?;
         rows.into_iter()
             .map(|r| {
@@ -565,15 +583,17 @@ impl Store for PgStore {
 
     async fn lines_after(&self, task_id: Uuid, after: u64, limit: u32) -> Result<Option<Lines>> {
         // The page of events_after, joined in the database: one row instead of one per event.
+        // Joined in the order the page comes in, which is seq's: an ORDER BY in string_agg
+        // would sort the page again (PostgreSQL 15 does not see that it is sorted).
         let (last, events, joined): (Option<i64>, i64, Option<String>) = sqlx::query_as(&format!(
-            "SELECT max(seq), count(*), string_agg(data, E'\\n' ORDER BY seq)
+            "SELECT max(seq), count(*), string_agg(data, E'\\n')
                  FROM ({PAGE}) page WHERE {IN_PAGE}"
         ))
         .bind(task_id)
         .bind(after as i64)
         .bind(i64::from(limit))
         .bind(PAGE_BYTES)
-        .fetch_one(&self.pool)
+        .fetch_one(&self.log_readers)
         .await?;
         Ok(Lines::of(last, events, joined))
     }
