@@ -572,7 +572,7 @@ pub const PAGE_BYTES: i64 = 1 << 20;
 pub const LOG_PAGE: u32 = 1000;
 /// Events of the first page of a replay ([`log_pages`]), and of each page after it.
 const REPLAY_FIRST_PAGE: u32 = 100;
-const REPLAY_PAGE: u32 = 5000;
+pub(crate) const REPLAY_PAGE: u32 = 5000;
 
 /// Whether a page of `events_after(.., limit)` reached the end of the log as it was when
 /// read: a page cut short by [`PAGE_BYTES`] holds at least that many bytes, so a page

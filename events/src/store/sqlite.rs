@@ -57,6 +57,11 @@ static APPEND: LazyLock<String> = LazyLock::new(|| {
 
 /// Connections that only read: replays and followers catching up, beside the writer.
 const READERS: u32 = 4;
+/// Rows a reader's SQLite thread may get ahead of the task that takes them. sqlx's 50
+/// made a long page a ping-pong: the thread filled the channel and slept, the task took
+/// a row and woke it, a futex wait and wake per row. A replay page is at most
+/// `REPLAY_PAGE` rows and 1 MiB, so this holds no more than the page itself would.
+const READER_ROWS_AHEAD: usize = super::REPLAY_PAGE as usize;
 
 const TASK_COLUMNS: &str = concat!(
     "id, owner_id, spec, status, created_at, updated_at, last_seq, cancel_requested, ",
@@ -98,7 +103,7 @@ impl SqliteStore {
         let readers = SqlitePoolOptions::new()
             .max_connections(READERS)
             .test_before_acquire(false)
-            .connect_with(options)
+            .connect_with(options.row_buffer_size(READER_ROWS_AHEAD))
             .await?;
         Ok(SqliteStore {
             writer,
