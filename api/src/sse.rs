@@ -29,10 +29,16 @@ pub fn frame(event: &RawEvent) -> Bytes {
     out.freeze()
 }
 
-/// Appends the frame of `event` to `out`: many frames in one buffer for a replay.
+/// Appends the frame of `event` to `out`.
 pub fn write_frame(out: &mut BytesMut, event: &RawEvent) {
-    let mut seq = itoa::Buffer::new();
-    write_named(out, Some(seq.format(event.seq)), &event.kind, &event.json);
+    write_entry(out, event.seq, &event.kind, &event.json);
+}
+
+/// Appends the frame of the event `seq` of type `kind` to `out`: many frames in one buffer
+/// for a replay.
+pub fn write_entry(out: &mut BytesMut, seq: u64, kind: &str, json: &[u8]) {
+    let mut id = itoa::Buffer::new();
+    write_named(out, Some(id.format(seq)), kind, json);
 }
 
 /// A frame with an optional id.

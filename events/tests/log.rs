@@ -472,7 +472,11 @@ async fn a_page_of_large_events_stays_small(backend: Backend) {
     // The NDJSON form of a page is the same page, each event's JSON and a line feed.
     for (after, limit) in [(1, 1000), (2, 1), (0, 1000), (6, 10)] {
         let page = log.store.events_after(task_id, after, limit).await.unwrap();
-        let lines = log.store.lines_after(task_id, after, limit).await.unwrap();
+        let lines = log
+            .store
+            .lines_after(task_id, after, limit, true)
+            .await
+            .unwrap();
         let Some(lines) = lines else {
             assert!(page.is_empty());
             continue;
@@ -482,6 +486,10 @@ async fn a_page_of_large_events_stays_small(backend: Backend) {
             .flat_map(|e| e.json.iter().copied().chain([b'\n']))
             .collect();
         assert_eq!(lines.ndjson, expected);
+        assert_eq!(entries_of(&lines), entries_of_events(&page));
+        let untyped = log.store.lines_after(task_id, after, limit, false).await;
+        let untyped = untyped.unwrap().expect("the same page");
+        assert_eq!((&untyped.ndjson, &untyped.kinds), (&lines.ndjson, &None));
         assert_eq!(lines.events, page.len());
         assert_eq!(lines.last_seq, page.last().unwrap().seq);
         assert_eq!(lines.is_last_page(limit), is_last_page(&page, limit));
@@ -527,13 +535,34 @@ async fn a_log_scattered_over_the_heap_reads_in_seq_order() {
         let seqs: Vec<u64> = page.iter().map(|e| e.seq).collect();
         let expected_last = (after + u64::from(limit)).min(3001);
         assert_eq!(seqs, (after + 1..=expected_last).collect::<Vec<_>>());
-        let lines = log.store.lines_after(task_id, after, limit).await.unwrap();
+        let lines = log
+            .store
+            .lines_after(task_id, after, limit, true)
+            .await
+            .unwrap();
         let expected: Vec<u8> = page
             .iter()
             .flat_map(|e| e.json.iter().copied().chain([b'\n']))
             .collect();
-        assert_eq!(lines.expect("a page").ndjson, expected);
+        let lines = lines.expect("a page");
+        assert_eq!(lines.ndjson, expected);
+        assert_eq!(entries_of(&lines), entries_of_events(&page));
     }
+}
+
+/// Each event of a joined page as its seq, type and JSON.
+fn entries_of(lines: &troupe_events::store::Lines) -> Vec<(u64, String, Vec<u8>)> {
+    lines
+        .entries()
+        .expect("a page read with its types")
+        .map(|(seq, kind, json)| (seq, kind.to_owned(), json.to_vec()))
+        .collect()
+}
+
+fn entries_of_events(page: &[RawEvent]) -> Vec<(u64, String, Vec<u8>)> {
+    page.iter()
+        .map(|e| (e.seq, e.kind.clone(), e.json.to_vec()))
+        .collect()
 }
 
 async fn control_requests_wait_for_the_worker_and_transitions_race_it_safely(backend: Backend) {

@@ -307,6 +307,36 @@ async fn retrying_a_failed_agent_appends_a_new_attempt(backend: Backend) {
     }
     assert_eq!(of_type(&log, "task_error").len(), 1);
     assert_eq!(log.last().unwrap()["type"], "task_complete");
+
+    // The finished log replays as SSE, from the store, to the first terminal event after
+    // the cursor, as the live stream ended: the retry reopened the log after task_error.
+    let error_at = of_type(&log, "task_error")[0]["seq"].as_u64().unwrap() as usize;
+    let to_error = app.read_events(1, &token, task_id, None, None).await;
+    assert_replayed(&to_error, &log[..error_at]);
+    let after_error = app
+        .read_events(0, &token, task_id, Some(error_at as u64), None)
+        .await;
+    assert_replayed(&after_error, &log[error_at..]);
+}
+
+/// The frames carry the events of `log` in order: each one's seq as the id, its type as
+/// the event name, its stored JSON as the data.
+fn assert_replayed(frames: &[SseEvent], log: &[Value]) {
+    let framed: Vec<(String, String, Value)> = frames
+        .iter()
+        .map(|f| (f.id.clone(), f.event.clone(), f.data.clone()))
+        .collect();
+    let expected: Vec<(String, String, Value)> = log
+        .iter()
+        .map(|e| {
+            (
+                e["seq"].to_string(),
+                e["type"].as_str().unwrap().into(),
+                e.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(framed, expected);
 }
 
 async fn retry_and_cancel_refuse_what_makes_no_sense(backend: Backend) {

@@ -9,7 +9,8 @@ use futures::{Stream, StreamExt};
 use serde::Deserialize;
 use tokio::sync::OwnedSemaphorePermit;
 use troupe_events::Event;
-use troupe_events::store::{log_pages, ndjson_pages};
+use troupe_events::event::is_terminal_kind;
+use troupe_events::store::lines_pages;
 use utoipa::IntoParams;
 use uuid::Uuid;
 
@@ -155,6 +156,10 @@ pub async fn events(
     ))
 }
 
+/// A frame's bytes besides its JSON and type: `id: `, the seq, `event: `, `data: ` and the
+/// line feeds.
+const FRAME_FIELDS_BYTES: usize = 48;
+
 /// A finished task's log from the store, a page of frames per write, to its first
 /// terminal event after `after` (as a live stream ends; a retry reopens a log after
 /// one). Nothing live is needed, so no feed is started for it.
@@ -164,19 +169,22 @@ fn replay(
     after: u64,
     sent: Sent,
 ) -> impl Stream<Item = troupe_events::Result<Bytes>> + Send + 'static {
-    let pages = log_pages(state.backends.store.clone(), task_id, after);
+    let pages = lines_pages(state.backends.store.clone(), task_id, after, true);
     let mut ended = false;
     tokio_stream::StreamExt::map_while(pages, move |page| {
         if ended {
             return None;
         }
-        Some(page.map(|page| {
-            let mut frames = BytesMut::with_capacity(page.iter().map(|e| e.json.len() + 64).sum());
+        Some(page.map(|lines| {
+            let kinds_len = lines.kinds.as_ref().map_or(0, String::len);
+            let mut frames = BytesMut::with_capacity(
+                lines.ndjson.len() + kinds_len + lines.events * FRAME_FIELDS_BYTES,
+            );
             let mut written = 0;
-            for event in page.iter() {
-                crate::sse::write_frame(&mut frames, event);
+            for (seq, kind, json) in lines.entries().into_iter().flatten() {
+                crate::sse::write_entry(&mut frames, seq, kind, json);
                 written += 1;
-                if event.is_terminal() {
+                if is_terminal_kind(kind) {
                     ended = true;
                     break;
                 }
@@ -222,8 +230,10 @@ pub fn sse(
 
 /// The log as it is now, one JSON event per line.
 fn export(state: &AppState, task_id: Uuid, after: u64) -> Response {
-    let pages = ndjson_pages(state.backends.store.clone(), task_id, after)
-        .map(|page| page.map_err(|e| std::io::Error::other(e.to_string())));
+    let pages = lines_pages(state.backends.store.clone(), task_id, after, false).map(|page| {
+        page.map(|lines| lines.ndjson)
+            .map_err(|e| std::io::Error::other(e.to_string()))
+    });
     (
         [(header::CONTENT_TYPE, "application/x-ndjson")],
         Body::from_stream(pages),

@@ -193,10 +193,18 @@ pub trait Store: Send + Sync + 'static {
     /// answers) stays small in memory. [`is_last_page`] tells whether the log may go on.
     async fn events_after(&self, task_id: Uuid, after: u64, limit: u32) -> Result<Vec<RawEvent>>;
 
-    /// The same page as [`Store::events_after`], as NDJSON (each event's JSON and a line
-    /// feed) joined by the database into one value: what the export sends, without a row
-    /// per event. `None` when no event is left.
-    async fn lines_after(&self, task_id: Uuid, after: u64, limit: u32) -> Result<Option<Lines>>;
+    /// The same page as [`Store::events_after`], joined by the database into one value:
+    /// NDJSON (each event's JSON and a line feed), what the export sends, and, if `typed`,
+    /// the events' types, from which a replay frames each line for SSE; no row per event.
+    /// Only a replay asks for the types: on SQLite each joined column is another sort of
+    /// the page. `None` when no event is left.
+    async fn lines_after(
+        &self,
+        task_id: Uuid,
+        after: u64,
+        limit: u32,
+        typed: bool,
+    ) -> Result<Option<Lines>>;
 
     /// Outbox rows older than `older_than` (task and the seq that queued it): committed
     /// but maybe never queued.
@@ -570,7 +578,7 @@ pub const PAGE_BYTES: i64 = 1 << 20;
 
 /// Events per page when a whole log is read.
 pub const LOG_PAGE: u32 = 1000;
-/// Events of the first page of a replay ([`log_pages`]), and of each page after it.
+/// Events of the first page of a replay ([`lines_pages`]), and of each page after it.
 const REPLAY_FIRST_PAGE: u32 = 100;
 pub(crate) const REPLAY_PAGE: u32 = 5000;
 
@@ -606,24 +614,66 @@ fn ends_log(events: usize, json_bytes: usize, limit: u32) -> bool {
     events < limit as usize && (json_bytes as i64) < PAGE_BYTES
 }
 
-/// A page of the log as NDJSON lines ([`Store::lines_after`]).
+/// A page of the log joined by the store ([`Store::lines_after`]): each event's JSON on a
+/// line of its own and, when asked for, each event's type, in seq order. A log has no
+/// holes, so the page's seqs run from [`Lines::first_seq`] to `last_seq`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Lines {
     pub last_seq: u64,
     pub events: usize,
     pub ndjson: Bytes,
+    /// The events' types, one per line: a type never holds a line break, which would
+    /// break its SSE frame's `event:` field as well.
+    pub kinds: Option<String>,
 }
 
 impl Lines {
-    /// From the page's last seq, event count and JSON joined by line feeds (no final one).
-    fn of(last_seq: Option<i64>, events: i64, joined: Option<String>) -> Option<Lines> {
-        let mut ndjson = joined?.into_bytes();
+    /// From the page's last seq, event count, and JSON (and types) joined by line feeds
+    /// (no final one). A page whose lines do not match its count is refused rather than
+    /// framed out of step.
+    fn of(
+        last_seq: Option<i64>,
+        events: i64,
+        joined: Option<String>,
+        kinds: Option<String>,
+    ) -> Result<Option<Lines>> {
+        let (Some(last_seq), Some(joined)) = (last_seq, joined) else {
+            return Ok(None);
+        };
+        let mut ndjson = joined.into_bytes();
         ndjson.push(b'\n');
-        Some(Lines {
-            last_seq: last_seq? as u64,
-            events: events as usize,
+        let events = events as usize;
+        let lines = ndjson.iter().filter(|&&b| b == b'\n').count();
+        let kinds_count = kinds.as_ref().map_or(events, |k| k.split('\n').count());
+        if lines != events || kinds_count != events || (last_seq as u64) < events as u64 {
+            return Err(Error::Corrupt(format!(
+                "a page of {events} events ending at seq {last_seq} came with {lines} lines \
+                 of JSON and {kinds_count} types"
+            )));
+        }
+        Ok(Some(Lines {
+            last_seq: last_seq as u64,
+            events,
             ndjson: ndjson.into(),
-        })
+            kinds,
+        }))
+    }
+
+    pub fn first_seq(&self) -> u64 {
+        self.last_seq + 1 - self.events as u64
+    }
+
+    /// Each event of the page: its seq, type and JSON; `None` for a page read without
+    /// its types.
+    pub fn entries(&self) -> Option<impl Iterator<Item = (u64, &str, &[u8])>> {
+        let kinds = self.kinds.as_ref()?;
+        let json = &self.ndjson[..self.ndjson.len() - 1];
+        Some(
+            json.split(|&b| b == b'\n')
+                .zip(kinds.split('\n'))
+                .zip(self.first_seq()..)
+                .map(|((json, kind), seq)| (seq, kind, json)),
+        )
     }
 
     pub fn is_last_page(&self, limit: u32) -> bool {
@@ -631,37 +681,24 @@ impl Lines {
     }
 }
 
-/// The log after `after` to its end as it is now, a page at a time. The next page is read
-/// while the caller sends the last one, so that a replay keeps the store and the network
-/// busy at once; the reader stops when the stream is dropped.
-pub fn log_pages(
+/// The log after `after` to its end as it is now, a page at a time, each page joined by
+/// the store ([`Store::lines_after`]), with its events' types if `typed`. The next page is read while the caller sends the
+/// last one, so that a replay keeps the store and the network busy at once; the reader
+/// stops when the stream is dropped.
+pub fn lines_pages(
     store: Arc<dyn Store>,
     task_id: Uuid,
     after: u64,
-) -> impl futures::Stream<Item = Result<Vec<RawEvent>>> + Send + 'static {
+    typed: bool,
+) -> impl futures::Stream<Item = Result<Lines>> + Send + 'static {
     read_ahead(after, move |after, limit| {
         let store = store.clone();
         async move {
-            let page = store.events_after(task_id, after, limit).await?;
-            let last = is_last_page(&page, limit);
-            Ok(page.last().map(|e| e.seq).map(|seq| (page, seq, last)))
-        }
-    })
-}
-
-/// [`log_pages`] as NDJSON, each page joined by the store.
-pub fn ndjson_pages(
-    store: Arc<dyn Store>,
-    task_id: Uuid,
-    after: u64,
-) -> impl futures::Stream<Item = Result<Bytes>> + Send + 'static {
-    read_ahead(after, move |after, limit| {
-        let store = store.clone();
-        async move {
-            let lines = store.lines_after(task_id, after, limit).await?;
-            Ok(lines
-                .map(|l| (l.is_last_page(limit), l))
-                .map(|(last, l)| (l.ndjson, l.last_seq, last)))
+            let lines = store.lines_after(task_id, after, limit, typed).await?;
+            Ok(lines.map(|l| {
+                let (last_seq, last) = (l.last_seq, l.is_last_page(limit));
+                (l, last_seq, last)
+            }))
         }
     })
 }

@@ -46,6 +46,8 @@ const PAGE: &str = "SELECT seq, type, at, data::text AS data,
             sum(octet_length(data::text)) OVER (ORDER BY seq ROWS UNBOUNDED PRECEDING) AS upto
      FROM task_events WHERE task_id = $1 AND seq > $2 ORDER BY seq LIMIT $3";
 const IN_PAGE: &str = "upto - octet_length(data) < $4";
+/// A page's event types, one per line, in the page's order.
+const KINDS_JOINED: &str = "string_agg(type, E'\\n')";
 
 /// The append statement, built once: its parts are shared with the SQLite store.
 static APPEND: LazyLock<String> = LazyLock::new(|| {
@@ -581,21 +583,29 @@ impl Store for PgStore {
             .collect()
     }
 
-    async fn lines_after(&self, task_id: Uuid, after: u64, limit: u32) -> Result<Option<Lines>> {
+    async fn lines_after(
+        &self,
+        task_id: Uuid,
+        after: u64,
+        limit: u32,
+        typed: bool,
+    ) -> Result<Option<Lines>> {
+        let kinds = if typed { KINDS_JOINED } else { "NULL::text" };
         // The page of events_after, joined in the database: one row instead of one per event.
         // Joined in the order the page comes in, which is seq's: an ORDER BY in string_agg
         // would sort the page again (PostgreSQL 15 does not see that it is sorted).
-        let (last, events, joined): (Option<i64>, i64, Option<String>) = sqlx::query_as(&format!(
-            "SELECT max(seq), count(*), string_agg(data, E'\\n')
+        let (last, events, joined, kinds): (Option<i64>, i64, Option<String>, Option<String>) =
+            sqlx::query_as(&format!(
+                "SELECT max(seq), count(*), string_agg(data, E'\\n'), {kinds}
                  FROM ({PAGE}) page WHERE {IN_PAGE}"
-        ))
-        .bind(task_id)
-        .bind(after as i64)
-        .bind(i64::from(limit))
-        .bind(PAGE_BYTES)
-        .fetch_one(&self.log_readers)
-        .await?;
-        Ok(Lines::of(last, events, joined))
+            ))
+            .bind(task_id)
+            .bind(after as i64)
+            .bind(i64::from(limit))
+            .bind(PAGE_BYTES)
+            .fetch_one(&self.log_readers)
+            .await?;
+        Lines::of(last, events, joined, kinds)
     }
 
     async fn transition(&self, task_id: Uuid, transition: &Transition) -> Result<Transitioned> {

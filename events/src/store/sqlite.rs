@@ -44,6 +44,8 @@ const PAGE: &str = "SELECT seq, type, at, data,
             sum(length(CAST(data AS BLOB))) OVER (ORDER BY seq ROWS UNBOUNDED PRECEDING) AS upto
      FROM task_events WHERE task_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3";
 const IN_PAGE: &str = "upto - length(CAST(data AS BLOB)) < ?4";
+/// A page's event types, one per line, in seq order.
+const KINDS_JOINED: &str = "group_concat(type, char(10) ORDER BY seq)";
 
 /// The append's fence, built once: its parts are shared with the PostgreSQL store.
 static APPEND: LazyLock<String> = LazyLock::new(|| {
@@ -624,19 +626,27 @@ impl Store for SqliteStore {
             .collect()
     }
 
-    async fn lines_after(&self, task_id: Uuid, after: u64, limit: u32) -> Result<Option<Lines>> {
+    async fn lines_after(
+        &self,
+        task_id: Uuid,
+        after: u64,
+        limit: u32,
+        typed: bool,
+    ) -> Result<Option<Lines>> {
+        let kinds = if typed { KINDS_JOINED } else { "NULL" };
         // The page of events_after, joined in the database: one row instead of one per event.
-        let (last, events, joined): (Option<i64>, i64, Option<String>) = sqlx::query_as(&format!(
-            "SELECT max(seq), count(*), group_concat(data, char(10) ORDER BY seq)
+        let (last, events, joined, kinds): (Option<i64>, i64, Option<String>, Option<String>) =
+            sqlx::query_as(&format!(
+                "SELECT max(seq), count(*), group_concat(data, char(10) ORDER BY seq), {kinds}
                  FROM ({PAGE}) WHERE {IN_PAGE}"
-        ))
-        .bind(task_id)
-        .bind(after as i64)
-        .bind(i64::from(limit))
-        .bind(PAGE_BYTES)
-        .fetch_one(&self.readers)
-        .await?;
-        Ok(Lines::of(last, events, joined))
+            ))
+            .bind(task_id)
+            .bind(after as i64)
+            .bind(i64::from(limit))
+            .bind(PAGE_BYTES)
+            .fetch_one(&self.readers)
+            .await?;
+        Lines::of(last, events, joined, kinds)
     }
 
     async fn transition(&self, task_id: Uuid, transition: &Transition) -> Result<Transitioned> {
