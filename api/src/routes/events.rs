@@ -175,13 +175,16 @@ fn replay(
         if ended {
             return None;
         }
-        Some(page.map(|lines| {
+        Some(page.and_then(|lines| {
+            let entries = lines.entries().ok_or_else(|| {
+                troupe_events::Error::Corrupt("a replay's page came without its types".into())
+            })?;
             let kinds_len = lines.kinds.as_ref().map_or(0, String::len);
             let mut frames = BytesMut::with_capacity(
                 lines.ndjson.len() + kinds_len + lines.events * FRAME_FIELDS_BYTES,
             );
             let mut written = 0;
-            for (seq, kind, json) in lines.entries().into_iter().flatten() {
+            for (seq, kind, json) in entries {
                 crate::sse::write_entry(&mut frames, seq, kind, json);
                 written += 1;
                 if is_terminal_kind(kind) {
@@ -190,7 +193,7 @@ fn replay(
                 }
             }
             sent.replayed(written);
-            frames.freeze()
+            Ok(frames.freeze())
         }))
     })
 }

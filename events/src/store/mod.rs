@@ -682,9 +682,9 @@ impl Lines {
 }
 
 /// The log after `after` to its end as it is now, a page at a time, each page joined by
-/// the store ([`Store::lines_after`]), with its events' types if `typed`. The next page is read while the caller sends the
-/// last one, so that a replay keeps the store and the network busy at once; the reader
-/// stops when the stream is dropped.
+/// the store ([`Store::lines_after`]), with its events' types if `typed`. The next page is
+/// read while the caller sends the last one, so that a replay keeps the store and the
+/// network busy at once; the reader stops when the stream is dropped.
 pub fn lines_pages(
     store: Arc<dyn Store>,
     task_id: Uuid,
