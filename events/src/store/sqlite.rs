@@ -10,6 +10,8 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::{QueryBuilder, Row};
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::{CancellationToken, DropGuard};
 use uuid::Uuid;
 
 use super::stats::{self, StatsSql};
@@ -57,6 +59,15 @@ static APPEND: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
+/// How often the checkpointer copies the WAL into the database. A checkpoint fsyncs the
+/// WAL and the database; between them the WAL grows by what was committed.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+/// WAL frames (pages) past which a checkpoint waits for readers to leave the WAL so that
+/// it can be emptied, holding up the writer meanwhile: 64 MiB of 4 KiB pages. Readers that
+/// always overlap would otherwise keep a passive checkpoint from ever finishing, and the
+/// WAL would grow without end.
+const WAL_MAX_FRAMES: i64 = 16_384;
+
 /// Connections that only read: replays and followers catching up, beside the writer.
 const READERS: u32 = 4;
 /// Rows a reader's SQLite thread may get ahead of the task that takes them. sqlx's 50
@@ -80,14 +91,24 @@ pub struct SqliteStore {
     writer: SqlitePool,
     /// WAL lets these read a committed snapshot while the writer works.
     readers: SqlitePool,
+    /// Stops the [`Checkpointer`] when the last clone of the store goes (a file database).
+    _checkpoints: Option<Arc<DropGuard>>,
     /// The data directory's lock, held as long as the store lives.
     _lock: Option<Arc<std::fs::File>>,
 }
 
 impl SqliteStore {
     /// A database file, created if missing. WAL lets readers (SSE replays) run beside the
-    /// one writer.
+    /// one writer; a [`Checkpointer`] copies the WAL into the file every
+    /// [`CHECKPOINT_EVERY`] for as long as the store lives.
     pub async fn open(path: &Path) -> Result<Self> {
+        let (mut store, checkpointer) = Self::connect(path).await?;
+        store._checkpoints = Some(checkpointer.spawn());
+        Ok(store)
+    }
+
+    /// The store on a database file and its checkpointer, not started.
+    async fn connect(path: &Path) -> Result<(Self, Checkpointer)> {
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
@@ -97,21 +118,26 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(10));
         // No ping before each statement (sqlx's default): on SQLite it is a hop to the
         // connection's thread and back, and a file database's connection does not break.
+        // The writer never checkpoints: its commits would wait for the checkpoint's fsyncs,
+        // and every other write with them. The checkpointer does it on its own connection.
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .test_before_acquire(false)
-            .connect_with(options.clone())
+            .connect_with(options.clone().pragma("wal_autocheckpoint", "0"))
             .await?;
+        let checkpointer = Checkpointer::open(options.clone()).await?;
         let readers = SqlitePoolOptions::new()
             .max_connections(READERS)
             .test_before_acquire(false)
             .connect_with(options.row_buffer_size(READER_ROWS_AHEAD))
             .await?;
-        Ok(SqliteStore {
+        let store = SqliteStore {
             writer,
             readers,
+            _checkpoints: None,
             _lock: None,
-        })
+        };
+        Ok((store, checkpointer))
     }
 
     /// A database that lives as long as the process: one connection, never recycled,
@@ -129,6 +155,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             writer: pool.clone(),
             readers: pool,
+            _checkpoints: None,
             _lock: None,
         })
     }
@@ -220,6 +247,88 @@ fn task_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<TaskRecord> {
         waiting: r.try_get("waiting")?,
         usage: row_usage(r)?,
     })
+}
+
+/// Copies the WAL into the database file on a connection of its own, off the writer.
+/// SQLite's default, a checkpoint by whichever commit passes 1,000 WAL pages, ran two
+/// fsyncs on the writer's connection every few hundred tasks, and SQLite has one writer:
+/// every task's writes waited for the disk meanwhile (`perf`: the writer's thread in
+/// `fsync` under `walCheckpoint`). A passive checkpoint runs beside the writer and the
+/// readers.
+struct Checkpointer {
+    pool: SqlitePool,
+}
+
+/// What one checkpoint found and did, in WAL frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Checkpointed {
+    /// Frames in the WAL.
+    log: i64,
+    /// Frames copied into the database, up to now.
+    copied: i64,
+    /// The WAL was emptied and cut to nothing, waiting for readers to leave it.
+    truncated: bool,
+}
+
+impl Checkpointer {
+    async fn open(options: SqliteConnectOptions) -> Result<Self> {
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .test_before_acquire(false)
+            .connect_with(options)
+            .await?;
+        Ok(Checkpointer { pool })
+    }
+
+    /// Checkpoints every [`CHECKPOINT_EVERY`] until the returned guard is dropped.
+    fn spawn(self) -> Arc<DropGuard> {
+        let stop = CancellationToken::new();
+        let stopped = stop.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(CHECKPOINT_EVERY);
+            every.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = stopped.cancelled() => break,
+                    _ = every.tick() => {}
+                }
+                if let Err(e) = self.checkpoint(WAL_MAX_FRAMES).await {
+                    tracing::warn!(error = %e, "checkpointing the SQLite WAL failed; trying again");
+                }
+            }
+            self.pool.close().await;
+        });
+        Arc::new(stop.drop_guard())
+    }
+
+    /// A passive checkpoint; a truncating one when the WAL is still longer than
+    /// `max_frames` after it.
+    async fn checkpoint(&self, max_frames: i64) -> Result<Checkpointed> {
+        let (log, copied) = self.run("PASSIVE").await?;
+        if log <= max_frames {
+            return Ok(Checkpointed {
+                log,
+                copied,
+                truncated: false,
+            });
+        }
+        tracing::info!(frames = log, "the SQLite WAL is long; emptying it");
+        let (_, copied) = self.run("TRUNCATE").await?;
+        Ok(Checkpointed {
+            log,
+            copied,
+            truncated: true,
+        })
+    }
+
+    /// `PRAGMA wal_checkpoint(mode)`: the WAL's frames and those copied.
+    async fn run(&self, mode: &str) -> Result<(i64, i64)> {
+        let (_busy, log, copied): (i64, i64, i64) =
+            sqlx::query_as(&format!("PRAGMA wal_checkpoint({mode})"))
+                .fetch_one(&self.pool)
+                .await?;
+        Ok((log, copied))
+    }
 }
 
 #[async_trait]
@@ -899,5 +1008,92 @@ impl Store for SqliteStore {
         let rows = read_report_rows!(tx, sql, owner_id, first);
         tx.commit().await?;
         Ok(rows.report())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A database file in a directory of its own, removed with it.
+    struct TempDir(std::path::PathBuf);
+
+    impl TempDir {
+        fn new() -> Self {
+            let dir = std::env::temp_dir().join(format!("troupe-wal-{}", Uuid::new_v4()));
+            std::fs::create_dir_all(&dir).unwrap();
+            TempDir(dir)
+        }
+
+        fn wal_len(&self) -> u64 {
+            std::fs::metadata(self.0.join("troupe.db-wal")).map_or(0, |m| m.len())
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// `commits` write transactions of about 100 pages each, through the store's writer.
+    async fn write_pages(store: &SqliteStore, commits: usize) {
+        sqlx::query("CREATE TABLE IF NOT EXISTS filler (b BLOB)")
+            .execute(&store.writer)
+            .await
+            .unwrap();
+        for _ in 0..commits {
+            sqlx::query(
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100)
+                 INSERT INTO filler SELECT randomblob(3500) FROM n",
+            )
+            .execute(&store.writer)
+            .await
+            .unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn the_writer_leaves_the_wal_to_the_checkpointer() {
+        let dir = TempDir::new();
+        let (store, checkpointer) = SqliteStore::connect(&dir.0.join("troupe.db"))
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        // SQLite's own checkpoint would have run past 1,000 pages and the WAL restarted.
+        write_pages(&store, 20).await;
+        let first = checkpointer.checkpoint(WAL_MAX_FRAMES).await.unwrap();
+        assert!(first.log > 1_500, "the writer checkpointed: {first:?}");
+        assert_eq!(first.copied, first.log, "{first:?}");
+        assert!(!first.truncated);
+
+        // Fully copied, the WAL starts again from its beginning at the next commit.
+        write_pages(&store, 1).await;
+        let second = checkpointer.checkpoint(WAL_MAX_FRAMES).await.unwrap();
+        assert!(second.log < 200, "the WAL kept growing: {second:?}");
+        assert_eq!(second.copied, second.log);
+    }
+
+    #[tokio::test]
+    async fn a_wal_past_its_limit_is_emptied() {
+        let dir = TempDir::new();
+        let (store, checkpointer) = SqliteStore::connect(&dir.0.join("troupe.db"))
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        write_pages(&store, 3).await;
+        let kept = checkpointer.checkpoint(1_000).await.unwrap();
+        assert!(!kept.truncated, "{kept:?}");
+        assert!(dir.wal_len() > 0);
+
+        write_pages(&store, 12).await;
+        let emptied = checkpointer.checkpoint(1_000).await.unwrap();
+        assert!(emptied.truncated, "{emptied:?}");
+        assert_eq!(dir.wal_len(), 0);
+        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM filler")
+            .fetch_one(&store.readers)
+            .await
+            .unwrap();
+        assert_eq!(rows, 1_500);
     }
 }
