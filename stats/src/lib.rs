@@ -18,7 +18,7 @@ mod fold;
 pub mod local;
 pub mod stream;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use troupe_events::stats::{CursorMove, StatsCursor, StatsDelta};
@@ -39,6 +39,11 @@ fn add(total: &mut Applied, more: Applied) {
     total.tasks += more.tasks;
     total.events += more.events;
 }
+
+/// Cursors read a moment ago, by task (`None`: the task has none yet), so that counting
+/// the events read after them does not read them again. Each is used once: a batch
+/// counted again after a conflict reads the cursors afresh.
+type KnownCursors = HashMap<Uuid, Option<StatsCursor>>;
 
 /// What one batch changed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -62,8 +67,17 @@ impl StatsConsumer {
     /// Counts every event of `batch` not counted yet, and those the store has before it
     /// that were never counted, in one transaction.
     pub async fn apply(&self, batch: &[RawEvent]) -> anyhow::Result<Applied> {
+        self.apply_after(batch, &mut KnownCursors::new()).await
+    }
+
+    /// [`Self::apply`], taking from `known` the cursors of tasks it has.
+    async fn apply_after(
+        &self,
+        batch: &[RawEvent],
+        known: &mut KnownCursors,
+    ) -> anyhow::Result<Applied> {
         for _ in 0..CONFLICT_RETRIES {
-            let (delta, applied) = self.delta_for(batch).await?;
+            let (delta, applied) = self.delta_for(batch, known).await?;
             if delta.is_empty() || self.store.apply_stats(&delta).await? {
                 return Ok(applied);
             }
@@ -83,7 +97,7 @@ impl StatsConsumer {
         let mut total = Applied::default();
         loop {
             let behind = self.store.stats_behind(BEHIND_PAGE).await?;
-            let round = self.count_behind(&behind).await?;
+            let round = self.count_behind(&behind, &mut KnownCursors::new()).await?;
             total.tasks += round.tasks;
             total.events += round.events;
             // A round that moved nothing would find the same tasks again.
@@ -95,7 +109,11 @@ impl StatsConsumer {
 
     /// Counts a page of each task's events past its cursor, gathered into as few
     /// transactions as their size allows.
-    async fn count_behind(&self, behind: &[Behind]) -> anyhow::Result<Applied> {
+    async fn count_behind(
+        &self,
+        behind: &[Behind],
+        known: &mut KnownCursors,
+    ) -> anyhow::Result<Applied> {
         let mut applied = Applied::default();
         let mut gathered: Vec<RawEvent> = vec![];
         let mut bytes = 0;
@@ -107,13 +125,13 @@ impl StatsConsumer {
             bytes += page.iter().map(|e| e.json.len()).sum::<usize>();
             gathered.extend(page);
             if bytes >= GATHERED_BYTES {
-                add(&mut applied, self.apply(&gathered).await?);
+                add(&mut applied, self.apply_after(&gathered, known).await?);
                 gathered.clear();
                 bytes = 0;
             }
         }
         if !gathered.is_empty() {
-            add(&mut applied, self.apply(&gathered).await?);
+            add(&mut applied, self.apply_after(&gathered, known).await?);
         }
         Ok(applied)
     }
@@ -138,18 +156,24 @@ impl StatsConsumer {
         tasks: impl IntoIterator<Item = Uuid>,
     ) -> anyhow::Result<Applied> {
         let mut behind = vec![];
+        let mut known = KnownCursors::new();
         for task_id in tasks {
-            let through = self.store.stats_cursor(task_id).await?.map_or(0, |c| c.seq);
+            let cursor = self.store.stats_cursor(task_id).await?;
             behind.push(Behind {
                 task_id,
-                through,
+                through: cursor.as_ref().map_or(0, |c| c.seq),
                 last_seq: u64::MAX,
             });
+            known.insert(task_id, cursor);
         }
-        self.count_behind(&behind).await
+        self.count_behind(&behind, &mut known).await
     }
 
-    async fn delta_for(&self, batch: &[RawEvent]) -> troupe_events::Result<(StatsDelta, Applied)> {
+    async fn delta_for(
+        &self,
+        batch: &[RawEvent],
+        known: &mut KnownCursors,
+    ) -> troupe_events::Result<(StatsDelta, Applied)> {
         let mut by_task: BTreeMap<Uuid, Vec<&RawEvent>> = BTreeMap::new();
         for event in batch {
             by_task.entry(event.task_id).or_default().push(event);
@@ -158,7 +182,14 @@ impl StatsConsumer {
         let mut applied = Applied::default();
         for (task_id, mut events) in by_task {
             events.sort_by_key(|e| e.seq);
-            if let Some(counted) = self.count_task(task_id, &events, &mut delta).await? {
+            let cursor = match known.remove(&task_id) {
+                Some(cursor) => cursor,
+                None => self.store.stats_cursor(task_id).await?,
+            };
+            if let Some(counted) = self
+                .count_task(cursor, task_id, &events, &mut delta)
+                .await?
+            {
                 applied.tasks += 1;
                 applied.events += counted;
             }
@@ -166,16 +197,16 @@ impl StatsConsumer {
         Ok((delta, applied))
     }
 
-    /// Folds the task's events past its cursor into `delta`, reading from the store what
-    /// the batch lacks; `None` when there is nothing new (or the task is gone).
+    /// Folds the task's events past `found`, its cursor, into `delta`, reading from the
+    /// store what the batch lacks; `None` when there is nothing new (or the task is gone).
     async fn count_task(
         &self,
+        found: Option<StatsCursor>,
         task_id: Uuid,
         events: &[&RawEvent],
         delta: &mut StatsDelta,
     ) -> troupe_events::Result<Option<u64>> {
         let last = events.last().map_or(0, |e| e.seq);
-        let found = self.store.stats_cursor(task_id).await?;
         let from = found.as_ref().map(|c| c.seq);
         let counted = from.unwrap_or(0);
         if last <= counted {
