@@ -1029,6 +1029,15 @@ mod tests {
             TempDir(dir)
         }
 
+        /// A migrated store on a database file here, its checkpointer not started.
+        async fn store(&self) -> (SqliteStore, Checkpointer) {
+            let (store, checkpointer) = SqliteStore::connect(&self.0.join("troupe.db"))
+                .await
+                .unwrap();
+            store.migrate().await.unwrap();
+            (store, checkpointer)
+        }
+
         fn wal_len(&self) -> u64 {
             std::fs::metadata(self.0.join("troupe.db-wal")).map_or(0, |m| m.len())
         }
@@ -1060,10 +1069,7 @@ mod tests {
     #[tokio::test]
     async fn the_writer_leaves_the_wal_to_the_checkpointer() {
         let dir = TempDir::new();
-        let (store, checkpointer) = SqliteStore::connect(&dir.0.join("troupe.db"))
-            .await
-            .unwrap();
-        store.migrate().await.unwrap();
+        let (store, checkpointer) = dir.store().await;
         // SQLite's own checkpoint would have run past 1,000 pages and the WAL restarted.
         write_pages(&store, 20).await;
         let first = checkpointer.checkpoint(WAL_MAX_FRAMES).await.unwrap();
@@ -1081,10 +1087,7 @@ mod tests {
     #[tokio::test]
     async fn a_wal_past_its_limit_starts_over_though_a_reader_held_it() {
         let dir = TempDir::new();
-        let (store, checkpointer) = SqliteStore::connect(&dir.0.join("troupe.db"))
-            .await
-            .unwrap();
-        store.migrate().await.unwrap();
+        let (store, checkpointer) = dir.store().await;
         write_pages(&store, 1).await;
         // A reader's snapshot keeps the frames after it from being copied, as the writer's
         // commits during a passive checkpoint do: the WAL cannot start over by itself.
