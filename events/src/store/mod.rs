@@ -1135,14 +1135,23 @@ fn settled_requests_sql(status: &str) -> String {
     )
 }
 
-fn raw_event(task_id: Uuid, seq: i64, kind: String, at: DateTime<Utc>, data: String) -> RawEvent {
-    RawEvent {
+/// An event of `task_id` from a row of a log page (`seq, type, at, data`), in either store.
+fn event_of_row<'r, R: Row>(task_id: Uuid, r: &'r R) -> Result<RawEvent>
+where
+    &'r str: sqlx::ColumnIndex<R>,
+    i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    DateTime<Utc>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let seq: i64 = r.try_get("seq")?;
+    let data: String = r.try_get("data")?;
+    Ok(RawEvent {
         task_id,
         seq: seq as u64,
-        kind,
-        at,
+        kind: r.try_get("type")?,
+        at: r.try_get("at")?,
         json: data.into(),
-    }
+    })
 }
 
 /// The task's control flags with its agent cancels, one row per cancel (or one row of

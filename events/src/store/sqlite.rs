@@ -21,8 +21,8 @@ use super::{
     Transition, Transitioned, User, WRITABLE, active_count_sql, admissible, admit_sql, admitted,
     advert_of, batch_bounds, behind_of, bind_usage_added, clear_outbox_query, control_sql,
     controls_of, created_record, delete_account_rows_sql, delete_task_rows_sql, earlier_submit,
-    first_id_since, is_unique_violation, mark_account_tasks_sql, offers_json, owners_waiting_sql,
-    queue_position_sql, raw_event, read_report_rows, refused, row_usage, settle_claim,
+    event_of_row, first_id_since, is_unique_violation, mark_account_tasks_sql, offers_json,
+    owners_waiting_sql, queue_position_sql, read_report_rows, refused, row_usage, settle_claim,
     settled_requests_sql, status_after, swept_sql, task_record, task_usage_columns,
     transition_waiting_sql, transitioned, unpublished_sql, usage_added, usage_added_sql,
     waiting_owner_sql,
@@ -726,17 +726,7 @@ impl Store for SqliteStore {
         .bind(PAGE_BYTES)
         .fetch_all(&self.readers)
         .await?;
-        rows.into_iter()
-            .map(|r| {
-                Ok(raw_event(
-                    task_id,
-                    r.try_get("seq")?,
-                    r.try_get("type")?,
-                    r.try_get("at")?,
-                    r.try_get("data")?,
-                ))
-            })
-            .collect()
+        rows.iter().map(|r| event_of_row(task_id, r)).collect()
     }
 
     async fn lines_after(
